@@ -1,0 +1,90 @@
+"""A checkpoint is the head plus the JSON config that made it.
+
+``<name>.safetensors`` holds the head's tensors, ``<name>.json`` the tower id and revision
+(or weight hash), preprocessing, head sizes, categories, seed, metrics and threshold.
+Nothing is ever unpickled: a ``.pth``/``.bin`` head is read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from deepfake.fileio import atomic_save_safetensors, atomic_write_json
+
+FORMAT = "deepfake-head/1"
+BEST = "best"
+
+
+class CheckpointRefused(ValueError):
+    """A head checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def save_checkpoint(directory: str | os.PathLike, name: str, head_state: dict[str, torch.Tensor], config: dict) -> Path:
+    """Write ``name.safetensors`` then ``name.json`` atomically; returns the weights' path."""
+    directory = Path(directory)
+    weights = atomic_save_safetensors(directory / f"{name}.safetensors", head_state, {"format": FORMAT})
+    atomic_write_json(directory / f"{name}.json", {"format": FORMAT, **config})
+    return weights
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A run directory means its best checkpoint; a ``.json`` means the weights beside it."""
+    path = Path(path)
+    if path.is_dir():
+        best = path / f"{BEST}.safetensors"
+        if best.is_file():
+            return best
+        epochs = sorted(path.glob("epoch_*.safetensors"))
+        if epochs:
+            return epochs[-1]
+        raise CheckpointRefused(f"{path}: no {BEST}.safetensors or epoch_*.safetensors in this run directory")
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        raise CheckpointRefused(f"{path}: no such checkpoint file")
+    return path
+
+
+def _read_sidecar(weights: Path) -> dict | None:
+    sidecar = weights.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointRefused(f"{sidecar}: unreadable checkpoint config: {exc}") from exc
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """(head state dict, config, weights path) of a run directory or checkpoint file."""
+    weights = resolve_checkpoint_path(path)
+    if weights.suffix == ".safetensors":
+        try:
+            state = load_file(str(weights))
+        except Exception as exc:
+            raise CheckpointRefused(f"{weights}: not a readable safetensors file: {exc}") from exc
+        config = _read_sidecar(weights)
+    elif weights.suffix in (".pth", ".pt", ".bin"):
+        try:
+            payload = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointRefused(
+                f"{weights}: refused: not a plain tensor checkpoint (loading it would need to unpickle code): {exc}"
+            ) from exc
+        config = _read_sidecar(weights)
+        if isinstance(payload, dict) and isinstance(payload.get("head"), dict):
+            config = payload.get("config") or config
+            payload = payload["head"]
+        state = payload
+    else:
+        raise CheckpointRefused(f"{weights}: unknown checkpoint type {weights.suffix!r}; use .safetensors")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointRefused(f"{weights}: expected a dict of tensors")
+    if not isinstance(config, dict) or "tower" not in config or "head" not in config:
+        raise CheckpointRefused(f"{weights}: no config naming the tower and head (expected {weights.with_suffix('.json')})")
+    return state, config, weights

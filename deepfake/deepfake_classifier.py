@@ -1,0 +1,150 @@
+"""DeepfakeClassifier: a frozen image tower plus a 256-unit MLP head.
+
+    head = Linear(D, 256) -> ReLU -> Dropout(0.1) -> Linear(256, 2)
+
+with ``D`` read from the tower's config (768 for LanguageBind_Image). Class 1 is "fake".
+
+    >>> from deepfake import DeepfakeClassifier
+    >>> clf = DeepfakeClassifier.from_pretrained("runs/progan")
+    >>> clf.predict(["photo.jpg"])[0].probability
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from deepfake.backbones import Preprocess
+from deepfake.checkpoint import CheckpointRefused, load_checkpoint
+from deepfake.runtime import choose_device, resolve_precision
+from deepfake.towers import ImageTower, load_tower
+
+log = logging.getLogger(__name__)
+
+HEAD_HIDDEN = 256
+HEAD_DROPOUT = 0.1
+
+
+def build_head(in_dim: int, hidden: int = HEAD_HIDDEN, dropout: float = HEAD_DROPOUT, num_classes: int = 2) -> nn.Sequential:
+    """The classifier head: Linear(in_dim, hidden) -> ReLU -> Dropout -> Linear(hidden, num_classes)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+    )
+
+
+def head_config(head: nn.Sequential) -> dict:
+    return {
+        "in_dim": head[0].in_features,
+        "hidden": head[0].out_features,
+        "dropout": head[2].p,
+        "num_classes": head[3].out_features,
+    }
+
+
+@torch.no_grad()
+def fake_probabilities(head: nn.Module, features: torch.Tensor, batch_size: int = 8192) -> np.ndarray:
+    """P(fake) for each row of ``features``, with the head in eval mode."""
+    head.eval()
+    device = next(head.parameters()).device
+    out = []
+    for start in range(0, len(features), batch_size):
+        logits = head(features[start : start + batch_size].to(device, torch.float32))
+        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def _same_tower(saved: dict, loaded: dict) -> bool:
+    """Whether the tower a head was trained on is the one just loaded."""
+    for key in ("weights_sha256", "revision"):
+        if saved.get(key) and loaded.get(key):
+            return saved[key] == loaded[key]
+    return saved.get("model") == loaded.get("model") and saved.get("family") == loaded.get("family")
+
+
+class DeepfakeClassifier(nn.Module):
+    """Frozen tower + trainable head; ``forward`` maps pixel tensors to 2-class logits."""
+
+    def __init__(self, tower: ImageTower, head: nn.Module | None = None, config: dict | None = None):
+        super().__init__()
+        self.tower = tower
+        self.head = head if head is not None else build_head(tower.feature_dim)
+        self.config = config or {}
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.get("threshold", 0.5))
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.tower.preprocess
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.tower(pixel_values).embeds.float()
+        return self.head(features)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | os.PathLike,
+        model: str | None = None,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+    ) -> DeepfakeClassifier:
+        """Load a run directory or checkpoint file and the tower it names (or ``model``, if the same)."""
+        state, config, path = load_checkpoint(checkpoint)
+        saved_tower = config["tower"]
+        device = choose_device(str(device) if device else None)
+        preprocess = Preprocess.from_dict(config["preprocess"])
+        tower = load_tower(model or saved_tower["model"], saved_tower.get("revision") if model is None else None,
+                           preprocess.mode)
+        if not _same_tower(saved_tower, tower.identity):
+            raise CheckpointRefused(
+                f"{path}: head was trained on tower {saved_tower.get('model')!r} "
+                f"({saved_tower.get('revision') or saved_tower.get('weights_sha256', '')[:12]}), "
+                f"but {tower.identity.get('model')!r} was loaded; features would not match"
+            )
+        # The checkpoint says how its training images were prepared: use exactly that.
+        tower.backbone = replace(tower.backbone, preprocess=preprocess)
+        head_cfg = config["head"]
+        if int(head_cfg["in_dim"]) != tower.feature_dim:
+            raise CheckpointRefused(
+                f"{path}: head expects {head_cfg['in_dim']}-dim features, tower gives {tower.feature_dim}"
+            )
+        head = build_head(int(head_cfg["in_dim"]), int(head_cfg["hidden"]), float(head_cfg["dropout"]),
+                          int(head_cfg["num_classes"]))
+        try:
+            head.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointRefused(f"{path}: head weights do not fit the head in its config: {exc}") from exc
+        from deepfake.features import prepare_tower
+
+        precision = resolve_precision(precision, device)
+        tower = prepare_tower(tower, precision, device)
+        clf = cls(tower, head.to(device), {**config, "checkpoint": str(path), "precision": precision})
+        clf.eval()
+        return clf
+
+    def predict(
+        self,
+        inputs: list[str | os.PathLike | Image.Image],
+        batch_size: int = 32,
+        num_workers: int = 0,
+        tiles: int = 0,
+        threshold: float | None = None,
+    ) -> list:
+        """Score paths or PIL images; one :class:`~deepfake.predict.Prediction` each, skips included."""
+        from deepfake.predict import score
+
+        return score(self, list(inputs), batch_size=batch_size, num_workers=num_workers, tiles=tiles,
+                     threshold=threshold)
+
+    def predict_proba(self, inputs: list[str | os.PathLike | Image.Image], **kwargs) -> np.ndarray:
+        """P(fake) per input (NaN for inputs that could not be read)."""
+        return np.array([p.probability if p.probability is not None else np.nan for p in self.predict(inputs, **kwargs)])

@@ -1,0 +1,180 @@
+"""DeepfakeDataset: labelled images of named categories, read by the one shared loader.
+
+Training layouts::
+
+    DATASET/{category}/{0_real,1_fake}/...              (val held out, stratified)
+    DATASET/{train,val,test}/{category}/{0_real,1_fake}/...   (ForenSynths)
+
+``real``/``fake`` and GenImage's ``nature``/``ai`` work as label folder names too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from deepfake.backbones import Preprocess
+from deepfake.image_io import DEFAULT_MAX_PIXELS, ImageSkipped, load_image
+from deepfake.layouts import LayoutError, describe, find_label_folders, list_folder_images
+from deepfake.transforms import BlurJpegAugment, Perturbation, preprocess_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: where it is, its label (0 real, 1 fake), its category and split."""
+
+    path: str
+    label: int
+    category: str
+    split: str = ""
+
+
+def _category_name(parts: tuple[str, ...], root: Path) -> str:
+    return "/".join(parts) if parts else root.resolve().name
+
+
+def scan_categories(dataset_dir: str | os.PathLike, split: str | None = None) -> dict[str, list[Sample]]:
+    """Samples of ``split`` (all when ``None``; no-split layouts match any), grouped by category."""
+    root = Path(dataset_dir)
+    folders = find_label_folders(root)
+    if not folders:
+        raise LayoutError(
+            f"{root}: no label folders (0_real/1_fake, real/fake or nature/ai) found. Contents:\n{describe(root)}"
+        )
+    grouped: dict[str, list[Sample]] = {}
+    for folder in folders:
+        if split is not None and folder.split not in (split, None):
+            continue
+        category = _category_name(folder.parts, root)
+        files = list_folder_images(folder)
+        if not files:
+            raise LayoutError(f"{folder.path}: empty folder, no image files in it")
+        grouped.setdefault(category, []).extend(
+            Sample(path, folder.label, category, folder.split or "") for path in files
+        )
+    return grouped
+
+
+def select_categories(grouped: dict[str, list[Sample]], categories: list[str] | None, where: str) -> list[Sample]:
+    """Keep the named categories (all when ``None``); each must exist and hold both labels."""
+    names = categories or sorted(grouped)
+    unknown = [c for c in names if c not in grouped]
+    if unknown:
+        raise LayoutError(f"{where}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                          f"{', '.join(unknown)}; found: {', '.join(sorted(grouped)) or 'none'}")
+    samples = []
+    for name in names:
+        counts = Counter(s.label for s in grouped[name])
+        if counts[0] == 0 or counts[1] == 0:
+            raise LayoutError(
+                f"{where}: category {name!r} has only {'fake' if counts[0] == 0 else 'real'} images "
+                f"({counts[0]} real, {counts[1]} fake); both labels are needed"
+            )
+        samples.extend(grouped[name])
+    return samples
+
+
+def stratified_split(samples: list[Sample], val_ratio: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``val_ratio`` of each (category, label) group, reproducibly for ``seed``."""
+    if not 0.0 < val_ratio < 1.0:
+        raise ValueError(f"val_ratio must be in (0, 1), got {val_ratio}")
+    groups: dict[tuple[str, int], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.category, s.label), []).append(s)
+    train, val = [], []
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda s: s.path)
+        random.Random(f"{seed}:{key[0]}:{key[1]}").shuffle(members)
+        n_val = min(len(members) - 1, max(1, round(val_ratio * len(members)))) if len(members) > 1 else 0
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return train, val
+
+
+def training_samples(
+    dataset_dir: str | os.PathLike, categories: list[str] | None, val_ratio: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """(train, val) samples: the ``train``/``val`` splits when present, else a stratified hold-out."""
+    root = Path(dataset_dir)
+    folders = find_label_folders(root)
+    splits = {f.split for f in folders}
+    if "train" in splits:
+        train = select_categories(scan_categories(root, "train"), categories, str(root / "train"))
+        if "val" in splits:
+            val_grouped = scan_categories(root, "val")
+            names = categories or sorted({s.category for s in train})
+            val = [s for name in names for s in val_grouped.get(name, [])]
+            if val:
+                return train, val
+            log.warning("%s: val/ has none of the training categories; holding out %.0f%%", root, 100 * val_ratio)
+        return stratified_split(train, val_ratio, seed)
+    return stratified_split(select_categories(scan_categories(root), categories, str(root)), val_ratio, seed)
+
+
+def view_rng(seed: int, view: int, path: str) -> random.Random:
+    """The augmentation draw for one image and one view: the same every time it is asked for."""
+    return random.Random(f"{seed}:{view}:{path}")
+
+
+class DeepfakeDataset(Dataset):
+    """Images -> (pixel tensor, index), or a skip record with its reason for unreadable files.
+
+    ``perturb`` degrades every image (robustness tests); ``augment`` draws CNNDetection's
+    blur + JPEG per image, reproducibly from ``(seed, view, path)``.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        preprocess: Preprocess,
+        perturb: Perturbation | None = None,
+        augment: BlurJpegAugment | None = None,
+        seed: int = 0,
+        view: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.samples = samples
+        self.preprocess = preprocess
+        self.perturb = perturb
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.seed = seed
+        self.view = view
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> torch.Tensor:
+        """The preprocessed tensor of sample ``index``; raises ImageSkipped."""
+        sample = self.samples[index]
+        image = load_image(sample.path, self.max_pixels)
+        if self.perturb is not None:
+            image = self.perturb(image)
+        if self.augment is not None:
+            image = self.augment(image, view_rng(self.seed, self.view, sample.path))
+        return preprocess_image(image, self.preprocess)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, self.load(index), None
+        except ImageSkipped as exc:
+            return index, None, exc.reason
+
+
+def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> dict:
+    """Stack the readable images of a batch; carry the skipped ones with their reasons."""
+    good = [(i, x) for i, x, _ in items if x is not None]
+    return {
+        "indices": torch.tensor([i for i, _ in good], dtype=torch.long),
+        "pixel_values": torch.stack([x for _, x in good]) if good else None,
+        "skipped": [(i, reason) for i, x, reason in items if x is None],
+    }

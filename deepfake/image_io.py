@@ -1,0 +1,149 @@
+"""Reading images from disk: one loader for training, evaluation and prediction.
+
+Every file either becomes an RGB ``PIL.Image`` or raises :class:`ImageSkipped` with a
+short reason; nothing else escapes, so a run over a folder of odd files goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif", ".ppm", ".pgm"}
+)
+# Large enough for any camera or generator output (a 16k x 16k image), small enough
+# that a decompression bomb is refused before it is decoded.
+DEFAULT_MAX_PIXELS = 16384 * 16384
+
+# We check sizes ourselves (with a reason that names the limit), so Pillow's own
+# bomb guard would only turn our check into a less helpful error.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageSkipped(Exception):
+    """A file that cannot be scored; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{os.fsdecode(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
+
+
+def is_image_name(path: str | os.PathLike) -> bool:
+    """Whether a file name has an image extension."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, rescaling high-bit-depth data instead of clipping it."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        data = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            # Float images come either in [0, 1] or in [0, 255].
+            scale = 255.0 if data.size and np.nanmax(data) <= 1.0 else 1.0
+            data = data * scale
+        elif data.size and data.max() > 255:
+            data = data / 257.0  # 16-bit range onto 8 bits
+        data = np.nan_to_num(np.clip(np.rint(data), 0, 255)).astype(np.uint8)
+        return Image.fromarray(data, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    # Alpha is dropped, as the reference pipelines' ``convert("RGB")`` does.
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` as an RGB image with EXIF orientation applied (first frame of animations).
+
+    Raises :class:`ImageSkipped` for anything that is not a readable image within ``max_pixels``.
+    """
+    try:
+        if os.path.islink(path) and not os.path.exists(path):
+            try:
+                os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise ImageSkipped(path, "symlink loop") from None
+            raise ImageSkipped(path, "broken symlink")
+        if os.path.isdir(path):
+            raise ImageSkipped(path, "is a directory")
+        size = os.path.getsize(path)
+        if size == 0:
+            raise ImageSkipped(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageSkipped(
+                        path, f"too many pixels ({width}x{height} > max_pixels {max_pixels}); possible decompression bomb"
+                    )
+                if width < 1 or height < 1:
+                    raise ImageSkipped(path, f"empty image ({width}x{height})")
+                image.seek(0)
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image)
+    except ImageSkipped:
+        raise
+    except UnidentifiedImageError:
+        raise ImageSkipped(path, "not an image Pillow can read") from None
+    except PermissionError:
+        raise ImageSkipped(path, "permission denied") from None
+    except FileNotFoundError:
+        raise ImageSkipped(path, "file not found") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageSkipped(path, "symlink loop") from None
+        message = str(exc)
+        if "truncated" in message or "broken data stream" in message or "image file is" in message:
+            raise ImageSkipped(path, "truncated or corrupt image data") from None
+        raise ImageSkipped(path, f"unreadable: {message}") from None
+    except (ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageSkipped(path, f"corrupt image: {exc}") from None
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (recursive) and glob patterns -> (image files, [(input, reason)] not found).
+
+    Files named explicitly are kept whatever their extension, so the loader can say what
+    they are; files found in folders are kept when their extension is an image's.
+    """
+    found: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found.extend(walk_images(item))
+        elif os.path.lexists(item):
+            found.append(item)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                missing.append((item, "pattern matched nothing"))
+            for match in matches:
+                if os.path.isdir(match):
+                    found.extend(walk_images(match))
+                else:
+                    found.append(match)
+        else:
+            missing.append((item, "no such file or directory"))
+    # Keep the first occurrence of each path, in order.
+    return list(dict.fromkeys(found)), missing
+
+
+def walk_images(root: str | os.PathLike) -> list[str]:
+    """Every file with an image extension under ``root``, sorted; symlinked files included."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        out.extend(os.path.join(dirpath, name) for name in sorted(filenames) if is_image_name(name))
+    return out

@@ -1,0 +1,332 @@
+"""Train the MLP head on a frozen tower: features once (cached), then epochs in seconds.
+
+``train(args)`` is what ``train_ClassifierHead.py`` runs. With the cache (default) every
+image goes through the tower once per (tower, preprocessing, view); with ``--no_cache``
+every epoch runs the tower again on every image, as a plain loop over images does.
+Both see the same batches in the same order and the same fp16-rounded features, so a
+seed gives the same head either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from deepfake.checkpoint import BEST
+from deepfake.deepfake_classifier import build_head, fake_probabilities, head_config
+from deepfake.deepfake_dataset import DeepfakeDataset, Sample, collate, training_samples
+from deepfake.feature_cache import STORE_DTYPE, FeatureCache
+from deepfake.features import ExtractionSettings, FeatureTable, extract_features, prepare_tower
+from deepfake.fileio import atomic_save_safetensors, atomic_write_json, display_path
+from deepfake.metrics import accuracy_at, average_precision, best_threshold, expected_calibration_error
+from deepfake.runtime import (
+    autocast,
+    choose_device,
+    init_distributed,
+    is_main_process,
+    resolve_precision,
+    seed_everything,
+)
+from deepfake.towers import ImageTower, load_tower
+from deepfake.transforms import BlurJpegAugment
+
+log = logging.getLogger(__name__)
+
+RESUME_STATE = "resume_state"
+
+
+def default_cache_dir() -> Path:
+    """``$DEEPFAKE_CACHE``, else ``$XDG_CACHE_HOME/deepfake/features`` (``~/.cache`` by default)."""
+    if os.environ.get("DEEPFAKE_CACHE"):
+        return Path(os.environ["DEEPFAKE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deepfake" / "features"
+
+
+def versions() -> dict:
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
+    """A new run never writes into a user's non-empty folder unless told to."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
+        raise FileExistsError(
+            f"{path}: output directory is not empty; pass --overwrite to write new checkpoints over the "
+            f"ones there (other files are left alone) or --resume to continue that run"
+        )
+
+
+def feature_cache(args, tower: ImageTower, settings: ExtractionSettings, extra: dict | None = None) -> FeatureCache | None:
+    """The cache for this tower, preprocessing, precision and view (``None`` with ``--no_cache``)."""
+    if args.no_cache:
+        return None
+    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    info = {"tower": tower.cache_identity(), "features": settings.cache_info(), **(extra or {})}
+    return FeatureCache(root, info)
+
+
+def report_skipped(what: str, samples: list[Sample], skipped: dict[int, str]) -> list[dict]:
+    """Log files that could not be read; they are left out and listed, never silently counted."""
+    records = [{"path": samples[i].path, "reason": r} for i, r in sorted(skipped.items())]
+    if records:
+        log.warning("%s: %d file(s) skipped and left out:", what, len(records))
+        for r in records[:20]:
+            log.warning("  %s: %s", display_path(r["path"]), r["reason"])
+    return records
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    val_ap: float | None
+    val_threshold: float | None
+    val_best_acc: float | None
+    val_ece: float | None
+
+
+def validation_metrics(head: nn.Module, features: torch.Tensor, labels: np.ndarray) -> dict:
+    probs = fake_probabilities(head, features)
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))) if len(labels) else float("nan")
+    threshold, best_acc = best_threshold(labels, probs) if len(set(labels.tolist())) == 2 else (None, None)
+    return {
+        "val_loss": loss,
+        "val_acc": accuracy_at(labels, probs, 0.5)["acc"],
+        "val_ap": average_precision(labels, probs),
+        "val_threshold": threshold,
+        "val_best_acc": best_acc,
+        "val_ece": expected_calibration_error(labels, probs),
+    }
+
+
+# --- resumable state: head, optimizer moments and RNG states as tensors ---------------
+
+
+def save_resume_state(out: Path, head, optimizer, generator, epoch: int, best_ap: float, history: list) -> None:
+    tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    for pid, state in opt_state["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.generator"] = generator.get_state()
+    meta = {"epoch": str(epoch), "best_ap": repr(best_ap), "history": json.dumps(history),
+            "param_groups": json.dumps(opt_state["param_groups"])}
+    atomic_save_safetensors(out / f"{RESUME_STATE}.safetensors", tensors, meta)
+
+
+def load_resume_state(out: Path, head, optimizer, generator) -> tuple[int, float, list]:
+    path = out / f"{RESUME_STATE}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: nothing to resume (no {RESUME_STATE}.safetensors in the output directory)")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+    tensors = load_file(str(path))
+    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.generator"])
+    return int(meta["epoch"]), float(meta["best_ap"]), json.loads(meta["history"])
+
+
+# --- the two ways of getting a batch of features -------------------------------------
+
+
+class CachedFeatures:
+    """Training batches from cached features; with K augmented views, one view per image per epoch."""
+
+    def __init__(self, views: list[FeatureTable], generator: torch.Generator):
+        self.views = views
+        self.ok = views[0].ok
+        self.generator = generator
+
+    def epoch_batches(self, batches: list[torch.Tensor]):
+        pick = torch.randint(len(self.views), (len(self.ok),), generator=self.generator) if len(self.views) > 1 else None
+        for idx in batches:
+            idx = idx[self.ok[idx]]
+            if len(idx) == 0:
+                continue
+            if pick is None:
+                yield idx, self.views[0].embeds[idx]
+            else:
+                stacked = torch.stack([v.embeds[idx] for v in self.views])  # [K, B, D]
+                yield idx, stacked[pick[idx], torch.arange(len(idx))]
+
+
+class TowerFeatures:
+    """Training batches through the tower, image by image, every epoch (``--no_cache``)."""
+
+    def __init__(self, tower: ImageTower, dataset: DeepfakeDataset, num_workers: int):
+        self.tower = tower
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.skipped: dict[int, str] = {}
+        self.epoch = 0
+
+    def epoch_batches(self, batches: list[torch.Tensor]):
+        # A fresh augmentation draw each epoch, reproducible from (seed, epoch, path).
+        self.dataset.view = self.epoch
+        self.epoch += 1
+        loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches], collate_fn=collate,
+                            num_workers=self.num_workers, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            for batch in loader:
+                self.skipped.update(dict(batch["skipped"]))
+                if batch["pixel_values"] is None:
+                    continue
+                embeds = self.tower(batch["pixel_values"].to(self.tower.device)).embeds.float().cpu()
+                yield batch["indices"], embeds.to(STORE_DTYPE).float()
+
+
+def epoch_index_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run one training job described by the parsed command line; returns the run summary."""
+    device = choose_device(args.device)
+    init_distributed(device)
+    out = Path(args.output_dir)
+    if is_main_process():
+        check_output_dir(out, args.overwrite, args.resume)
+    categories = [c.strip() for c in (args.categories or "").split(",") if c.strip()] or None
+    train_samples, val_samples = training_samples(args.dataset_dir, categories, args.val_ratio, args.seed)
+    log.info("%d training and %d validation images", len(train_samples), len(val_samples))
+
+    precision = resolve_precision(args.precision, device)
+    tower = load_tower(args.model, args.revision, args.preprocess)
+    tower = prepare_tower(tower, precision, device, compile=args.compile)
+    settings = ExtractionSettings(
+        batch_size=args.extract_batch_size or args.batch_size,
+        num_workers=args.num_workers,
+        precision=precision,
+        layers=args.feature_layers == "all",
+    )
+    augment = BlurJpegAugment(args.blur_prob, args.blur_sigma, args.jpeg_prob, tuple(args.jpeg_quality))
+    n_views = args.aug_views if augment.enabled else 1
+    train_set = DeepfakeDataset(train_samples, tower.preprocess, augment=augment, seed=args.seed)
+    val_set = DeepfakeDataset(val_samples, tower.preprocess)
+    val_labels = np.array([s.label for s in val_samples])
+
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.no_cache:
+        source = TowerFeatures(tower, train_set, args.num_workers)
+        val_table = None
+    else:
+        views = []
+        for view in range(n_views):
+            train_set.view = view
+            extra = {"augment": {**augment.to_dict(), "seed": args.seed, "view": view}} if augment.enabled else {}
+            cache = feature_cache(args, tower, settings, extra)
+            views.append(extract_features(tower, train_set, settings, cache, desc=f"train features (view {view})"))
+        source = CachedFeatures(views, generator)
+        val_table = extract_features(tower, val_set, settings, feature_cache(args, tower, settings), "val features")
+    extract_seconds = time.perf_counter() - start
+    if not is_main_process():
+        return {}  # other ranks only helped with extraction
+
+    seed_everything(args.seed)
+    head = build_head(tower.feature_dim).to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    labels = torch.tensor([s.label for s in train_samples])
+    first_epoch, best_ap, history = 1, -1.0, []
+    if args.resume:
+        done, best_ap, history = load_resume_state(out, head, optimizer, generator)
+        first_epoch = done + 1
+        log.info("resuming after epoch %d (best val AP so far %.4f)", done, best_ap)
+    out.mkdir(parents=True, exist_ok=True)
+
+    base_config = {
+        "tower": tower.identity,
+        "preprocess": tower.preprocess.to_dict(),
+        "features": settings.cache_info(),
+        "head": head_config(head),
+        "categories": sorted({s.category for s in train_samples}),
+        "seed": args.seed,
+        "threshold": 0.5,
+        "train_args": {k: v for k, v in vars(args).items() if k != "func"},
+        "versions": versions(),
+    }
+    bar = tqdm(range(first_epoch, args.num_epochs + 1), desc="epochs", unit="epoch", disable=args.quiet)
+    for epoch in bar:
+        head.train()
+        losses = []
+        for idx, feats in source.epoch_batches(epoch_index_batches(len(train_samples), args.batch_size, generator)):
+            with autocast(device):
+                logits = head(feats.to(device, non_blocking=True))
+                loss = loss_fn(logits.float(), labels[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        if args.no_cache:
+            val_table = extract_features(tower, val_set, settings, None, "val features")
+        valid = val_table.ok.numpy()
+        metrics = validation_metrics(head, val_table.embeds[val_table.ok], val_labels[valid])
+        result = EpochResult(epoch, float(np.mean(losses)) if losses else float("nan"), **metrics)
+        history.append(vars(result))
+        bar.set_postfix(loss=f"{result.train_loss:.4f}", val_ap=f"{result.val_ap or 0:.4f}")
+        line = (f"epoch {epoch:3d}  train_loss {result.train_loss:.4f}  val_acc {result.val_acc:.4f}  "
+                f"val_ap {result.val_ap if result.val_ap is not None else float('nan'):.4f}")
+        tqdm.write(line, file=sys.stdout)
+        config = {**base_config, "epoch": epoch, "metrics": vars(result), "val_threshold": result.val_threshold}
+        from deepfake.checkpoint import save_checkpoint
+
+        save_checkpoint(out, f"epoch_{epoch:03d}", head.state_dict(), config)
+        ap = result.val_ap if result.val_ap is not None else -1.0
+        if ap > best_ap:
+            best_ap = ap
+            save_checkpoint(out, BEST, head.state_dict(), config)
+        save_resume_state(out, head, optimizer, generator, epoch, best_ap, history)
+
+    skipped = {
+        "train": report_skipped("training set", train_samples,
+                                source.skipped if args.no_cache else source.views[0].skipped),
+        "val": report_skipped("validation set", val_samples, val_table.skipped if val_table else {}),
+    }
+    summary = {
+        "output_dir": str(out),
+        "n_train": len(train_samples),
+        "n_val": len(val_samples),
+        "categories": base_config["categories"],
+        "best_val_ap": best_ap,
+        "feature_seconds": extract_seconds,
+        "history": history,
+        "skipped": skipped,
+        "config": base_config,
+    }
+    atomic_write_json(out / "run.json", summary)
+    return summary

@@ -1,0 +1,191 @@
+"""Image -> tensor preprocessing, pixel perturbations and training augmentation (torch + Pillow).
+
+The ``resize`` mode is LanguageBind's transform exactly: RGB uint8 -> [0, 1] -> short side
+to 224 (bicubic, antialiased; long side ``int(224 * long / short)``) -> center crop with
+offsets ``round((h - 224) / 2)`` -> normalise with the OpenAI CLIP mean and std.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deepfake.backbones import Preprocess
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor [3, H, W] in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize_short_side(x: torch.Tensor, size: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """Resize [3, H, W] so the short side is ``size``, as torchvision's ``Resize(size)`` does."""
+    h, w = x.shape[-2:]
+    short, long = (h, w) if h <= w else (w, h)
+    new_short, new_long = size, int(size * long / short)
+    new_h, new_w = (new_short, new_long) if h <= w else (new_long, new_short)
+    if (new_h, new_w) == (h, w):
+        return x
+    antialias = interpolation in ("bilinear", "bicubic")
+    out = F.interpolate(x[None], size=(new_h, new_w), mode=interpolation, antialias=antialias, align_corners=False)
+    return out[0]
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Center crop [3, H, W] to ``size`` x ``size``, zero-padding a smaller image first."""
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        pad_h, pad_w = max(size - h, 0), max(size - w, 0)
+        # Same split as torchvision's CenterCrop padding: the extra pixel goes right/bottom.
+        x = F.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2), value=0.0)
+        h, w = x.shape[-2:]
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
+    """RGB PIL image -> normalised tensor [3, size, size] for a tower."""
+    x = pil_to_tensor(image)
+    if spec.mode == "resize":
+        x = resize_short_side(x, spec.size, spec.interpolation)
+    x = center_crop(x, spec.size)
+    return normalize(x.contiguous(), spec.mean, spec.std)
+
+
+def tile_views(image: Image.Image, spec: Preprocess, max_tiles: int) -> list[torch.Tensor]:
+    """Up to ``max_tiles`` non-resized crops of ``spec.size`` on an even grid over the image."""
+    x = pil_to_tensor(image)
+    h, w = x.shape[-2:]
+    size = spec.size
+    if h <= size and w <= size:
+        return [normalize(center_crop(x, size), spec.mean, spec.std)]
+    rows, cols = max(1, math.ceil(h / size)), max(1, math.ceil(w / size))
+    # Thin the grid evenly until it fits the budget.
+    while rows * cols > max_tiles:
+        if rows >= cols:
+            rows -= 1
+        else:
+            cols -= 1
+    tops = np.linspace(0, max(h - size, 0), rows).round().astype(int)
+    lefts = np.linspace(0, max(w - size, 0), cols).round().astype(int)
+    views = []
+    for top in tops:
+        for left in lefts:
+            crop = center_crop(x[:, top : top + size, left : left + size], size)
+            views.append(normalize(crop.contiguous(), spec.mean, spec.std))
+    return views
+
+
+# --- pixel-space perturbations (robustness) and augmentation (training) -----------------
+
+
+def jpeg_compress(image: Image.Image, quality: int) -> Image.Image:
+    """Re-encode as JPEG at ``quality`` (Pillow, 4:2:0 as cameras and the field's scripts use)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as out:
+        return out.convert("RGB")
+
+
+def gaussian_blur(image: Image.Image, sigma: float) -> Image.Image:
+    """Gaussian blur with standard deviation ``sigma`` (kernel truncated at 4 sigma, reflected edges)."""
+    if sigma <= 0:
+        return image
+    radius = int(4.0 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).float()
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)[:, None]  # [3, 1, H, W]
+    h, w = x.shape[-2:]
+    # Reflect padding needs pad < size; tiny images fall back to replicate.
+    mode = "reflect" if radius < min(h, w) else "replicate"
+    x = F.pad(x, (radius, radius, 0, 0), mode=mode)
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, radius, radius), mode=mode)
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    array = x[:, 0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(array, mode="RGB")
+
+
+def rescale(image: Image.Image, scale: float) -> Image.Image:
+    """Resize by ``scale`` (bilinear), at least 1 pixel a side."""
+    if scale == 1.0:
+        return image
+    w, h = image.size
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image.resize(size, Image.BILINEAR)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """Test-time degradation, applied in this order: JPEG, then blur, then resize."""
+
+    jpeg_quality: int | None = None
+    gaussian_sigma: float | None = None
+    resize_scale: float | None = None
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.jpeg_quality is not None:
+            image = jpeg_compress(image, self.jpeg_quality)
+        if self.gaussian_sigma:
+            image = gaussian_blur(image, self.gaussian_sigma)
+        if self.resize_scale is not None:
+            image = rescale(image, self.resize_scale)
+        return image
+
+    @property
+    def is_identity(self) -> bool:
+        return self.jpeg_quality is None and not self.gaussian_sigma and self.resize_scale in (None, 1.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def label(self) -> str:
+        parts = []
+        if self.jpeg_quality is not None:
+            parts.append(f"jpeg{self.jpeg_quality}")
+        if self.gaussian_sigma:
+            parts.append(f"blur{self.gaussian_sigma:g}")
+        if self.resize_scale not in (None, 1.0):
+            parts.append(f"resize{self.resize_scale:g}")
+        return "+".join(parts) or "clean"
+
+
+@dataclass(frozen=True)
+class BlurJpegAugment:
+    """CNNDetection's training augmentation: blur with prob p (sigma ~ U[0, s]), then JPEG with prob p."""
+
+    blur_prob: float = 0.0
+    blur_sigma: float = 3.0
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 100)
+
+    @property
+    def enabled(self) -> bool:
+        return self.blur_prob > 0 or self.jpeg_prob > 0
+
+    def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
+        if rng.random() < self.blur_prob:
+            image = gaussian_blur(image, rng.uniform(0.0, self.blur_sigma))
+        if rng.random() < self.jpeg_prob:
+            image = jpeg_compress(image, rng.randint(*self.jpeg_quality))
+        return image
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "jpeg_quality": list(self.jpeg_quality)}

@@ -12,8 +12,9 @@ from deepfake.runtime import PRECISIONS
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available, else cpu)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="tower precision: auto = bf16 on GPUs and on CPUs with bf16 instructions, else fp32")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="tower precision: auto = bf16 on GPUs and on CPUs with bf16 instructions, else fp32 "
+                             "(default: auto for training, the checkpoint's for test and predict)")
     parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
     parser.add_argument("--num_workers", type=int, default=2, help="image decoding worker processes")
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -54,3 +55,67 @@ def parse_pair(text: str) -> tuple[int, int]:
     if not 1 <= pair[0] <= pair[1] <= 100:
         raise argparse.ArgumentTypeError(f"JPEG qualities must satisfy 1 <= LO <= HI <= 100, got {text!r}")
     return pair
+
+
+def train_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """Flags of train_ClassifierHead.py."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset_dir", required=True,
+                   help="DATASET/{category}/{0_real,1_fake} or DATASET/{train,val,test}/{category}/{0_real,1_fake}")
+    p.add_argument("--output_dir", required=True, help="run directory for checkpoints (epoch_NNN, best)")
+    p.add_argument("--num_epochs", type=int, default=10)
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay (0: plain Adam)")
+    p.add_argument("--seed", type=int, default=512)
+    p.add_argument("--categories", default=None, help="comma-separated categories (default: all found)")
+    p.add_argument("--val_ratio", type=float, default=0.1, help="held-out share when there is no val/ split")
+    add_tower_args(p)
+    add_runtime_args(p)
+    p.add_argument("--extract_batch_size", type=int, default=None, help="tower batch size (default: --batch_size)")
+    add_cache_args(p)
+    p.add_argument("--feature_layers", default="none", choices=("none", "all"),
+                   help="all: also cache the CLS token of every transformer block")
+    aug = p.add_argument_group("augmentation (CNNDetection's blur + JPEG)")
+    aug.add_argument("--blur_prob", type=float, default=0.0)
+    aug.add_argument("--blur_sigma", type=float, default=3.0, help="sigma drawn from U[0, blur_sigma]")
+    aug.add_argument("--jpeg_prob", type=float, default=0.0)
+    aug.add_argument("--jpeg_quality", type=parse_pair, default=(30, 100), help="LO,HI quality range")
+    aug.add_argument("--aug_views", type=int, default=4, help="augmented views cached per image")
+    p.add_argument("--overwrite", action="store_true", help="write checkpoints into a non-empty output dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output_dir")
+    return p
+
+
+def _floats(text: str) -> list[float]:
+    return [float(t) for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def test_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """Flags of test_ClassifierHead.py."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="run directory (uses best) or checkpoint file")
+    p.add_argument("--dataset_dir", required=True, help="test root (see README for the layouts)")
+    p.add_argument("--categories", default=None, help="comma-separated categories to evaluate")
+    p.add_argument("--generators", default=None, help="comma-separated generators to evaluate")
+    p.add_argument("--output", default=None, help="also write results.json to this path")
+    p.add_argument("--output_dir", default=None, help="results folder (default: CHECKPOINT_RUN/eval_DATASET)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --output_dir")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
+    p.add_argument("--max_sample", type=int, default=None, help="at most N images per generator and class")
+    p.add_argument("--seed", type=int, default=512, help="seed for --max_sample")
+    pert = p.add_argument_group("robustness (applied in this order: JPEG, blur, resize)")
+    pert.add_argument("--jpeg_quality", type=int, default=None, help="re-encode as JPEG at this quality")
+    pert.add_argument("--gaussian_sigma", type=float, default=None, help="Gaussian blur of this sigma")
+    pert.add_argument("--resize_scale", type=float, default=None, help="resize by this factor")
+    pert.add_argument("--robustness", action="store_true", help="sweep JPEG quality and blur; one table per level")
+    pert.add_argument("--sweep_jpeg", type=_ints, default=None, help="sweep JPEG qualities (default 95,75,50,30)")
+    pert.add_argument("--sweep_sigma", type=_floats, default=None, help="sweep blur sigmas (default 1,2,3)")
+    pert.add_argument("--sweep_resize", type=_floats, default=None, help="sweep resize factors (default none)")
+    p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    add_runtime_args(p)
+    add_cache_args(p)
+    return p

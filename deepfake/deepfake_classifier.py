@@ -95,9 +95,13 @@ class DeepfakeClassifier(nn.Module):
         checkpoint: str | os.PathLike,
         model: str | None = None,
         device: str | torch.device | None = None,
-        precision: str = "fp32",
+        precision: str | None = None,
     ) -> DeepfakeClassifier:
-        """Load a run directory or checkpoint file and the tower it names (or ``model``, if the same)."""
+        """Load a run directory or checkpoint file and the tower it names (or ``model``, if the same).
+
+        ``precision`` defaults to the one the head's training features were computed in,
+        so scores match the validation numbers; ``auto`` picks the device's fastest.
+        """
         state, config, path = load_checkpoint(checkpoint)
         saved_tower = config["tower"]
         device = choose_device(str(device) if device else None)
@@ -125,6 +129,10 @@ class DeepfakeClassifier(nn.Module):
             raise CheckpointRefused(f"{path}: head weights do not fit the head in its config: {exc}") from exc
         from deepfake.features import prepare_tower
 
+        if precision is None:
+            precision = config.get("features", {}).get("precision", "auto")
+            if precision == "fp16" and device.type == "cpu":
+                precision = "auto"
         precision = resolve_precision(precision, device)
         tower = prepare_tower(tower, precision, device)
         clf = cls(tower, head.to(device), {**config, "checkpoint": str(path), "precision": precision})

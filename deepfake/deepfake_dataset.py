@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from deepfake.backbones import Preprocess
-from deepfake.image_io import DEFAULT_MAX_PIXELS, ImageSkipped, load_image
+from deepfake.image_io import DEFAULT_MAX_PIXELS, ImageSkipped, load_image, to_rgb
 from deepfake.layouts import LayoutError, describe, find_label_folders, list_folder_images
 from deepfake.transforms import BlurJpegAugment, Perturbation, preprocess_image
 
@@ -129,7 +130,8 @@ class DeepfakeDataset(Dataset):
     """Images -> (pixel tensor, index), or a skip record with its reason for unreadable files.
 
     ``perturb`` degrades every image (robustness tests); ``augment`` draws CNNDetection's
-    blur + JPEG per image, reproducibly from ``(seed, view, path)``.
+    blur + JPEG per image, reproducibly from ``(seed, view, path)``. ``images`` supplies
+    in-memory PIL images in place of files (``None`` entries are read from their path).
     """
 
     def __init__(
@@ -141,8 +143,10 @@ class DeepfakeDataset(Dataset):
         seed: int = 0,
         view: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        images: list[Image.Image | None] | None = None,
     ):
         self.samples = samples
+        self.images = images
         self.preprocess = preprocess
         self.perturb = perturb
         self.augment = augment if augment is not None and augment.enabled else None
@@ -153,15 +157,23 @@ class DeepfakeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, index: int) -> torch.Tensor:
-        """The preprocessed tensor of sample ``index``; raises ImageSkipped."""
+    def read(self, index: int) -> Image.Image:
+        """Sample ``index`` as an RGB image (perturbed and augmented as configured); raises ImageSkipped."""
         sample = self.samples[index]
-        image = load_image(sample.path, self.max_pixels)
+        given = self.images[index] if self.images is not None else None
+        if given is not None:
+            image = to_rgb(ImageOps.exif_transpose(given))
+        else:
+            image = load_image(sample.path, self.max_pixels)
         if self.perturb is not None:
             image = self.perturb(image)
         if self.augment is not None:
             image = self.augment(image, view_rng(self.seed, self.view, sample.path))
-        return preprocess_image(image, self.preprocess)
+        return image
+
+    def load(self, index: int) -> torch.Tensor:
+        """The preprocessed tensor of sample ``index``; raises ImageSkipped."""
+        return preprocess_image(self.read(index), self.preprocess)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:

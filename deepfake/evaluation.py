@@ -161,8 +161,7 @@ def evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None = N
 
     out_dir = prepare_output_dir(args)
     if classifier is None:
-        classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device,
-                                                        precision=args.precision or "auto")
+        classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     samples = discover_test_set(args.dataset_dir, split_list(args.generators), split_list(args.categories))
     samples, counts = subsample(samples, args.max_sample, args.seed)
     threshold = args.threshold if args.threshold is not None else classifier.threshold

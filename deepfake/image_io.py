@@ -41,7 +41,7 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB, rescaling high-bit-depth data instead of clipping it."""
     if image.mode == "RGB":
         return image
@@ -92,7 +92,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                 image.seek(0)
                 image.load()
                 image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
+                return to_rgb(image)
     except ImageSkipped:
         raise
     except UnidentifiedImageError:

@@ -123,7 +123,7 @@ def validation_metrics(head: nn.Module, features: torch.Tensor, labels: np.ndarr
 # --- resumable state: head, optimizer moments and RNG states as tensors ---------------
 
 
-def save_resume_state(out: Path, head, optimizer, generator, epoch: int, best_ap: float, history: list) -> None:
+def save_resume_state(out: Path, head, optimizer, generator, epoch: int, best: tuple, history: list) -> None:
     tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
     opt_state = optimizer.state_dict()
     for pid, state in opt_state["state"].items():
@@ -131,12 +131,12 @@ def save_resume_state(out: Path, head, optimizer, generator, epoch: int, best_ap
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = generator.get_state()
-    meta = {"epoch": str(epoch), "best_ap": repr(best_ap), "history": json.dumps(history),
+    meta = {"epoch": str(epoch), "best": json.dumps(list(best)), "history": json.dumps(history),
             "param_groups": json.dumps(opt_state["param_groups"])}
     atomic_save_safetensors(out / f"{RESUME_STATE}.safetensors", tensors, meta)
 
 
-def load_resume_state(out: Path, head, optimizer, generator) -> tuple[int, float, list]:
+def load_resume_state(out: Path, head, optimizer, generator) -> tuple[int, tuple, list]:
     path = out / f"{RESUME_STATE}.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: nothing to resume (no {RESUME_STATE}.safetensors in the output directory)")
@@ -154,7 +154,7 @@ def load_resume_state(out: Path, head, optimizer, generator) -> tuple[int, float
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.generator"])
-    return int(meta["epoch"]), float(meta["best_ap"]), json.loads(meta["history"])
+    return int(meta["epoch"]), tuple(json.loads(meta["best"])), json.loads(meta["history"])
 
 
 # --- the two ways of getting a batch of features -------------------------------------
@@ -224,7 +224,7 @@ def train(args: argparse.Namespace) -> dict:
     train_samples, val_samples = training_samples(args.dataset_dir, categories, args.val_ratio, args.seed)
     log.info("%d training and %d validation images", len(train_samples), len(val_samples))
 
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision or "auto", device)
     tower = load_tower(args.model, args.revision, args.preprocess)
     tower = prepare_tower(tower, precision, device, compile=args.compile)
     settings = ExtractionSettings(
@@ -262,11 +262,11 @@ def train(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     labels = torch.tensor([s.label for s in train_samples])
-    first_epoch, best_ap, history = 1, -1.0, []
+    first_epoch, best_score, history = 1, (-1.0, -float("inf")), []
     if args.resume:
-        done, best_ap, history = load_resume_state(out, head, optimizer, generator)
+        done, best_score, history = load_resume_state(out, head, optimizer, generator)
         first_epoch = done + 1
-        log.info("resuming after epoch %d (best val AP so far %.4f)", done, best_ap)
+        log.info("resuming after epoch %d (best val AP so far %.4f)", done, best_score[0])
     out.mkdir(parents=True, exist_ok=True)
 
     base_config = {
@@ -306,11 +306,12 @@ def train(args: argparse.Namespace) -> dict:
         from deepfake.checkpoint import save_checkpoint
 
         save_checkpoint(out, f"epoch_{epoch:03d}", head.state_dict(), config)
-        ap = result.val_ap if result.val_ap is not None else -1.0
-        if ap > best_ap:
-            best_ap = ap
+        # Best by val AP; once AP saturates, the lower val loss breaks the tie.
+        score = (result.val_ap if result.val_ap is not None else -1.0, -result.val_loss)
+        if score > best_score:
+            best_score = score
             save_checkpoint(out, BEST, head.state_dict(), config)
-        save_resume_state(out, head, optimizer, generator, epoch, best_ap, history)
+        save_resume_state(out, head, optimizer, generator, epoch, best_score, history)
 
     skipped = {
         "train": report_skipped("training set", train_samples,
@@ -322,7 +323,7 @@ def train(args: argparse.Namespace) -> dict:
         "n_train": len(train_samples),
         "n_val": len(val_samples),
         "categories": base_config["categories"],
-        "best_val_ap": best_ap,
+        "best_val_ap": best_score[0],
         "feature_seconds": extract_seconds,
         "history": history,
         "skipped": skipped,

@@ -83,18 +83,18 @@ def iterate_tower(
     )
     bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not settings.progress, leave=False)
     start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in loader:
-            positions = batch["indices"].tolist()
-            skipped = [(indices[i], reason) for i, reason in batch["skipped"]]
-            embeds = layers = None
-            if positions:
-                pixels = batch["pixel_values"].to(device, non_blocking=True)
-                out = tower(pixels, layers=settings.layers)
-                embeds = out.embeds.float().cpu()
-                layers = out.layers.float().cpu() if out.layers is not None else None
-            bar.update(len(positions) + len(skipped))
-            yield [indices[i] for i in positions], embeds, layers, skipped
+    for batch in loader:
+        positions = batch["indices"].tolist()
+        skipped = [(indices[i], reason) for i, reason in batch["skipped"]]
+        embeds = layers = None
+        if positions:
+            # Inference mode only around the tower: it is thread state and must not leak past the yield.
+            with torch.inference_mode():
+                out = tower(batch["pixel_values"].to(device, non_blocking=True), layers=settings.layers)
+                embeds = out.embeds.float().cpu().clone()
+                layers = out.layers.float().cpu().clone() if out.layers is not None else None
+        bar.update(len(positions) + len(skipped))
+        yield [indices[i] for i in positions], embeds, layers, skipped
     bar.close()
     elapsed = time.perf_counter() - start
     if indices:

@@ -197,13 +197,14 @@ class TowerFeatures:
         self.epoch += 1
         loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches], collate_fn=collate,
                             num_workers=self.num_workers, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            for batch in loader:
-                self.skipped.update(dict(batch["skipped"]))
-                if batch["pixel_values"] is None:
-                    continue
+        for batch in loader:
+            self.skipped.update(dict(batch["skipped"]))
+            if batch["pixel_values"] is None:
+                continue
+            # Grad mode is thread state: it must not stay off across the yield.
+            with torch.no_grad():
                 embeds = self.tower(batch["pixel_values"].to(self.tower.device)).embeds.float().cpu()
-                yield batch["indices"], embeds.to(STORE_DTYPE).float()
+            yield batch["indices"], embeds.to(STORE_DTYPE).float()
 
 
 def epoch_index_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -232,6 +233,7 @@ def train(args: argparse.Namespace) -> dict:
         num_workers=args.num_workers,
         precision=precision,
         layers=args.feature_layers == "all",
+        progress=not args.quiet,
     )
     augment = BlurJpegAugment(args.blur_prob, args.blur_sigma, args.jpeg_prob, tuple(args.jpeg_quality))
     n_views = args.aug_views if augment.enabled else 1

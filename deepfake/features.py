@@ -84,8 +84,8 @@ def iterate_tower(
     bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not settings.progress, leave=False)
     start = time.perf_counter()
     for batch in loader:
-        positions = batch["indices"].tolist()
-        skipped = [(indices[i], reason) for i, reason in batch["skipped"]]
+        positions = batch["indices"].tolist()  # the dataset's own indices (Subset passes them through)
+        skipped = batch["skipped"]
         embeds = layers = None
         if positions:
             # Inference mode only around the tower: it is thread state and must not leak past the yield.
@@ -94,7 +94,7 @@ def iterate_tower(
                 embeds = out.embeds.float().cpu().clone()
                 layers = out.layers.float().cpu().clone() if out.layers is not None else None
         bar.update(len(positions) + len(skipped))
-        yield [indices[i] for i in positions], embeds, layers, skipped
+        yield positions, embeds, layers, skipped
     bar.close()
     elapsed = time.perf_counter() - start
     if indices:

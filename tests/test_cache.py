@@ -1,0 +1,202 @@
+"""The feature cache: invalidation, partial re-extraction, crash resume, torn shards, torchrun."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from deepfake.deepfake_dataset import DeepfakeDataset, Sample, scan_categories
+from deepfake.feature_cache import FeatureCache
+from deepfake.features import ExtractionSettings, extract_features
+from deepfake.towers import load_tower
+
+from .conftest import FIXTURE, TOWER, make_forensynths
+
+SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, shard_size=8, progress=False)
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = make_forensynths(tmp_path / "data", n_train=3, n_val=1, n_test=1)
+    samples = [s for group in scan_categories(root / "train").values() for s in group]
+    return root, samples
+
+
+def cache_for(root, tower, settings=SETTINGS) -> FeatureCache:
+    return FeatureCache(root, {"tower": tower.cache_identity(), "features": settings.cache_info()})
+
+
+def counting(monkeypatch, tower) -> list:
+    """Record how many images go through the tower."""
+    seen = []
+    forward = type(tower).forward
+
+    def spy(self, pixels, layers=False):
+        seen.append(len(pixels))
+        return forward(self, pixels, layers)
+
+    monkeypatch.setattr(type(tower), "forward", spy)
+    return seen
+
+
+def test_second_run_reads_the_cache_and_matches(tmp_path, data, monkeypatch):
+    _, samples = data
+    tower = load_tower(TOWER)
+    dataset = DeepfakeDataset(samples, tower.preprocess)
+    first = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "c", tower))
+    seen = counting(monkeypatch, tower)
+    second = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "c", tower))
+    assert seen == [] and torch.equal(first.embeds, second.embeds) and first.ok.all()
+    plain = extract_features(tower, dataset, SETTINGS, None)
+    assert torch.equal(first.embeds, plain.embeds)
+    manifest = (cache_for(tmp_path / "c", tower).dir / "manifest.json").read_text()
+    assert '"category": "car"' in manifest and '"mtime_ns"' in manifest
+
+
+def test_changing_preprocessing_or_tower_changes_the_key():
+    base = load_tower(TOWER)
+    crop = load_tower(TOWER, preprocess_mode="crop")
+    other = load_tower(str(FIXTURE / "lora2"))
+    keys = {cache_for("/tmp/x", t).key for t in (base, crop, other)}
+    assert len(keys) == 3
+    bf16 = ExtractionSettings(precision="bf16")
+    assert cache_for("/tmp/x", base, bf16).key != cache_for("/tmp/x", base).key
+
+
+def test_touching_one_image_reextracts_only_it(tmp_path, data, monkeypatch):
+    _, samples = data
+    tower = load_tower(TOWER)
+    dataset = DeepfakeDataset(samples, tower.preprocess)
+    before = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "c", tower))
+    changed = samples[5].path
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (250, 10, 10)).save(changed)
+    stamp = time.time() + 5
+    os.utime(changed, (stamp, stamp))
+    seen = counting(monkeypatch, tower)
+    after = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "c", tower))
+    assert seen == [1]
+    assert not torch.equal(before.embeds[5], after.embeds[5])
+    keep = torch.arange(len(samples)) != 5
+    assert torch.equal(before.embeds[keep], after.embeds[keep])
+
+
+def test_killed_extraction_resumes_with_identical_features(tmp_path, data, monkeypatch):
+    _, samples = data
+    tower = load_tower(TOWER)
+    dataset = DeepfakeDataset(samples, tower.preprocess)
+    reference = extract_features(tower, dataset, SETTINGS, None)
+    cache = cache_for(tmp_path / "c", tower)
+    write = FeatureCache.write_shard
+    calls = []
+
+    def crash_after_two(self, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureCache, "write_shard", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(tower, dataset, SETTINGS, cache)
+    monkeypatch.setattr(FeatureCache, "write_shard", write)
+    assert len(cache.shard_files()) == 2
+    assert not list(cache.dir.glob("*.tmp"))
+    seen = counting(monkeypatch, tower)
+    resumed = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "c", tower))
+    assert sum(seen) == len(samples) - 16  # two shards of 8 were kept
+    assert torch.equal(resumed.embeds, reference.embeds)
+
+
+def test_truncated_shard_is_detected_and_redone(tmp_path, data, caplog):
+    _, samples = data
+    tower = load_tower(TOWER)
+    dataset = DeepfakeDataset(samples, tower.preprocess)
+    reference = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "c", tower))
+    cache = cache_for(tmp_path / "c", tower)
+    shard = cache.shard_files()[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    again = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "c", tower))
+    assert torch.equal(again.embeds, reference.embeds)
+    assert "unreadable cache shard" in caplog.text
+    assert shard.with_suffix(".corrupt").exists()
+
+
+def test_corrupted_shard_bytes_fail_the_checksum(tmp_path, data):
+    _, samples = data
+    tower = load_tower(TOWER)
+    dataset = DeepfakeDataset(samples, tower.preprocess)
+    reference = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "c", tower))
+    shard = cache_for(tmp_path / "c", tower).shard_files()[0]
+    raw = bytearray(shard.read_bytes())
+    raw[-3] ^= 0xFF  # same length, one tensor byte flipped
+    shard.write_bytes(bytes(raw))
+    again = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "c", tower))
+    assert torch.equal(again.embeds, reference.embeds)
+
+
+def test_skipped_files_are_cached_with_their_reason(tmp_path, data):
+    root, samples = data
+    broken = root / "train" / "car" / "0_real" / "broken.png"
+    broken.write_bytes(b"not a png")
+    samples = samples + [Sample(str(broken), 0, "car", "train")]
+    tower = load_tower(TOWER)
+    table = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), SETTINGS,
+                             cache_for(tmp_path / "c", tower))
+    assert not table.ok[-1] and table.skipped == {len(samples) - 1: "not an image Pillow can read"}
+    again = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), SETTINGS,
+                             cache_for(tmp_path / "c", tower))
+    assert again.skipped == table.skipped
+
+
+def test_layer_features_share_the_cache_machinery(tmp_path, data):
+    _, samples = data
+    tower = load_tower(TOWER)
+    settings = ExtractionSettings(batch_size=4, num_workers=0, layers=True, progress=False)
+    table = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), settings,
+                             cache_for(tmp_path / "c", tower, settings))
+    assert table.layers.shape == (len(samples), 4, 64)
+    again = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), settings,
+                             cache_for(tmp_path / "c", tower, settings))
+    assert torch.equal(table.layers, again.layers)
+
+
+def _distributed_worker(rank: int, world: int, port: int, root: str, cache_root: str, paths, result_dir: str):
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    from deepfake.runtime import init_distributed
+
+    init_distributed(torch.device("cpu"))
+    tower = load_tower(TOWER)
+    samples = [Sample(p, 0, "c") for p in paths]
+    table = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), SETTINGS,
+                             cache_for(cache_root, tower))
+    torch.save(table.embeds, os.path.join(result_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_torch_distributed_extraction_matches_single_process(tmp_path, data):
+    import socket
+
+    _, samples = data
+    paths = [s.path for s in samples]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_distributed_worker, args=(2, port, str(tmp_path), str(tmp_path / "dist-cache"), paths, str(tmp_path)),
+             nprocs=2, join=True)
+    tower = load_tower(TOWER)
+    single = extract_features(tower, DeepfakeDataset([Sample(p, 0, "c") for p in paths], tower.preprocess),
+                              SETTINGS, None)
+    shards = cache_for(tmp_path / "dist-cache", tower).shard_files()
+    assert {s.name.split("-")[1] for s in shards} == {"000", "001"}  # both ranks wrote shards
+    for rank in (0, 1):
+        assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), single.embeds)

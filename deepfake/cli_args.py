@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from deepfake.backbones import DEFAULT_MODEL, PREPROCESS_MODES
 from deepfake.image_io import DEFAULT_MAX_PIXELS
 from deepfake.runtime import PRECISIONS
+
+
+def default_workers() -> int:
+    """Decoding workers that leave the tower its cores: none on a 2-core machine, up to 8 on big ones."""
+    return min(8, max(0, (os.cpu_count() or 1) - 2))
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +22,8 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                         help="tower precision: auto = bf16 on GPUs and on CPUs with bf16 instructions, else fp32 "
                              "(default: auto for training, the checkpoint's for test and predict)")
     parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
-    parser.add_argument("--num_workers", type=int, default=2, help="image decoding worker processes")
+    parser.add_argument("--num_workers", type=int, default=default_workers(),
+                        help="image decoding worker processes (default: %(default)s on this machine)")
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels than this (decompression bombs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -109,7 +109,8 @@ def subsample(samples: list[TestSample], max_sample: int | None, seed: int) -> t
         if max_sample is not None and len(members) > max_sample:
             members = sorted(random.Random(f"{seed}:{generator}:{label}").sample(members, max_sample),
                              key=lambda s: s.path)
-        counts.setdefault(generator, {})[("real", "fake")[label]] = {"used": len(members), "found": len(groups[(generator, label)])}
+        found = len(groups[(generator, label)])
+        counts.setdefault(generator, {})[("real", "fake")[label]] = {"used": len(members), "found": found}
         kept.extend(members)
     return kept, counts
 

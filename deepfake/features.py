@@ -132,7 +132,7 @@ def extract_features(
             _fill(table, idx, embeds, layers)
             table.skipped.update(dict(skipped))
         return table
-    for attempt in range(3):
+    for _ in range(3):
         try:
             _extract_missing(tower, dataset, settings, cache, desc)
             return _read_table(table, dataset, settings, cache)

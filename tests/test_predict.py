@@ -58,7 +58,7 @@ def build_cases(folder) -> dict[str, str | None]:
     for mode in ("L", "LA", "P", "RGBA", "CMYK", "I;16", "F"):
         def write(p, mode=mode):
             if mode == "I;16":
-                Image.fromarray((np.asarray(good.convert("L"), dtype=np.uint16) * 257)).save(p)
+                Image.fromarray(np.asarray(good.convert("L"), dtype=np.uint16) * 257).save(p)
             elif mode == "F":
                 Image.fromarray(np.asarray(good.convert("L"), dtype=np.float32) / 255.0, mode="F").save(p)
             else:

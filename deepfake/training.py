@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from deepfake.checkpoint import BEST
+from deepfake.checkpoint import BEST, save_checkpoint
 from deepfake.deepfake_classifier import build_head, fake_probabilities, head_config
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, collate, training_samples
 from deepfake.feature_cache import STORE_DTYPE, FeatureCache
@@ -305,8 +305,6 @@ def train(args: argparse.Namespace) -> dict:
                 f"val_ap {result.val_ap if result.val_ap is not None else float('nan'):.4f}")
         tqdm.write(line, file=sys.stdout)
         config = {**base_config, "epoch": epoch, "metrics": vars(result), "val_threshold": result.val_threshold}
-        from deepfake.checkpoint import save_checkpoint
-
         save_checkpoint(out, f"epoch_{epoch:03d}", head.state_dict(), config)
         # Best by val AP; once AP saturates, the lower val loss breaks the tie.
         score = (result.val_ap if result.val_ap is not None else -1.0, -result.val_loss)

@@ -6,8 +6,8 @@ Tower: the real LanguageBind_Image architecture (ViT-L/14, hidden 1024, 24 layer
 gelu, projection 768) with random weights, which costs the same compute as the real one.
 Measured side by side in one run:
 - naive: fp32, one image at a time, each through the LanguageBind transform;
-- project: the extraction path (DataLoader workers decoding and preprocessing, batched,
-  --precision auto: bf16 where the CPU or GPU has it, SDPA attention);
+- project: the extraction path (DataLoader decoding and preprocessing, batched, --precision
+  auto: bf16 where the CPU or GPU has it, blocks fused for inference by deepfake/fast_clip.py);
 - roofline: a bf16 and an fp32 GEMM of the tower's largest shape; the tower's FLOPs per
   image are computed from its config.
 Prints, last: speed-up over naive and % of the bf16 roofline.

@@ -22,6 +22,7 @@ from torch import nn
 
 from deepfake.backbones import Preprocess
 from deepfake.checkpoint import CheckpointRefused, load_checkpoint
+from deepfake.features import prepare_tower
 from deepfake.runtime import choose_device, resolve_precision
 from deepfake.towers import ImageTower, load_tower
 
@@ -127,8 +128,6 @@ class DeepfakeClassifier(nn.Module):
             head.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise CheckpointRefused(f"{path}: head weights do not fit the head in its config: {exc}") from exc
-        from deepfake.features import prepare_tower
-
         if precision is None:
             precision = config.get("features", {}).get("precision", "auto")
             if precision == "fp16" and device.type == "cpu":

@@ -53,11 +53,16 @@ class FeatureTable:
 
 
 def prepare_tower(tower: ImageTower, precision: str, device: torch.device, compile: bool = False) -> ImageTower:
-    """Move the tower to ``device`` in the precision it will run in (weights cast once, not per batch)."""
+    """Move the tower to ``device`` in the precision it will run in (weights cast once, not per batch).
+
+    Its blocks are then either fused for inference or, with ``compile``, handed unchanged to
+    ``torch.compile``, which makes its own fusions (and cannot lower ours).
+    """
     tower = tower.to(device=device, dtype=DTYPES[precision])
     if compile:
         tower.model = torch.compile(tower.model)
-    return tower
+        return tower
+    return tower.fuse_for_inference()
 
 
 def iterate_tower(

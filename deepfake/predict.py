@@ -25,6 +25,7 @@ from PIL import Image
 
 from deepfake.cli_args import add_runtime_args, setup_logging
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
+from deepfake.feature_cache import STORE_DTYPE
 from deepfake.features import ExtractionSettings, extract_features
 from deepfake.fileio import atomic_write_text, display_path
 from deepfake.image_io import ImageSkipped, expand_inputs
@@ -96,7 +97,8 @@ def tile_probabilities(classifier, dataset: DeepfakeDataset, indices: list[int],
         if not pending:
             return
         pixels = torch.stack([t for _, t in pending]).to(tower.device)
-        feats = tower(pixels).embeds.float().cpu().to(torch.float16).float()
+        # Rounded as cached features are, so a tile scores as the head saw its training features.
+        feats = tower(pixels).embeds.float().cpu().to(STORE_DTYPE).float()
         for (i, _), p in zip(pending, fake_probabilities(classifier.head, feats)):
             sums.setdefault(i, []).append(float(p))
         pending.clear()

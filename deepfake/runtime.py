@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -30,6 +31,7 @@ def choose_device(requested: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
     try:

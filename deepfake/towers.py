@@ -71,6 +71,10 @@ class ImageTower(nn.Module):
         """What must match for cached features of this tower to be reused."""
         return {**self.identity, "preprocess": self.preprocess.to_dict()}
 
+    def fuse_for_inference(self) -> ImageTower:
+        """Rewrite the tower into faster kernels that compute the same features (in place)."""
+        return self
+
 
 class CLIPTower(ImageTower):
     """A CLIP ViT image tower (LanguageBind or transformers CLIP) with its projection."""
@@ -89,6 +93,12 @@ class CLIPTower(ImageTower):
         out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=layers)
         cls = torch.stack([h[:, 0] for h in out.hidden_states], dim=1) if layers else None
         return TowerOutput(embeds=out.image_embeds, layers=cls)
+
+    def fuse_for_inference(self) -> CLIPTower:
+        from deepfake.fast_clip import fuse_clip_blocks
+
+        fuse_clip_blocks(self.model.vision_model.encoder.layers)
+        return self
 
 
 # --- resolving where the weights are ---------------------------------------------------

@@ -11,10 +11,15 @@ import torch
 from safetensors.torch import load_file
 
 import train_ClassifierHead
-from deepfake.deepfake_dataset import scan_categories, stratified_split, training_samples
+from deepfake.backbones import backbone_for
+from deepfake.deepfake_dataset import DeepfakeDataset, scan_categories, stratified_split, training_samples
+from deepfake.features import FeatureTable
 from deepfake.layouts import LayoutError
+from deepfake.towers import CLIPTower
+from deepfake.training import CachedFeatures
+from deepfake.transforms import BlurJpegAugment
 
-from .conftest import CATEGORIES, make_forensynths, train_args, write_images
+from .conftest import CATEGORIES, TOWER, make_forensynths, train_args, write_images
 
 
 def test_training_end_to_end_reaches_high_val_ap(trained_run):
@@ -168,3 +173,41 @@ def test_checkpoint_with_missing_tower_key_fails_training(tmp_path, forensynths,
 def test_small_forensynths_helper_counts(tmp_path):
     root = make_forensynths(tmp_path, n_train=1, n_val=1, n_test=1)
     assert len(list(root.rglob("*.png"))) == 3 * 4 * 2
+
+
+def test_augmented_views_are_reproducible_and_distinct(forensynths):
+    samples = [s for group in scan_categories(forensynths / "train").values() for s in group][:3]
+    augment = BlurJpegAugment(blur_prob=1.0, blur_sigma=3.0, jpeg_prob=1.0, jpeg_quality=(30, 60))
+    dataset = DeepfakeDataset(samples, backbone_for(TOWER).preprocess, augment=augment, seed=1)
+    clean = DeepfakeDataset(samples, backbone_for(TOWER).preprocess).load(0)
+    first = dataset.load(0)
+    assert torch.equal(first, dataset.load(0))  # a view is the same draw every time it is asked for
+    dataset.view = 1
+    assert not torch.equal(first, dataset.load(0)) and not torch.equal(first, clean)
+
+
+def test_cached_views_are_drawn_per_image_and_epoch():
+    n, dim = 64, 4
+    views = [FeatureTable(embeds=torch.full((n, dim), float(v)), layers=None, ok=torch.ones(n, dtype=torch.bool))
+             for v in range(3)]
+    source = CachedFeatures(views, torch.Generator().manual_seed(0))
+    batches = [torch.arange(n)]
+    epochs = [torch.cat([f for _, f in source.epoch_batches(batches)])[:, 0] for _ in range(2)]
+    for picked in epochs:
+        assert set(picked.tolist()) == {0.0, 1.0, 2.0}  # every view is used, one per image
+    assert not torch.equal(epochs[0], epochs[1])  # and the draw changes with the epoch
+
+
+def test_augmented_views_are_extracted_once(tmp_path, forensynths, monkeypatch):
+    aug = ("--blur_prob", "0.5", "--jpeg_prob", "0.5", "--aug_views", "3")
+    cache = tmp_path / "cache"
+    assert train_ClassifierHead.main(train_args(forensynths, tmp_path / "a", cache, *aug)) == 0
+    assert len(list(cache.rglob("manifest.json"))) == 4  # three training views and the clean validation set
+    seen = []
+    forward = CLIPTower.forward
+    monkeypatch.setattr(CLIPTower, "forward", lambda self, pixels, layers=False: seen.append(len(pixels))
+                        or forward(self, pixels, layers))
+    assert train_ClassifierHead.main(train_args(forensynths, tmp_path / "b", cache, *aug)) == 0
+    assert seen == []  # every view came from the cache
+    history = [json.loads((tmp_path / name / "run.json").read_text())["history"] for name in ("a", "b")]
+    assert history[0] == history[1]

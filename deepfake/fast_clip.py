@@ -4,9 +4,10 @@ The tower never trains, so each block can run as fewer, larger kernels:
 
 - q, k and v come from one GEMM over concatenated weights (same products, one pass over
   the activations);
-- on the CPU in bf16, every linear layer goes through oneDNN with the bias, and for
-  exact-``gelu`` towers the GELU, computed in the GEMM's epilogue: no bias broadcast copy,
-  no separate pass over the 4x-wide MLP activations;
+- on the CPU in bf16, every linear layer goes through oneDNN with its weight reordered once
+  into oneDNN's blocked layout, and with the bias (and, for exact-``gelu`` towers, the GELU)
+  computed in the GEMM's epilogue: no bias broadcast copy, no separate pass over the 4x-wide
+  MLP activations;
 - on the CPU in bf16, attention runs a few images at a time with plain batched GEMMs and
   softmax, so each chunk's score matrix stays in cache. For ViT-L/14's 257 tokens and
   64-wide heads this is about twice as fast as the CPU's fused SDPA kernel, whose many tiny

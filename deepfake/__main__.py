@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 COMMANDS = {
@@ -15,8 +16,6 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m deepfake {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
         return 2
-    import importlib
-
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 

@@ -29,6 +29,7 @@ from deepfake.features import ExtractionSettings, extract_features
 from deepfake.image_io import walk_images
 from deepfake.layouts import LayoutError, describe, find_label_folders
 from deepfake.metrics import domain_metrics, mean_row
+from deepfake.reports import prepare_output_dir, write_outputs
 from deepfake.training import feature_cache, report_skipped, versions
 from deepfake.transforms import Perturbation
 
@@ -158,8 +159,6 @@ def domain_rows(samples: list[TestSample], probs: np.ndarray, ok: np.ndarray, th
 
 def evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None = None) -> dict:
     """Run the evaluation described by the parsed command line; returns the results document."""
-    from deepfake.reports import prepare_output_dir, write_outputs
-
     out_dir = prepare_output_dir(args)
     if classifier is None:
         classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)

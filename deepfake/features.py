@@ -96,8 +96,8 @@ def iterate_tower(
             # Inference mode only around the tower: it is thread state and must not leak past the yield.
             with torch.inference_mode():
                 out = tower(batch["pixel_values"].to(device, non_blocking=True), layers=settings.layers)
-                embeds = out.embeds.float().cpu().clone()
-                layers = out.layers.float().cpu().clone() if out.layers is not None else None
+                embeds = out.embeds.float().cpu()
+                layers = out.layers.float().cpu() if out.layers is not None else None
         bar.update(len(positions) + len(skipped))
         yield positions, embeds, layers, skipped
     bar.close()

@@ -12,6 +12,8 @@ loader, the tower's batched feature pass, the head.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import os
@@ -23,7 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deepfake.checkpoint import CheckpointRefused
 from deepfake.cli_args import add_runtime_args, setup_logging
+from deepfake.clip_weights import CheckpointError
+from deepfake.deepfake_classifier import DeepfakeClassifier, fake_probabilities
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.feature_cache import STORE_DTYPE
 from deepfake.features import ExtractionSettings, extract_features
@@ -48,7 +53,7 @@ class Prediction:
 
 
 def score(
-    classifier,
+    classifier: DeepfakeClassifier,
     inputs: list,
     batch_size: int = 32,
     num_workers: int = 0,
@@ -58,8 +63,6 @@ def score(
     progress: bool = False,
 ) -> list[Prediction]:
     """Score paths and/or PIL images with ``classifier``; order follows ``inputs``."""
-    from deepfake.deepfake_classifier import fake_probabilities
-
     threshold = classifier.threshold if threshold is None else threshold
     images = [x if isinstance(x, Image.Image) else None for x in inputs]
     samples = [Sample(f"<image {i}>" if images[i] is not None else os.fspath(x), -1, "")
@@ -84,11 +87,9 @@ def score(
 
 
 @torch.no_grad()
-def tile_probabilities(classifier, dataset: DeepfakeDataset, indices: list[int], max_tiles: int,
+def tile_probabilities(classifier: DeepfakeClassifier, dataset: DeepfakeDataset, indices: list[int], max_tiles: int,
                        batch_size: int) -> dict[int, float]:
     """Mean P(fake) over up to ``max_tiles`` unresized crops per image (large images keep their detail)."""
-    from deepfake.deepfake_classifier import fake_probabilities
-
     tower = classifier.tower
     pending: list[tuple[int, torch.Tensor]] = []
     sums: dict[int, list[float]] = {}
@@ -119,9 +120,6 @@ def tile_probabilities(classifier, dataset: DeepfakeDataset, indices: list[int],
 def write_predictions(path: Path, predictions: list[Prediction]) -> None:
     """CSV (``.csv``) or JSON lines (anything else), atomically."""
     if path.suffix.lower() == ".csv":
-        import csv
-        import io
-
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(Prediction.__dataclass_fields__), lineterminator="\n")
         writer.writeheader()
@@ -169,10 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from deepfake.checkpoint import CheckpointRefused
-    from deepfake.clip_weights import CheckpointError
-    from deepfake.deepfake_classifier import DeepfakeClassifier
-
     if args.output and Path(args.output).exists() and not args.overwrite:
         log.error("%s: exists; pass --overwrite to replace it", args.output)
         return 2

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from deepfake.cli_args import setup_logging
 from deepfake.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min_size", type=int, default=256)
     p.add_argument("--max_size", type=int, default=320)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if Path(args.out).exists() and any(Path(args.out).iterdir()):
         log.error("%s: not empty; choose a new folder (existing files are never replaced)", args.out)
         return 2

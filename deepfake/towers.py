@@ -22,6 +22,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from deepfake.backbones import Backbone, Preprocess, backbone_for
 from deepfake.clip_weights import CheckpointError, check_keys, family_of, vision_config_from, vision_state_dict
+from deepfake.fast_clip import fuse_clip_blocks
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,6 @@ class CLIPTower(ImageTower):
         return TowerOutput(embeds=out.image_embeds, layers=cls)
 
     def fuse_for_inference(self) -> CLIPTower:
-        from deepfake.fast_clip import fuse_clip_blocks
-
         fuse_clip_blocks(self.model.vision_model.encoder.layers)
         return self
 

@@ -81,8 +81,9 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     add_runtime_args(p)
     p.add_argument("--extract_batch_size", type=int, default=None, help="tower batch size (default: --batch_size)")
     add_cache_args(p)
-    p.add_argument("--feature_layers", default="none", choices=("none", "all"),
-                   help="all: also cache the CLS token of every transformer block")
+    p.add_argument("--feature_layers", default="none",
+                   help="also cache the CLS token after these transformer blocks: none, all, or a list such as "
+                        "8,16,20,24 (0 = embedding output); stored one tensor per block, memory-mapped")
     aug = p.add_argument_group("augmentation (CNNDetection's blur + JPEG)")
     aug.add_argument("--blur_prob", type=float, default=0.0)
     aug.add_argument("--blur_sigma", type=float, default=3.0, help="sigma drawn from U[0, blur_sigma]")

@@ -26,10 +26,12 @@ import numpy as np
 from deepfake.deepfake_classifier import DeepfakeClassifier, fake_probabilities
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.features import ExtractionSettings, extract_features
+from deepfake.fileio import removed_if_left_empty
 from deepfake.image_io import walk_images
 from deepfake.layouts import LayoutError, describe, find_label_folders
 from deepfake.metrics import domain_metrics, mean_row
-from deepfake.reports import prepare_output_dir, write_outputs
+from deepfake.reports import default_output_dir, prepare_output_dir, write_outputs
+from deepfake.runtime import init_distributed, is_main_process
 from deepfake.training import feature_cache, report_skipped, versions
 from deepfake.transforms import Perturbation
 
@@ -158,10 +160,21 @@ def domain_rows(samples: list[TestSample], probs: np.ndarray, ok: np.ndarray, th
 
 
 def evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None = None) -> dict:
-    """Run the evaluation described by the parsed command line; returns the results document."""
+    """Run the evaluation described by the parsed command line; returns the results document.
+
+    Under torchrun every rank extracts its share of the features; rank 0 computes the
+    metrics and writes the results (the other ranks return ``{}``).
+    """
+    out = Path(args.output_dir) if args.output_dir else default_output_dir(args)
+    with removed_if_left_empty(out):
+        return _evaluate(args, classifier)
+
+
+def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -> dict:
     out_dir = prepare_output_dir(args)
     if classifier is None:
         classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
+    init_distributed(classifier.tower.device)
     samples = discover_test_set(args.dataset_dir, split_list(args.generators), split_list(args.categories))
     samples, counts = subsample(samples, args.max_sample, args.seed)
     threshold = args.threshold if args.threshold is not None else classifier.threshold
@@ -178,6 +191,8 @@ def evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None = N
         extra = {} if perturb.is_identity else {"perturbation": perturb.to_dict()}
         table = extract_features(tower, dataset, settings, feature_cache(args, tower, settings, extra),
                                  desc=f"test features ({perturb.label()})")
+        if table is None:
+            continue  # another rank's share is done; rank 0 scores
         probs = np.full(len(samples), np.nan)
         ok = table.ok.numpy()
         probs[ok] = fake_probabilities(classifier.head, table.embeds[table.ok])
@@ -187,6 +202,8 @@ def evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None = N
             "skipped": report_skipped(f"test set ({perturb.label()})", as_samples, table.skipped),
             "seconds": time.perf_counter() - start, "probabilities": probs,
         })
+    if not is_main_process():
+        return {}
     results = {
         "checkpoint": classifier.config.get("checkpoint"),
         "tower": tower.identity,

@@ -1,55 +1,149 @@
 """Run the frozen tower over a data set once: batched, streamed, cached, and split across ranks.
 
-``extract_features`` returns a :class:`FeatureTable` with one row per sample. With a
-:class:`~deepfake.feature_cache.FeatureCache` only the images it lacks go through the
-tower; under ``torchrun`` each rank takes a disjoint share of them and writes its own
-shards, and every rank then reads the merged cache.
+``extract_features`` returns a :class:`FeatureTable` with one row per sample, in the
+store dtype (fp16). With a :class:`~deepfake.feature_cache.FeatureCache` only the images it
+lacks go through the tower. Under ``torchrun`` the share of every rank is a pure function
+of (rank, world size, the ordered sample list): rank ``r`` owns samples ``r, r + world, ...``
+and extracts those of them the cache lacks, so shares never overlap and never leave a hole,
+whatever each rank saw of the cache and whenever it got there. A barrier then waits for
+every rank's shards, and rank 0 alone reads the table; the other ranks get ``None``.
+
+Per-layer CLS tokens (``--feature_layers``) are stored one tensor per block and read on
+demand from memory-mapped shards through :meth:`FeatureTable.layer_rows`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from deepfake.deepfake_dataset import DeepfakeDataset, collate
-from deepfake.feature_cache import STORE_DTYPE, CorruptShard, FeatureCache
-from deepfake.runtime import DTYPES, barrier, is_main_process, rank_and_world
+from deepfake.feature_cache import (
+    STORE_DTYPE,
+    CacheEntry,
+    CacheError,
+    CorruptShard,
+    FeatureCache,
+    ShardMaps,
+    layer_tensor,
+)
+from deepfake.runtime import DTYPES, barrier, rank_and_world, terminate_as_interrupt
 from deepfake.towers import ImageTower
 
 log = logging.getLogger(__name__)
 
 
+def parse_feature_layers(spec: str, num_layers: int) -> list[int]:
+    """``none`` -> [], ``all`` -> 0..num_layers, ``"8,16,20,24"`` -> those blocks (checked, sorted).
+
+    Block 0 is the embedding output, block i the CLS token after transformer block i.
+    """
+    text = (spec or "none").strip().lower()
+    if text in ("none", ""):
+        return []
+    if text == "all":
+        return list(range(num_layers + 1))
+    try:
+        blocks = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise ValueError(f"--feature_layers {spec!r}: expected none, all, or block numbers like 8,16,20,24") from None
+    bad = [b for b in blocks if not 0 <= b <= num_layers]
+    if bad:
+        raise ValueError(f"--feature_layers {spec!r}: block(s) {bad} out of range; this tower has blocks "
+                         f"0..{num_layers} (0 = embedding output)")
+    return blocks
+
+
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """How the tower is run: batch size, loader workers, precision, per-layer CLS tokens."""
+    """How the tower is run: batch size, loader workers, precision, which blocks' CLS tokens to keep."""
 
     batch_size: int = 32
     num_workers: int = 0
     precision: str = "fp32"
-    layers: bool = False
+    layers: tuple[int, ...] = ()
     shard_size: int = 1024
     progress: bool = True
 
     def cache_info(self) -> dict:
-        # Batch size and workers do not change the features; precision and kind do.
-        return {"precision": self.precision, "feature_kind": "embeds+layers" if self.layers else "embeds",
+        # Batch size and workers do not change the features; precision does. Per-layer tokens
+        # live beside the embeds in the same key, each shard saying which blocks it holds.
+        return {"precision": self.precision, "feature_kind": "embeds",
                 "store_dtype": str(STORE_DTYPE).replace("torch.", "")}
+
+
+class MappedLayers:
+    """Per-layer rows read from memory-mapped shards: nothing is loaded until asked for."""
+
+    def __init__(self, cache: FeatureCache, entries: list[CacheEntry | None], layer_ids: list[int], hidden: int):
+        names = sorted({e.shard for e in entries if e is not None and e.row >= 0})
+        number = {name: i for i, name in enumerate(names)}
+        self.names = names
+        self.shard_of = np.array([number[e.shard] if e is not None and e.row >= 0 else -1 for e in entries],
+                                 dtype=np.int32)
+        self.row_of = np.array([e.row if e is not None else -1 for e in entries], dtype=np.int32)
+        self.layer_ids = layer_ids
+        self.hidden = hidden
+        self.maps: ShardMaps = cache.maps()
+
+    def rows(self, idx: np.ndarray) -> torch.Tensor:
+        out = np.zeros((len(idx), len(self.layer_ids), self.hidden), dtype=np.float32)
+        shards = self.shard_of[idx]
+        for shard in np.unique(shards):
+            if shard < 0:
+                continue
+            sel = np.nonzero(shards == shard)[0]
+            src = self.row_of[idx[sel]]
+            name = self.names[shard]
+            for j, block in enumerate(self.layer_ids):
+                try:
+                    out[sel, j] = self.maps.tensor(name, layer_tensor(block))[src]
+                except CorruptShard as exc:
+                    FeatureCache._set_aside(exc.path)
+                    raise CacheError(f"{exc}; it was set aside: run the same command again to extract "
+                                     f"its images again") from exc
+        return torch.from_numpy(out)
+
+
+class MemoryLayers:
+    """Per-layer rows held in memory (runs without a cache), one fp16 tensor per block."""
+
+    def __init__(self, n: int, layer_ids: list[int], hidden: int):
+        self.layer_ids = layer_ids
+        self.tensors = {b: torch.zeros(n, hidden, dtype=STORE_DTYPE) for b in layer_ids}
+
+    def rows(self, idx: np.ndarray) -> torch.Tensor:
+        take = torch.from_numpy(idx)
+        return torch.stack([self.tensors[b][take].float() for b in self.layer_ids], dim=1)
 
 
 @dataclass
 class FeatureTable:
-    """Features of ``n`` samples; rows of skipped samples are zero and ``ok`` is False."""
+    """Features of ``n`` samples; rows of skipped samples are zero and ``ok`` is False.
+
+    ``embeds`` is [n, D] in the store dtype (fp16): call ``.float()`` on the batches you use.
+    Per-layer CLS tokens of the blocks in ``layer_ids`` come from :meth:`layer_rows`.
+    """
 
     embeds: torch.Tensor
-    layers: torch.Tensor | None
     ok: torch.Tensor
     skipped: dict[int, str] = field(default_factory=dict)
+    layer_ids: list[int] = field(default_factory=list)
+    layer_source: MappedLayers | MemoryLayers | None = field(default=None, repr=False)
+
+    def layer_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """float32 [len(idx), len(layer_ids), hidden]: the per-layer CLS tokens of rows ``idx``."""
+        if self.layer_source is None:
+            raise ValueError("no per-layer features in this table; extract them with --feature_layers")
+        return self.layer_source.rows(np.asarray(torch.as_tensor(idx, dtype=torch.long).cpu().numpy()))
 
 
 def prepare_tower(tower: ImageTower, precision: str, device: torch.device, compile: bool = False) -> ImageTower:
@@ -72,7 +166,7 @@ def iterate_tower(
     settings: ExtractionSettings,
     desc: str = "features",
 ):
-    """Yield (sample indices, embeds, layers, [(index, reason)] skipped) batch by batch."""
+    """Yield (sample indices, embeds, {block: CLS tokens} or None, [(index, reason)] skipped) per batch."""
     subset = torch.utils.data.Subset(dataset, indices)
     device = tower.device
     loader = DataLoader(
@@ -88,6 +182,7 @@ def iterate_tower(
     )
     bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not settings.progress, leave=False)
     start = time.perf_counter()
+    blocks = list(settings.layers)
     for batch in loader:
         positions = batch["indices"].tolist()  # the dataset's own indices (Subset passes them through)
         skipped = batch["skipped"]
@@ -95,9 +190,11 @@ def iterate_tower(
         if positions:
             # Inference mode only around the tower: it is thread state and must not leak past the yield.
             with torch.inference_mode():
-                out = tower(batch["pixel_values"].to(device, non_blocking=True), layers=settings.layers)
+                out = tower(batch["pixel_values"].to(device, non_blocking=True), layers=bool(blocks))
                 embeds = out.embeds.float().cpu()
-                layers = out.layers.float().cpu() if out.layers is not None else None
+                if blocks:
+                    picked = out.layers[:, blocks].float().cpu()
+                    layers = {b: picked[:, j] for j, b in enumerate(blocks)}
         bar.update(len(positions) + len(skipped))
         yield positions, embeds, layers, skipped
     bar.close()
@@ -106,20 +203,18 @@ def iterate_tower(
         log.info("%s: %d images in %.1fs (%.1f img/s)", desc, len(indices), elapsed, len(indices) / max(elapsed, 1e-9))
 
 
-def _empty_table(n: int, dim: int, layer_shape: tuple[int, int] | None) -> FeatureTable:
-    return FeatureTable(
-        embeds=torch.zeros(n, dim),
-        layers=torch.zeros(n, *layer_shape) if layer_shape else None,
-        ok=torch.zeros(n, dtype=torch.bool),
-    )
-
-
-def _layer_shape(tower: ImageTower, settings: ExtractionSettings) -> tuple[int, int] | None:
-    if not settings.layers:
-        return None
-    if not getattr(tower, "num_layers", 0):
+def _check_layers(tower: ImageTower, settings: ExtractionSettings) -> None:
+    if settings.layers and not getattr(tower, "num_layers", 0):
         raise ValueError(f"{tower.backbone.name}: this tower has no transformer blocks; --feature_layers needs one")
-    return (tower.num_layers + 1, tower.hidden_size)
+
+
+def loader_limits(dataset: DeepfakeDataset) -> str:
+    """The loader settings a skip depends on (a skip made under other limits is retried)."""
+    return json.dumps({"max_pixels": getattr(dataset, "max_pixels", None)}, sort_keys=True)
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during extraction, after the images done so far were saved."""
 
 
 def extract_features(
@@ -128,92 +223,158 @@ def extract_features(
     settings: ExtractionSettings,
     cache: FeatureCache | None = None,
     desc: str = "features",
-) -> FeatureTable:
-    """Features for every sample of ``dataset`` (rounded to the cache's fp16 either way)."""
-    n = len(dataset)
-    table = _empty_table(n, tower.feature_dim, _layer_shape(tower, settings))
+    collective: bool = True,
+) -> FeatureTable | None:
+    """Features for every sample of ``dataset`` (rounded to the cache's fp16 either way).
+
+    Under torch.distributed (and ``collective``) every rank must call it with the same
+    samples; rank 0 gets the table, the other ranks ``None``. ``collective=False`` runs
+    this process alone (rank 0 after the others have left).
+    """
+    _check_layers(tower, settings)
+    rank, world = rank_and_world() if collective else (0, 1)
+    share = list(range(rank, len(dataset), world))
     if cache is None:
-        for idx, embeds, layers, skipped in iterate_tower(tower, dataset, list(range(n)), settings, desc):
-            _fill(table, idx, embeds, layers)
-            table.skipped.update(dict(skipped))
-        return table
+        table = _compute(tower, dataset, settings, share, desc)
+        return _gather(table, world) if world > 1 else table
+    _extract_missing(tower, dataset, settings, cache, share, rank, desc)
+    if world > 1:
+        barrier()  # every rank's shards are on disk before anyone reads them
+        if rank != 0:
+            return None
     for _ in range(3):
         try:
-            _extract_missing(tower, dataset, settings, cache, desc)
-            return _read_table(table, dataset, settings, cache)
+            return _read_table(tower, dataset, settings, cache, desc)
         except CorruptShard as exc:
             log.warning("%s; extracting its images again", exc)
             cache.drop_shard(exc.path.name)
-    raise RuntimeError(f"{cache.dir}: cache keeps failing its checksums; remove it and run again")
+    raise CacheError(f"feature cache {cache.dir}: shards keep failing their checksums; "
+                     f"remove this folder and run again")
 
 
-def _fill(table: FeatureTable, idx: list[int], embeds, layers) -> None:
-    if not idx:
-        return
-    rows = torch.tensor(idx)
-    # Round exactly as the cache stores them, so cached and uncached runs see equal features.
-    table.embeds[rows] = embeds.to(STORE_DTYPE).float()
-    if layers is not None and table.layers is not None:
-        table.layers[rows] = layers.to(STORE_DTYPE).float()
-    table.ok[rows] = True
+def _compute(tower, dataset, settings: ExtractionSettings, indices: list[int], desc: str) -> FeatureTable:
+    """Features without a cache, for ``indices`` (other rows stay empty)."""
+    n = len(dataset)
+    blocks = list(settings.layers)
+    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
+                         layer_ids=blocks)
+    if blocks:
+        table.layer_source = MemoryLayers(n, blocks, tower.hidden_size)
+    for idx, embeds, layers, skipped in iterate_tower(tower, dataset, indices, settings, desc):
+        if idx:
+            rows = torch.tensor(idx)
+            # Round exactly as the cache stores them, so cached and uncached runs see equal features.
+            table.embeds[rows] = embeds.to(STORE_DTYPE)
+            for block, value in (layers or {}).items():
+                table.layer_source.tensors[block][rows] = value.to(STORE_DTYPE)
+            table.ok[rows] = True
+        table.skipped.update(dict(skipped))
+    return table
 
 
-def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, desc: str) -> None:
-    rank, world = rank_and_world()
-    missing = [i for i, s in enumerate(dataset.samples) if cache.lookup(s.path) is None]
-    mine = missing[rank::world]
-    if missing:
-        log.info("%s: %d of %d images not cached (rank %d/%d extracts %d)",
-                 desc, len(missing), len(dataset), rank, world, len(mine))
-    buffer: dict[str, list] = {"paths": [], "embeds": [], "layers": [], "skipped": []}
+def _gather(table: FeatureTable, world: int) -> FeatureTable | None:
+    """Merge every rank's rows into rank 0's table (ranks own disjoint rows)."""
+    rank = dist.get_rank()
+    mine = table.ok.nonzero().flatten()
+    part = {"rows": mine, "embeds": table.embeds[mine], "skipped": table.skipped,
+            "layers": {b: t[mine] for b, t in table.layer_source.tensors.items()} if table.layer_source else {}}
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    if rank != 0:
+        return None
+    for other in parts[1:]:
+        table.embeds[other["rows"]] = other["embeds"]
+        table.ok[other["rows"]] = True
+        table.skipped.update(other["skipped"])
+        for block, value in other["layers"].items():
+            table.layer_source.tensors[block][other["rows"]] = value
+    return table
+
+
+def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, indices: list[int],
+                     rank: int, desc: str) -> int:
+    """Extract the samples of ``indices`` that the cache lacks into this rank's shards; returns how many."""
+    cache.index(refresh=True)
+    limits = loader_limits(dataset)
+    samples = dataset.samples
+    missing = [i for i in indices if cache.lookup(samples[i].path, settings.layers, limits) is None]
+    if not missing:
+        return 0
+    log.info("%s: %d of %d images not cached (rank %d extracts them)", desc, len(missing), len(indices), rank)
+    buffer: dict[str, list] = {"idx": [], "embeds": [], "layers": [], "skipped": []}
+    done = 0
+
+    def record(i: int) -> dict:
+        s = samples[i]
+        return {"label": s.label, "category": s.category, "split": getattr(s, "split", "")}
 
     def flush() -> None:
-        if buffer["paths"] or buffer["skipped"]:
+        nonlocal done
+        if buffer["idx"] or buffer["skipped"]:
+            layers = None
+            if buffer["layers"]:
+                layers = {b: torch.cat([part[b] for part in buffer["layers"]]) for b in buffer["layers"][0]}
             cache.write_shard(
-                buffer["paths"],
+                [samples[i].path for i in buffer["idx"]],
                 torch.cat(buffer["embeds"]) if buffer["embeds"] else None,
-                torch.cat(buffer["layers"]) if buffer["layers"] else None,
-                buffer["skipped"],
+                layers,
+                [(samples[i].path, reason) for i, reason in buffer["skipped"]],
                 rank=rank,
+                limits=limits,
+                records=[record(i) for i in buffer["idx"]] + [record(i) for i, _ in buffer["skipped"]],
             )
+            done += len(buffer["idx"]) + len(buffer["skipped"])
         for value in buffer.values():
             value.clear()
 
-    samples = dataset.samples
-    for idx, embeds, layers, skipped in iterate_tower(tower, dataset, mine, settings, desc):
-        buffer["paths"].extend(samples[i].path for i in idx)
-        if embeds is not None:
-            buffer["embeds"].append(embeds)
-        if layers is not None:
-            buffer["layers"].append(layers)
-        buffer["skipped"].extend((samples[i].path, reason) for i, reason in skipped)
-        if len(buffer["paths"]) + len(buffer["skipped"]) >= settings.shard_size:
+    try:
+        with terminate_as_interrupt():
+            for idx, embeds, layers, skipped in iterate_tower(tower, dataset, missing, settings, desc):
+                buffer["idx"].extend(idx)
+                if embeds is not None:
+                    buffer["embeds"].append(embeds)
+                if layers is not None:
+                    buffer["layers"].append(layers)
+                buffer["skipped"].extend(skipped)
+                if len(buffer["idx"]) + len(buffer["skipped"]) >= settings.shard_size:
+                    flush()
             flush()
-    flush()
-    barrier()
+    except KeyboardInterrupt:
+        # Keep every finished batch: the next run extracts only the rest.
+        flush()
+        raise ExtractionInterrupted(
+            f"interrupted: {done} of {len(missing)} images of {desc} are saved in the feature cache "
+            f"{cache.dir}; run the same command again to continue from there"
+        ) from None
+    return len(missing)
 
 
-def _read_table(table: FeatureTable, dataset, settings: ExtractionSettings, cache: FeatureCache) -> FeatureTable:
+def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, desc: str) -> FeatureTable:
+    """Rank 0: the table of every sample, from the shards (anything still missing is extracted here)."""
+    samples = dataset.samples
+    limits = loader_limits(dataset)
     cache.index(refresh=True)
-    entries = [cache.lookup(s.path) for s in dataset.samples]
+    entries = [cache.lookup(s.path, settings.layers, limits) for s in samples]
     late = [i for i, e in enumerate(entries) if e is None]
     if late:
-        raise RuntimeError(f"{cache.dir}: {len(late)} images still missing after extraction "
-                           f"(first: {dataset.samples[late[0]].path}); were files changed during the run?")
-    good = [i for i, e in enumerate(entries) if e.row >= 0]
-    table.skipped.update({i: entries[i].reason for i, e in enumerate(entries) if e.row < 0})
-    if good:
-        rows = cache.read([entries[i] for i in good], settings.layers)
-        take = torch.tensor(good)
-        table.embeds[take] = rows["embeds"]
-        if table.layers is not None:
-            table.layers[take] = rows["layers"]
-        table.ok[take] = True
-    if is_main_process():
-        cache.update_manifest([
-            {"path": os.path.abspath(s.path), "size": e.stamp[0], "mtime_ns": e.stamp[1], "label": s.label,
-             "category": s.category, "split": s.split, "shard": e.shard, "row": e.row,
-             **({"skipped": e.reason} if e.row < 0 else {})}
-            for s, e in zip(dataset.samples, entries)
-        ])
+        # Files changed during the run, or a shard was set aside: do them here, alone.
+        log.warning("%s: %d images not in the cache after extraction (first: %s); extracting them now",
+                    desc, len(late), samples[late[0]].path)
+        _extract_missing(tower, dataset, settings, cache, late, 0, desc)
+        cache.index(refresh=True)
+        for i in late:
+            entries[i] = cache.lookup(samples[i].path, settings.layers, limits)
+        still = [i for i in late if entries[i] is None]
+        if still:
+            raise CacheError(f"feature cache {cache.dir}: {len(still)} images keep changing while they are "
+                             f"extracted (first: {samples[still[0]].path}); run again once they are stable")
+    n = len(samples)
+    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
+                         layer_ids=list(settings.layers))
+    good = [(i, e) for i, e in enumerate(entries) if e.row >= 0]
+    table.skipped.update({i: e.reason for i, e in enumerate(entries) if e.row < 0})
+    cache.fill_embeds(table.embeds, good)
+    table.ok[torch.tensor([i for i, _ in good], dtype=torch.long)] = True
+    if settings.layers:
+        table.layer_source = MappedLayers(cache, entries, list(settings.layers), tower.hidden_size)
     return table

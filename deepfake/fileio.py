@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; the lock keeps threads from seeing 0)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
+
+    The file gets the permissions a plain ``open`` would give it (0666 less the umask), not
+    ``mkstemp``'s private 0600, so a lab can share run folders and caches as it shares others.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         write(tmp)
@@ -57,3 +74,16 @@ def atomic_save_safetensors(
 def display_path(path: str | os.PathLike) -> str:
     """A printable form of a path whose name may not be valid UTF-8."""
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path: str | os.PathLike | None) -> Iterator[None]:
+    """Remove ``path`` if the block fails after creating it and nothing was written into it."""
+    existed = path is None or os.path.lexists(path)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # fails, as it should, when anything is inside
+        raise

@@ -61,8 +61,13 @@ def score(
     threshold: float | None = None,
     max_pixels: int | None = None,
     progress: bool = False,
-) -> list[Prediction]:
-    """Score paths and/or PIL images with ``classifier``; order follows ``inputs``."""
+    collective: bool = False,
+) -> list[Prediction] | None:
+    """Score paths and/or PIL images with ``classifier``; order follows ``inputs``.
+
+    ``collective``: under torch.distributed every rank scores a share; rank 0 gets every
+    prediction, the other ranks ``None``.
+    """
     threshold = classifier.threshold if threshold is None else threshold
     images = [x if isinstance(x, Image.Image) else None for x in inputs]
     samples = [Sample(f"<image {i}>" if images[i] is not None else os.fspath(x), -1, "")
@@ -71,7 +76,9 @@ def score(
     dataset = DeepfakeDataset(samples, classifier.preprocess, images=images, **extra)
     settings = ExtractionSettings(batch_size=batch_size, num_workers=num_workers,
                                   precision=classifier.config.get("precision", "fp32"), progress=progress)
-    table = extract_features(classifier.tower, dataset, settings, None, desc="scoring")
+    table = extract_features(classifier.tower, dataset, settings, None, desc="scoring", collective=collective)
+    if table is None:
+        return None
     probs = np.full(len(samples), np.nan)
     probs[table.ok.numpy()] = fake_probabilities(classifier.head, table.embeds[table.ok])
     tile_probs = tile_probabilities(classifier, dataset, table.ok.nonzero().flatten().tolist(), tiles, batch_size) \

@@ -7,6 +7,8 @@ import functools
 import logging
 import os
 import random
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -18,17 +20,32 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def local_rank() -> int:
+    """This process's GPU slot on its node (torchrun's ``LOCAL_RANK``; 0 outside torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def choose_device(requested: str | None = None) -> torch.device:
-    """``cuda`` when available, else ``cpu``; an explicit request wins (and is checked)."""
+    """``cuda`` when available, else ``cpu``; an explicit request wins (and is checked).
+
+    A bare ``cuda`` (asked for or chosen) means this rank's own GPU, ``cuda:LOCAL_RANK``, and
+    becomes the current device, so that library calls that use "the current GPU" use it too.
+    """
     if requested:
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {requested}: CUDA is not available on this machine")
-        return device
-    if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    else:
+        return torch.device("cpu")
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank())
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+        torch.cuda.set_device(device)
+    return device
 
 
 @functools.cache
@@ -59,12 +76,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """Mixed precision for the head's forward pass on GPU; a no-op on the CPU."""
-    if device.type == "cuda" and enabled:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Inside the block, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does (main thread only).
+
+    Batch schedulers stop jobs with SIGTERM; treating it as Ctrl-C lets the code that is
+    running save what it has finished before the process ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --- torch.distributed ---------------------------------------------------------------
@@ -74,7 +104,9 @@ def init_distributed(device: torch.device) -> None:
     """Join the process group that torchrun describes in the environment (no-op without it)."""
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        # device_id binds the NCCL communicator to this rank's GPU (no guessing "GPU 0").
+        extra = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **extra)
         log.info("rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
 
 

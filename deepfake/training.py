@@ -30,11 +30,16 @@ from deepfake.checkpoint import BEST, save_checkpoint
 from deepfake.deepfake_classifier import build_head, fake_probabilities, head_config
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, collate, training_samples
 from deepfake.feature_cache import STORE_DTYPE, FeatureCache
-from deepfake.features import ExtractionSettings, FeatureTable, extract_features, prepare_tower
+from deepfake.features import (
+    ExtractionSettings,
+    FeatureTable,
+    extract_features,
+    parse_feature_layers,
+    prepare_tower,
+)
 from deepfake.fileio import atomic_save_safetensors, atomic_write_json, display_path
 from deepfake.metrics import accuracy_at, average_precision, best_threshold, expected_calibration_error
 from deepfake.runtime import (
-    autocast,
     choose_device,
     init_distributed,
     is_main_process,
@@ -232,7 +237,7 @@ def train(args: argparse.Namespace) -> dict:
         batch_size=args.extract_batch_size or args.batch_size,
         num_workers=args.num_workers,
         precision=precision,
-        layers=args.feature_layers == "all",
+        layers=tuple(parse_feature_layers(args.feature_layers, getattr(tower, "num_layers", 0))),
         progress=not args.quiet,
     )
     augment = BlurJpegAugment(args.blur_prob, args.blur_sigma, args.jpeg_prob, tuple(args.jpeg_quality))
@@ -287,15 +292,15 @@ def train(args: argparse.Namespace) -> dict:
         head.train()
         losses = []
         for idx, feats in source.epoch_batches(epoch_index_batches(len(train_samples), args.batch_size, generator)):
-            with autocast(device):
-                logits = head(feats.to(device, non_blocking=True))
-                loss = loss_fn(logits.float(), labels[idx].to(device))
+            # The head is tiny: it trains in fp32 (no autocast, so no GradScaler question on fp16 GPUs).
+            logits = head(feats.to(device, non_blocking=True).float())
+            loss = loss_fn(logits, labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
         if args.no_cache:
-            val_table = extract_features(tower, val_set, settings, None, "val features")
+            val_table = extract_features(tower, val_set, settings, None, "val features", collective=False)
         valid = val_table.ok.numpy()
         metrics = validation_metrics(head, val_table.embeds[val_table.ok], val_labels[valid])
         result = EpochResult(epoch, float(np.mean(losses)) if losses else float("nan"), **metrics)

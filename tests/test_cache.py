@@ -53,8 +53,9 @@ def test_second_run_reads_the_cache_and_matches(tmp_path, data, monkeypatch):
     assert seen == [] and torch.equal(first.embeds, second.embeds) and first.ok.all()
     plain = extract_features(tower, dataset, SETTINGS, None)
     assert torch.equal(first.embeds, plain.embeds)
-    manifest = (cache_for(tmp_path / "c", tower).dir / "manifest.json").read_text()
+    manifest = "".join(p.read_text() for p in cache_for(tmp_path / "c", tower).dir.glob("shard-*.jsonl"))
     assert '"category": "car"' in manifest and '"mtime_ns"' in manifest
+    assert len(manifest.splitlines()) == len(samples)
 
 
 def test_changing_preprocessing_or_tower_changes_the_key():
@@ -157,13 +158,14 @@ def test_skipped_files_are_cached_with_their_reason(tmp_path, data):
 def test_layer_features_share_the_cache_machinery(tmp_path, data):
     _, samples = data
     tower = load_tower(TOWER)
-    settings = ExtractionSettings(batch_size=4, num_workers=0, layers=True, progress=False)
+    settings = ExtractionSettings(batch_size=4, num_workers=0, layers=(0, 1, 2, 3), progress=False)
     table = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), settings,
                              cache_for(tmp_path / "c", tower, settings))
-    assert table.layers.shape == (len(samples), 4, 64)
+    idx = torch.arange(len(samples))
+    assert table.layer_ids == [0, 1, 2, 3] and table.layer_rows(idx).shape == (len(samples), 4, 64)
     again = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), settings,
                              cache_for(tmp_path / "c", tower, settings))
-    assert torch.equal(table.layers, again.layers)
+    assert torch.equal(table.layer_rows(idx), again.layer_rows(idx))
 
 
 def _distributed_worker(rank: int, world: int, port: int, root: str, cache_root: str, paths, result_dir: str):
@@ -179,7 +181,7 @@ def _distributed_worker(rank: int, world: int, port: int, root: str, cache_root:
     samples = [Sample(p, 0, "c") for p in paths]
     table = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), SETTINGS,
                              cache_for(cache_root, tower))
-    torch.save(table.embeds, os.path.join(result_dir, f"rank{rank}.pt"))
+    torch.save(None if table is None else table.embeds, os.path.join(result_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -198,5 +200,5 @@ def test_torch_distributed_extraction_matches_single_process(tmp_path, data):
                               SETTINGS, None)
     shards = cache_for(tmp_path / "dist-cache", tower).shard_files()
     assert {s.name.split("-")[1] for s in shards} == {"000", "001"}  # both ranks wrote shards
-    for rank in (0, 1):
-        assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), single.embeds)
+    assert torch.equal(torch.load(tmp_path / "rank0.pt"), single.embeds)
+    assert torch.load(tmp_path / "rank1.pt") is None  # ranks > 0 never build the table

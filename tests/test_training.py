@@ -188,7 +188,7 @@ def test_augmented_views_are_reproducible_and_distinct(forensynths):
 
 def test_cached_views_are_drawn_per_image_and_epoch():
     n, dim = 64, 4
-    views = [FeatureTable(embeds=torch.full((n, dim), float(v)), layers=None, ok=torch.ones(n, dtype=torch.bool))
+    views = [FeatureTable(embeds=torch.full((n, dim), float(v)), ok=torch.ones(n, dtype=torch.bool))
              for v in range(3)]
     source = CachedFeatures(views, torch.Generator().manual_seed(0))
     batches = [torch.arange(n)]
@@ -202,7 +202,7 @@ def test_augmented_views_are_extracted_once(tmp_path, forensynths, monkeypatch):
     aug = ("--blur_prob", "0.5", "--jpeg_prob", "0.5", "--aug_views", "3")
     cache = tmp_path / "cache"
     assert train_ClassifierHead.main(train_args(forensynths, tmp_path / "a", cache, *aug)) == 0
-    assert len(list(cache.rglob("manifest.json"))) == 4  # three training views and the clean validation set
+    assert len(list(cache.glob("*/key.json"))) == 4  # three training views and the clean validation set
     seen = []
     forward = CLIPTower.forward
     monkeypatch.setattr(CLIPTower, "forward", lambda self, pixels, layers=False: seen.append(len(pixels))

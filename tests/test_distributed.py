@@ -1,0 +1,72 @@
+"""torch.distributed (gloo, 2 processes): sharding that holds whatever the ranks' timing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import torch
+import torch.multiprocessing as mp
+
+from deepfake.deepfake_dataset import DeepfakeDataset, Sample, scan_categories
+from deepfake.feature_cache import FeatureCache
+from deepfake.features import ExtractionSettings, extract_features
+from deepfake.towers import load_tower
+
+from .conftest import TOWER, make_forensynths
+
+SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, shard_size=8, progress=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_group(rank: int, world: int, port: int) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    from deepfake.runtime import init_distributed
+
+    init_distributed(torch.device("cpu"))
+
+
+def cache_for(root, tower) -> FeatureCache:
+    return FeatureCache(root, {"tower": tower.cache_identity(), "features": SETTINGS.cache_info()})
+
+
+def _two_extractions(rank: int, world: int, port: int, cache_root: str, sets: dict, result_dir: str):
+    import torch.distributed as dist
+
+    join_group(rank, world, port)
+    tower = load_tower(TOWER)
+    out = {}
+    for name in ("train", "val"):
+        samples = [Sample(p, 0, "c") for p in sets[name]]
+        # A fresh cache object per call, as training makes one per extraction.
+        table = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), SETTINGS,
+                                 cache_for(cache_root, tower))
+        out[name] = None if table is None else (table.embeds.clone(), table.ok.clone())
+        if rank == 0 and name == "train":
+            time.sleep(3)  # rank 0 lags behind (a slow file system, a long manifest write)
+    torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_extractions_with_a_slow_rank_0_match_one_process(tmp_path):
+    root = make_forensynths(tmp_path / "data", n_train=3, n_val=2, n_test=1)
+    sets = {split: [s.path for group in scan_categories(root / split).values() for s in group]
+            for split in ("train", "val")}
+    mp.spawn(_two_extractions, args=(2, free_port(), str(tmp_path / "cache"), sets, str(tmp_path)),
+             nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt")
+    assert torch.load(tmp_path / "rank1.pt") == {"train": None, "val": None}
+    tower = load_tower(TOWER)
+    for name in ("train", "val"):
+        single = extract_features(tower, DeepfakeDataset([Sample(p, 0, "c") for p in sets[name]], tower.preprocess),
+                                  SETTINGS, None)
+        embeds, ok = rank0[name]
+        assert ok.all() and torch.equal(embeds, single.embeds)

@@ -14,16 +14,24 @@ import sys
 
 from deepfake.cli_args import setup_logging, test_parser
 from deepfake.evaluation import evaluate
+from deepfake.feature_cache import CacheError
+from deepfake.runtime import terminate_as_interrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     args = test_parser(__doc__).parse_args(argv)
     setup_logging(args.verbose)
     try:
-        evaluate(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        with terminate_as_interrupt():
+            evaluate(args)
+    except (FileExistsError, FileNotFoundError, ValueError, CacheError) as exc:
         logging.getLogger("test").error("%s", exc)
         return 2
+    except KeyboardInterrupt as exc:
+        message = str(exc) if str(exc).startswith("interrupted") else "interrupted"
+        logging.getLogger("test").error("%s; run the same command again to continue (cached features are kept)",
+                                        message)
+        return 130
     return 0
 
 

@@ -12,6 +12,8 @@ import logging
 import sys
 
 from deepfake.cli_args import setup_logging, train_parser
+from deepfake.feature_cache import CacheError
+from deepfake.runtime import terminate_as_interrupt
 from deepfake.training import train
 
 
@@ -19,10 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     args = train_parser(__doc__).parse_args(argv)
     setup_logging(args.verbose)
     try:
-        summary = train(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        with terminate_as_interrupt():
+            summary = train(args)
+    except (FileExistsError, FileNotFoundError, ValueError, CacheError) as exc:
         logging.getLogger("train").error("%s", exc)
         return 2
+    except KeyboardInterrupt as exc:
+        message = str(exc) if str(exc).startswith("interrupted") else "interrupted"
+        logging.getLogger("train").error("%s; to continue, run the same command with --resume "
+                                         "(finished epochs and cached features are kept)", message)
+        return 130
     if summary:
         print(f"best val AP {summary['best_val_ap']:.4f}; checkpoints in {summary['output_dir']}")
     return 0

@@ -85,6 +85,22 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointRefused(f"{weights}: unknown checkpoint type {weights.suffix!r}; use .safetensors")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointRefused(f"{weights}: expected a dict of tensors")
-    if not isinstance(config, dict) or "tower" not in config or "head" not in config:
+    if not isinstance(config, dict):
         raise CheckpointRefused(f"{weights}: no config naming the tower and head (expected {weights.with_suffix('.json')})")
+    check_config(config, weights.with_suffix(".json"))
     return state, config, weights
+
+
+# Fields a head cannot be used without, and the sub-fields each must have.
+REQUIRED_FIELDS = {"tower": ("model",), "head": ("in_dim",), "preprocess": ("mode", "size", "mean", "std")}
+
+
+def check_config(config: dict, where: Path) -> None:
+    """Refuse a checkpoint config that lacks a field the head needs, naming the file and the field."""
+    for name, inner in REQUIRED_FIELDS.items():
+        if not isinstance(config.get(name), dict):
+            raise CheckpointRefused(f"{where}: checkpoint config has no {name!r} field "
+                                    f"(a head needs the {name} it was trained with)")
+        missing = [k for k in inner if k not in config[name]]
+        if missing:
+            raise CheckpointRefused(f"{where}: checkpoint config field {name!r} lacks {', '.join(map(repr, missing))}")

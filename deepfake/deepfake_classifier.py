@@ -145,12 +145,13 @@ class DeepfakeClassifier(nn.Module):
         num_workers: int = 0,
         tiles: int = 0,
         threshold: float | None = None,
+        max_pixels: int | None = None,
     ) -> list:
         """Score paths or PIL images; one :class:`~deepfake.predict.Prediction` each, skips included."""
         from deepfake.predict import score
 
         return score(self, list(inputs), batch_size=batch_size, num_workers=num_workers, tiles=tiles,
-                     threshold=threshold)
+                     threshold=threshold, max_pixels=max_pixels)
 
     def predict_proba(self, inputs: list[str | os.PathLike | Image.Image], **kwargs) -> np.ndarray:
         """P(fake) per input (NaN for inputs that could not be read)."""

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from deepfake.backbones import Preprocess
 from deepfake.image_io import DEFAULT_MAX_PIXELS, ImageSkipped, load_image, to_rgb
 from deepfake.layouts import LayoutError, describe, find_label_folders, list_folder_images
-from deepfake.transforms import BlurJpegAugment, Perturbation, preprocess_image
+from deepfake.transforms import BlurJpegAugment, Perturbation, preprocess_image, short_side_shape
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,23 @@ class DeepfakeDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """The preprocessed tensor of sample ``index``; raises ImageSkipped."""
-        return preprocess_image(self.read(index), self.preprocess)
+        image = self.read(index)
+        if self.preprocess.mode == "resize":
+            # An extreme aspect ratio (1 x 3,000,000) passes the pixel limit but its short-side
+            # resize would not: refuse it before allocating.
+            h, w = short_side_shape(image.height, image.width, self.preprocess.size)
+            if h * w > self.max_pixels:
+                raise ImageSkipped(self.samples[index].path,
+                                   f"extreme aspect ratio ({image.width}x{image.height}): resizing the short side "
+                                   f"to {self.preprocess.size} would give {w}x{h} > max_pixels {self.max_pixels}")
+        try:
+            return preprocess_image(image, self.preprocess)
+        except MemoryError:
+            raise ImageSkipped(self.samples[index].path, "out of memory while preprocessing") from None
+        except RuntimeError as exc:
+            if "alloc" not in str(exc).lower():
+                raise
+            raise ImageSkipped(self.samples[index].path, f"allocation failed while preprocessing: {exc}") from None
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:

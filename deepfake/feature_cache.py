@@ -229,18 +229,20 @@ class FeatureCache:
         self._index = index
         return index
 
-    def lookup(self, path: str, layers: tuple[int, ...] = (), limits: str = "") -> CacheEntry | None:
+    def lookup(self, path: str, layers: tuple[int, ...] = (), limits: str = "", retry: bool = True
+               ) -> CacheEntry | None:
         """The entry for ``path`` if the file is unchanged and the entry answers this request.
 
         A feature row must hold every block in ``layers``; a skip record must have been made
-        under the same loader ``limits`` and not be one that is retried every run.
+        under the same loader ``limits`` and, with ``retry`` (deciding what to extract), not be
+        one that is retried every run.
         """
         entry = self.index().get(os.path.abspath(path))
         if entry is None or entry.stamp != file_stamp(path):
             return None
         if entry.row >= 0:
             return entry if entry.layers.issuperset(layers) else None
-        if entry.limits != limits or entry.reason in RETRY_ALWAYS:
+        if entry.limits != limits or (retry and entry.reason in RETRY_ALWAYS):
             return None
         return entry
 

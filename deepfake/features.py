@@ -344,7 +344,7 @@ def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: Featur
         flush()
         raise ExtractionInterrupted(
             f"interrupted: {done} of {len(missing)} images of {desc} are saved in the feature cache "
-            f"{cache.dir}; run the same command again to continue from there"
+            f"{cache.dir}"
         ) from None
     return len(missing)
 
@@ -354,7 +354,7 @@ def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCach
     samples = dataset.samples
     limits = loader_limits(dataset)
     cache.index(refresh=True)
-    entries = [cache.lookup(s.path, settings.layers, limits) for s in samples]
+    entries = [cache.lookup(s.path, settings.layers, limits, retry=False) for s in samples]
     late = [i for i, e in enumerate(entries) if e is None]
     if late:
         # Files changed during the run, or a shard was set aside: do them here, alone.

@@ -6,9 +6,11 @@ short reason; nothing else escapes, so a run over a folder of odd files goes on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -18,13 +20,31 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif", ".ppm", ".pgm"}
 )
-# Large enough for any camera or generator output (a 16k x 16k image), small enough
-# that a decompression bomb is refused before it is decoded.
-DEFAULT_MAX_PIXELS = 16384 * 16384
+# Pillow's own bomb limit (its default ``Image.MAX_IMAGE_PIXELS``, ~89.5 MP): above any
+# camera or generator output the field uses (a 50 MP photo passes), and a decompression
+# bomb is refused before it is decoded. Decoding that many pixels takes ~270 MB as uint8
+# and ~1 GB as the float tensor the exact transform resizes.
+DEFAULT_MAX_PIXELS = 89_478_485
 
-# We check sizes ourselves (with a reason that names the limit), so Pillow's own
-# bomb guard would only turn our check into a less helpful error.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's limit is process-wide state that belongs to the application. It is never
+# changed for good: a --max_pixels above it lifts it for the duration of one open only.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_allows(max_pixels: int):
+    """Let Pillow open images up to ``max_pixels`` (our own check names the limit), then restore."""
+    limit = Image.MAX_IMAGE_PIXELS
+    # Pillow raises above twice its limit and only warns between (warnings are silenced here).
+    if limit is None or max_pixels <= 2 * limit:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 class ImageSkipped(Exception):
@@ -81,7 +101,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             raise ImageSkipped(path, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            with _pillow_allows(max_pixels), Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageSkipped(
@@ -95,6 +115,10 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                 return to_rgb(image)
     except ImageSkipped:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageSkipped(path, f"too many pixels for Pillow's limit: {exc}") from None
+    except MemoryError:
+        raise ImageSkipped(path, "out of memory while decoding") from None
     except UnidentifiedImageError:
         raise ImageSkipped(path, "not an image Pillow can read") from None
     except PermissionError:
@@ -108,7 +132,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         if "truncated" in message or "broken data stream" in message or "image file is" in message:
             raise ImageSkipped(path, "truncated or corrupt image data") from None
         raise ImageSkipped(path, f"unreadable: {message}") from None
-    except (ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except (ValueError, SyntaxError, EOFError) as exc:
         raise ImageSkipped(path, f"corrupt image: {exc}") from None
 
 
@@ -141,9 +165,19 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def walk_images(root: str | os.PathLike) -> list[str]:
-    """Every file with an image extension under ``root``, sorted; symlinked files included."""
+    """Every file with an image extension under ``root``, sorted; symlinked files and folders included.
+
+    Symlinked folders are followed once each: a link back to a folder already being walked
+    (a loop) or already walked is left out.
+    """
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)
         out.extend(os.path.join(dirpath, name) for name in sorted(filenames) if is_image_name(name))
     return out

@@ -43,7 +43,12 @@ def label_of(name: str) -> int | None:
 
 
 def find_label_folders(root: str | os.PathLike) -> list[LabelledFolder]:
-    """Every label folder under ``root`` (depth-limited, symlinked folders not followed)."""
+    """Every label folder under ``root`` (depth-limited).
+
+    Symlinked folders are followed like real ones (data sets are often assembled from
+    links: ``test/progan -> /data/progan``); a link to a folder already on the current
+    path (a loop) is left out.
+    """
     root = Path(root)
     if not root.exists():
         raise LayoutError(f"{root}: no such directory")
@@ -51,7 +56,7 @@ def find_label_folders(root: str | os.PathLike) -> list[LabelledFolder]:
         raise LayoutError(f"{root}: not a directory")
     found: list[LabelledFolder] = []
 
-    def visit(folder: Path, parts: tuple[str, ...]) -> None:
+    def visit(folder: Path, parts: tuple[str, ...], above: frozenset[str]) -> None:
         children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         labelled = [p for p in children if label_of(p.name) is not None]
         if labelled:
@@ -62,10 +67,11 @@ def find_label_folders(root: str | os.PathLike) -> list[LabelledFolder]:
         if len(parts) >= MAX_DEPTH:
             return
         for child in children:
-            if not child.is_symlink():
-                visit(child, parts + (child.name,))
+            real = os.path.realpath(child)
+            if real not in above:
+                visit(child, parts + (child.name,), above | {real})
 
-    visit(root, ())
+    visit(root, (), frozenset({os.path.realpath(root)}))
     return found
 
 

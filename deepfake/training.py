@@ -10,10 +10,12 @@ seed gives the same head either way.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import platform
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -37,7 +40,7 @@ from deepfake.features import (
     parse_feature_layers,
     prepare_tower,
 )
-from deepfake.fileio import atomic_save_safetensors, atomic_write_json, display_path
+from deepfake.fileio import atomic_save_safetensors, atomic_write_json, display_path, removed_if_left_empty
 from deepfake.metrics import accuracy_at, average_precision, best_threshold, expected_calibration_error
 from deepfake.runtime import (
     choose_device,
@@ -128,7 +131,31 @@ def validation_metrics(head: nn.Module, features: torch.Tensor, labels: np.ndarr
 # --- resumable state: head, optimizer moments and RNG states as tensors ---------------
 
 
-def save_resume_state(out: Path, head, optimizer, generator, epoch: int, best: tuple, history: list) -> None:
+def run_identity(tower: ImageTower, settings: ExtractionSettings, augment: BlurJpegAugment, n_views: int,
+                 seed: int, no_cache: bool, train_samples: list[Sample], val_samples: list[Sample]) -> dict:
+    """What must not change between a run and its resumption: tower, preprocessing, data, seed, features."""
+    digest = hashlib.sha256()
+    for split, samples in (("train", train_samples), ("val", val_samples)):
+        for s in samples:
+            digest.update(f"{split}\t{os.path.abspath(s.path)}\t{s.label}\n".encode("utf-8", "surrogateescape"))
+    return {
+        "tower": {k: v for k, v in tower.identity.items()},
+        "preprocess": tower.preprocess.to_dict(),
+        "features": settings.cache_info(),
+        "data": {"n_train": len(train_samples), "n_val": len(val_samples), "sha256": digest.hexdigest()},
+        "seed": seed,
+        "augment": {**augment.to_dict(), "views": n_views} if augment.enabled else None,
+        "no_cache": no_cache,
+    }
+
+
+# Hyper-parameters a resumed run may change; the new value applies from the next epoch.
+RESUMABLE_CHANGES = ("learning_rate", "weight_decay", "batch_size", "num_epochs")
+
+
+def save_resume_state(out: Path, head, optimizer, generator, epoch: int, best: tuple, history: list,
+                      identity: dict, hyper: dict) -> None:
+    """Head, optimizer moments, every RNG state and the run's identity, as one safetensors file."""
     tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
     opt_state = optimizer.state_dict()
     for pid, state in opt_state["state"].items():
@@ -136,17 +163,61 @@ def save_resume_state(out: Path, head, optimizer, generator, epoch: int, best: t
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = generator.get_state()
+    if torch.cuda.is_available():
+        for i, value in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = value
     meta = {"epoch": str(epoch), "best": json.dumps(list(best)), "history": json.dumps(history),
-            "param_groups": json.dumps(opt_state["param_groups"])}
+            "param_groups": json.dumps(opt_state["param_groups"]), "identity": json.dumps(identity),
+            "hyper": json.dumps(hyper), "rng.numpy": json.dumps(_numpy_state()),
+            "rng.python": json.dumps(_python_state())}
     atomic_save_safetensors(out / f"{RESUME_STATE}.safetensors", tensors, meta)
 
 
-def load_resume_state(out: Path, head, optimizer, generator) -> tuple[int, tuple, list]:
+def _numpy_state() -> list:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+
+
+def _python_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def read_resume_meta(out: Path) -> dict | None:
+    """The metadata of the run's resume state, or ``None`` when no epoch has finished yet."""
     path = out / f"{RESUME_STATE}.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: nothing to resume (no {RESUME_STATE}.safetensors in the output directory)")
-    from safetensors import safe_open
+        return None
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return handle.metadata() or {}
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable resume state ({exc}); start again with --overwrite") from exc
 
+
+def check_resumable(out: Path, meta: dict, identity: dict, hyper: dict) -> list[str]:
+    """Refuse a resume whose tower, preprocessing, data, seed or features differ; list changed hyper-parameters."""
+    saved = json.loads(meta.get("identity", "null"))
+    path = out / f"{RESUME_STATE}.safetensors"
+    if saved is None:
+        raise ValueError(f"{path}: written by an older version without the run's identity; "
+                         f"cannot check it is the same run, start again with --overwrite")
+    for field_name in identity:
+        if saved.get(field_name) != identity[field_name]:
+            raise ValueError(f"{path}: cannot resume: {field_name} differs from the run being resumed "
+                             f"(saved {json.dumps(saved.get(field_name))[:200]}, now "
+                             f"{json.dumps(identity[field_name])[:200]}); use a new --output_dir or --overwrite")
+    before = json.loads(meta.get("hyper", "{}"))
+    changes = []
+    for name in RESUMABLE_CHANGES:
+        if name in before and before[name] != hyper[name]:
+            changes.append(f"--{name} {before[name]} -> {hyper[name]}")
+    return changes
+
+
+def load_resume_state(out: Path, head, optimizer, generator, hyper: dict) -> tuple[int, tuple, list]:
+    """Restore head, optimizer, RNG states; the current ``hyper`` values (learning rate, weight decay) apply."""
+    path = out / f"{RESUME_STATE}.safetensors"
     with safe_open(str(path), "pt") as handle:
         meta = handle.metadata()
     tensors = load_file(str(path))
@@ -157,8 +228,21 @@ def load_resume_state(out: Path, head, optimizer, generator) -> tuple[int, tuple
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    for group in optimizer.param_groups:
+        group["lr"] = hyper["learning_rate"]
+        group["weight_decay"] = hyper["weight_decay"]
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.generator"])
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    cuda_states = [tensors[k] for k in cuda_keys]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    if "rng.numpy" in meta:
+        kind, keys, pos, has_gauss, gauss = json.loads(meta["rng.numpy"])
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if "rng.python" in meta:
+        version, internal, gauss = json.loads(meta["rng.python"])
+        random.setstate((version, tuple(internal), gauss))
     return int(meta["epoch"]), tuple(json.loads(meta["best"])), json.loads(meta["history"])
 
 
@@ -220,7 +304,19 @@ def epoch_index_batches(n: int, batch_size: int, generator: torch.Generator) -> 
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Run one training job described by the parsed command line; returns the run summary."""
+    """Run one training job described by the parsed command line; returns the run summary.
+
+    ``--resume`` continues from the last finished epoch with every RNG state restored, so the
+    result equals an uninterrupted run. It refuses a run whose tower, preprocessing, data,
+    seed, feature settings or augmentation differ. ``--learning_rate``, ``--weight_decay``,
+    ``--batch_size`` and ``--num_epochs`` may change: the new values apply from the next
+    epoch (and are logged). With no finished epoch it starts the run (from the cache).
+    """
+    with removed_if_left_empty(args.output_dir):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> dict:
     device = choose_device(args.device)
     init_distributed(device)
     out = Path(args.output_dir)
@@ -242,9 +338,22 @@ def train(args: argparse.Namespace) -> dict:
     )
     augment = BlurJpegAugment(args.blur_prob, args.blur_sigma, args.jpeg_prob, tuple(args.jpeg_quality))
     n_views = args.aug_views if augment.enabled else 1
-    train_set = DeepfakeDataset(train_samples, tower.preprocess, augment=augment, seed=args.seed)
-    val_set = DeepfakeDataset(val_samples, tower.preprocess)
+    train_set = DeepfakeDataset(train_samples, tower.preprocess, augment=augment, seed=args.seed,
+                                max_pixels=args.max_pixels)
+    val_set = DeepfakeDataset(val_samples, tower.preprocess, max_pixels=args.max_pixels)
     val_labels = np.array([s.label for s in val_samples])
+    identity = run_identity(tower, settings, augment, n_views, args.seed, args.no_cache, train_samples, val_samples)
+    hyper = {name: getattr(args, name) for name in RESUMABLE_CHANGES}
+    resume = args.resume
+    if resume:
+        # Checked before any extraction: a refused resume costs nothing.
+        meta = read_resume_meta(out)
+        if meta is None:
+            log.warning("%s: no finished epoch to resume; starting the run (features come from the cache)", out)
+            resume = False
+        else:
+            for change in check_resumable(out, meta, identity, hyper):
+                log.warning("resume: %s; the new value applies from the next epoch", change)
 
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
@@ -263,6 +372,12 @@ def train(args: argparse.Namespace) -> dict:
     extract_seconds = time.perf_counter() - start
     if not is_main_process():
         return {}  # other ranks only helped with extraction
+    if not args.no_cache:
+        for what, table, samples in (("training", views[0], train_samples), ("validation", val_table, val_samples)):
+            if samples and not table.ok.any():
+                first = next(iter(sorted(table.skipped.items())), (0, "unknown"))
+                raise ValueError(f"{args.dataset_dir}: none of the {len(samples)} {what} images could be read "
+                                 f"(first: {samples[first[0]].path}: {first[1]})")
 
     seed_everything(args.seed)
     head = build_head(tower.feature_dim).to(device)
@@ -270,9 +385,11 @@ def train(args: argparse.Namespace) -> dict:
     loss_fn = nn.CrossEntropyLoss()
     labels = torch.tensor([s.label for s in train_samples])
     first_epoch, best_score, history = 1, (-1.0, -float("inf")), []
-    if args.resume:
-        done, best_score, history = load_resume_state(out, head, optimizer, generator)
+    if resume:
+        done, best_score, history = load_resume_state(out, head, optimizer, generator, hyper)
         first_epoch = done + 1
+        if args.no_cache:
+            source.epoch = done  # the augmentation draw of the next epoch, not of epoch 1 again
         log.info("resuming after epoch %d (best val AP so far %.4f)", done, best_score[0])
     out.mkdir(parents=True, exist_ok=True)
 
@@ -316,7 +433,7 @@ def train(args: argparse.Namespace) -> dict:
         if score > best_score:
             best_score = score
             save_checkpoint(out, BEST, head.state_dict(), config)
-        save_resume_state(out, head, optimizer, generator, epoch, best_score, history)
+        save_resume_state(out, head, optimizer, generator, epoch, best_score, history, identity, hyper)
 
     skipped = {
         "train": report_skipped("training set", train_samples,

@@ -26,12 +26,17 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def short_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing the short side to ``size`` (torchvision's ``Resize(size)``)."""
+    short, long = (h, w) if h <= w else (w, h)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if h <= w else (new_long, new_short)
+
+
 def resize_short_side(x: torch.Tensor, size: int, interpolation: str = "bicubic") -> torch.Tensor:
     """Resize [3, H, W] so the short side is ``size``, as torchvision's ``Resize(size)`` does."""
     h, w = x.shape[-2:]
-    short, long = (h, w) if h <= w else (w, h)
-    new_short, new_long = size, int(size * long / short)
-    new_h, new_w = (new_short, new_long) if h <= w else (new_long, new_short)
+    new_h, new_w = short_side_shape(h, w, size)
     if (new_h, new_w) == (h, w):
         return x
     antialias = interpolation in ("bilinear", "bicubic")

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from deepfake.fileio import atomic_save_safetensors, atomic_write_json
+from deepfake.heads import required_head_fields
 
 FORMAT = "deepfake-head/1"
 BEST = "best"
@@ -92,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 # Fields a head cannot be used without, and the sub-fields each must have.
-REQUIRED_FIELDS = {"tower": ("model",), "head": ("in_dim",), "preprocess": ("mode", "size", "mean", "std")}
+REQUIRED_FIELDS = {"tower": ("model",), "head": (), "preprocess": ("mode", "size", "mean", "std")}
 
 
 def check_config(config: dict, where: Path) -> None:
@@ -101,6 +102,8 @@ def check_config(config: dict, where: Path) -> None:
         if not isinstance(config.get(name), dict):
             raise CheckpointRefused(f"{where}: checkpoint config has no {name!r} field "
                                     f"(a head needs the {name} it was trained with)")
+        # A head's own fields depend on its kind (an old config without a kind is the MLP head).
+        inner = required_head_fields(config[name]) if name == "head" else inner
         missing = [k for k in inner if k not in config[name]]
         if missing:
             raise CheckpointRefused(f"{where}: checkpoint config field {name!r} lacks {', '.join(map(repr, missing))}")

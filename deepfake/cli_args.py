@@ -7,6 +7,7 @@ import logging
 import os
 
 from deepfake.backbones import DEFAULT_MODEL, PREPROCESS_MODES
+from deepfake.heads import HEAD_HIDDEN, head_kinds
 from deepfake.image_io import DEFAULT_MAX_PIXELS
 from deepfake.runtime import PRECISIONS
 
@@ -82,8 +83,28 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--extract_batch_size", type=int, default=None, help="tower batch size (default: --batch_size)")
     add_cache_args(p)
     p.add_argument("--feature_layers", default="none",
-                   help="also cache the CLS token after these transformer blocks: none, all, or a list such as "
-                        "8,16,20,24 (0 = embedding output); stored one tensor per block, memory-mapped")
+                   help="none, all, or block numbers like 8,16,20,24 (0 = embedding output): also cache "
+                        "those blocks' CLS tokens (the layers head reads them; default for it: all)")
+    head = p.add_argument_group("head")
+    head.add_argument("--head", default="mlp", choices=head_kinds(),
+                      help="mlp: Linear-ReLU-Dropout-Linear on the final embedding (default); layers: per-block "
+                           "CLS tokens with learned block importance (RINE); linear: linear probe (UFD)")
+    head.add_argument("--proj_dim", type=int, default=HEAD_HIDDEN, help="layers head: shared projection width")
+    head.add_argument("--importance", default="block", choices=("block", "feature"),
+                      help="layers head: one weight per block, or per block and feature (RINE's exact estimator)")
+    head.add_argument("--contrastive_weight", type=float, default=0.0,
+                      help="weight of the supervised contrastive term on the head's representation (RINE; 0: off)")
+    head.add_argument("--contrastive_temperature", type=float, default=0.07)
+    sched = p.add_argument_group("schedule, early stopping, retention")
+    sched.add_argument("--lr_schedule", default="constant", choices=("constant", "cosine", "step"),
+                       help="constant (default), cosine to 0 over --num_epochs, or step decay at --lr_milestones")
+    sched.add_argument("--lr_milestones", type=_ints, default=None,
+                       help="step: epochs from which the rate is multiplied by --lr_gamma (default: half, 3/4)")
+    sched.add_argument("--lr_gamma", type=float, default=0.1, help="step: decay factor")
+    sched.add_argument("--patience", type=int, default=0,
+                       help="stop after N epochs without a higher val AP (default 0: run every epoch)")
+    sched.add_argument("--keep_last", type=int, default=0,
+                       help="keep only the last N epoch checkpoints (best is always kept; default 0: keep all)")
     aug = p.add_argument_group("augmentation (CNNDetection's blur + JPEG)")
     aug.add_argument("--blur_prob", type=float, default=0.0)
     aug.add_argument("--blur_sigma", type=float, default=3.0, help="sigma drawn from U[0, blur_sigma]")
@@ -124,6 +145,9 @@ def test_parser(description: str | None = None) -> argparse.ArgumentParser:
     pert.add_argument("--sweep_jpeg", type=_ints, default=None, help="sweep JPEG qualities (default 95,75,50,30)")
     pert.add_argument("--sweep_sigma", type=_floats, default=None, help="sweep blur sigmas (default 1,2,3)")
     pert.add_argument("--sweep_resize", type=_floats, default=None, help="sweep resize factors (default none)")
+    p.add_argument("--feature_layers", default="none",
+                   help="also cache these blocks' CLS tokens (none, all, 8,16,...): lets heads share one cache; "
+                        "the blocks a layers head reads are always extracted")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     add_runtime_args(p)
     add_cache_args(p)

@@ -1,8 +1,10 @@
-"""DeepfakeClassifier: a frozen image tower plus a 256-unit MLP head.
+"""DeepfakeClassifier: a frozen image tower plus a small trainable head.
 
     head = Linear(D, 256) -> ReLU -> Dropout(0.1) -> Linear(256, 2)
 
-with ``D`` read from the tower's config (768 for LanguageBind_Image). Class 1 is "fake".
+with ``D`` read from the tower's config (768 for LanguageBind_Image): the default ``mlp``
+head. Other kinds (``layers``: per-block CLS tokens with learned block importance,
+``linear``: a linear probe) live in :mod:`deepfake.heads`. Class 1 is "fake".
 
     >>> from deepfake import DeepfakeClassifier
     >>> clf = DeepfakeClassifier.from_pretrained("runs/progan")
@@ -22,42 +24,52 @@ from torch import nn
 
 from deepfake.backbones import Preprocess
 from deepfake.checkpoint import CheckpointRefused, load_checkpoint
+from deepfake.feature_batch import FeatureBatch, table_batch, tower_batch
 from deepfake.features import prepare_tower
+from deepfake.heads import HEAD_DROPOUT, HEAD_HIDDEN, MLPHead, head_from_config
 from deepfake.runtime import choose_device, resolve_precision
 from deepfake.towers import ImageTower, load_tower
 
 log = logging.getLogger(__name__)
 
-HEAD_HIDDEN = 256
-HEAD_DROPOUT = 0.1
-
-
-def build_head(in_dim: int, hidden: int = HEAD_HIDDEN, dropout: float = HEAD_DROPOUT, num_classes: int = 2) -> nn.Sequential:
+def build_head(in_dim: int, hidden: int = HEAD_HIDDEN, dropout: float = HEAD_DROPOUT, num_classes: int = 2) -> MLPHead:
     """The classifier head: Linear(in_dim, hidden) -> ReLU -> Dropout -> Linear(hidden, num_classes)."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
-    )
+    return MLPHead(in_dim, hidden, dropout, num_classes)
 
 
-def head_config(head: nn.Sequential) -> dict:
-    return {
-        "in_dim": head[0].in_features,
-        "hidden": head[0].out_features,
-        "dropout": head[2].p,
-        "num_classes": head[3].out_features,
-    }
+def head_config(head: nn.Module) -> dict:
+    """The head's kind and sizes, as a checkpoint records them."""
+    return head.config()
 
 
 @torch.no_grad()
-def fake_probabilities(head: nn.Module, features: torch.Tensor, batch_size: int = 8192) -> np.ndarray:
-    """P(fake) for each row of ``features``, with the head in eval mode."""
+def batch_probabilities(head: nn.Module, batch: FeatureBatch | torch.Tensor) -> np.ndarray:
+    """P(fake) for each row of one feature batch, with the head in eval mode."""
     head.eval()
     device = next(head.parameters()).device
-    out = []
-    for start in range(0, len(features), batch_size):
-        logits = head(features[start : start + batch_size].to(device, torch.float32))
-        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+    batch = batch.to(device) if isinstance(batch, FeatureBatch) else FeatureBatch(batch).to(device)
+    return torch.softmax(head(batch).float(), dim=1)[:, 1].cpu().double().numpy()
+
+
+def fake_probabilities(head: nn.Module, features, rows: torch.Tensor | None = None, batch_size: int = 8192) -> np.ndarray:
+    """P(fake) for ``rows`` of a feature table (all rows by default), with the head in eval mode.
+
+    ``features`` is a :class:`~deepfake.features.FeatureTable` (the head picks its blocks from
+    it) or a plain [N, D] tensor of final embeddings. Every scoring path comes through here.
+    """
+    def take(idx: torch.Tensor) -> FeatureBatch:
+        if isinstance(features, torch.Tensor):
+            return FeatureBatch(features[idx].float())
+        return table_batch(features, idx, getattr(head, "blocks", ()))
+
+    n = len(features) if isinstance(features, torch.Tensor) else len(features.embeds)
+    rows = torch.arange(n) if rows is None else rows
+    blocks = getattr(head, "blocks", ())
+    if blocks:
+        # Per-block tokens are L times wider than an embedding: keep a chunk near 128 MB.
+        batch_size = max(64, min(batch_size, (1 << 25) // (len(blocks) * int(head.hidden_size))))
+    out = [batch_probabilities(head, take(rows[start : start + batch_size])) for start in range(0, len(rows), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _same_tower(saved: dict, loaded: dict) -> bool:
@@ -85,10 +97,17 @@ class DeepfakeClassifier(nn.Module):
     def preprocess(self) -> Preprocess:
         return self.tower.preprocess
 
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """The blocks whose CLS tokens the head reads (empty: the final embedding only)."""
+        return tuple(getattr(self.head, "blocks", ()))
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # One tower pass, with the per-block tokens only when the head reads them.
         with torch.no_grad():
-            features = self.tower(pixel_values).embeds.float()
-        return self.head(features)
+            out = self.tower(pixel_values, layers=bool(self.blocks))
+            batch = tower_batch(out, self.blocks).to(next(self.head.parameters()).device)
+        return self.head(batch)
 
     @classmethod
     def from_pretrained(
@@ -117,13 +136,13 @@ class DeepfakeClassifier(nn.Module):
             )
         # The checkpoint says how its training images were prepared: use exactly that.
         tower.backbone = replace(tower.backbone, preprocess=preprocess)
-        head_cfg = config["head"]
-        if int(head_cfg["in_dim"]) != tower.feature_dim:
-            raise CheckpointRefused(
-                f"{path}: head expects {head_cfg['in_dim']}-dim features, tower gives {tower.feature_dim}"
-            )
-        head = build_head(int(head_cfg["in_dim"]), int(head_cfg["hidden"]), float(head_cfg["dropout"]),
-                          int(head_cfg["num_classes"]))
+        try:
+            head = head_from_config(config["head"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointRefused(f"{path}: head config {config['head']!r} cannot be built: {exc}") from exc
+        problem = head.check_tower(tower)
+        if problem:
+            raise CheckpointRefused(f"{path}: {problem}")
         try:
             head.load_state_dict(state, strict=True)
         except RuntimeError as exc:

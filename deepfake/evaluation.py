@@ -25,7 +25,7 @@ import numpy as np
 
 from deepfake.deepfake_classifier import DeepfakeClassifier, fake_probabilities
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.features import ExtractionSettings, extract_features
+from deepfake.features import ExtractionSettings, extract_features, parse_feature_layers
 from deepfake.fileio import removed_if_left_empty
 from deepfake.image_io import walk_images
 from deepfake.layouts import LayoutError, describe, find_label_folders
@@ -179,9 +179,13 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
     samples, counts = subsample(samples, args.max_sample, args.seed)
     threshold = args.threshold if args.threshold is not None else classifier.threshold
     val_threshold = classifier.config.get("val_threshold")
-    settings = ExtractionSettings(batch_size=args.batch_size, num_workers=args.num_workers,
-                                  precision=classifier.config["precision"], progress=not args.quiet)
     tower = classifier.tower
+    # The head's blocks, plus any asked for so that several heads share one cache of these images.
+    extra_blocks = parse_feature_layers(getattr(args, "feature_layers", None) or "none",
+                                        int(getattr(tower, "num_layers", 0) or 0))
+    settings = ExtractionSettings(batch_size=args.batch_size, num_workers=args.num_workers,
+                                  precision=classifier.config["precision"], progress=not args.quiet,
+                                  layers=tuple(sorted(set(classifier.blocks) | set(extra_blocks))))
     as_samples = [Sample(s.path, s.label, s.generator) for s in samples]
     levels = []
     for perturb in sweep_levels(args):
@@ -195,7 +199,7 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
             continue  # another rank's share is done; rank 0 scores
         probs = np.full(len(samples), np.nan)
         ok = table.ok.numpy()
-        probs[ok] = fake_probabilities(classifier.head, table.embeds[table.ok])
+        probs[ok] = fake_probabilities(classifier.head, table, table.ok.nonzero().flatten())
         rows, mean = domain_rows(samples, probs, ok, threshold, val_threshold)
         levels.append({
             "perturbation": perturb.to_dict(), "label": perturb.label(), "rows": rows, "mean": mean,
@@ -209,6 +213,8 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
         "tower": tower.identity,
         "preprocess": tower.preprocess.to_dict(),
         "precision": classifier.config["precision"],
+        "head": classifier.config.get("head"),
+        "block_importance": classifier.config.get("block_importance"),
         "dataset_dir": str(args.dataset_dir),
         "threshold": threshold,
         "val_threshold": val_threshold,

@@ -28,9 +28,9 @@ from PIL import Image
 from deepfake.checkpoint import CheckpointRefused
 from deepfake.cli_args import add_runtime_args, setup_logging
 from deepfake.clip_weights import CheckpointError
-from deepfake.deepfake_classifier import DeepfakeClassifier, fake_probabilities
+from deepfake.deepfake_classifier import DeepfakeClassifier, batch_probabilities, fake_probabilities
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.feature_cache import STORE_DTYPE
+from deepfake.feature_batch import tower_batch
 from deepfake.features import ExtractionSettings, extract_features
 from deepfake.fileio import atomic_write_text, display_path
 from deepfake.image_io import ImageSkipped, expand_inputs
@@ -75,12 +75,13 @@ def score(
     extra = {"max_pixels": max_pixels} if max_pixels else {}
     dataset = DeepfakeDataset(samples, classifier.preprocess, images=images, **extra)
     settings = ExtractionSettings(batch_size=batch_size, num_workers=num_workers,
-                                  precision=classifier.config.get("precision", "fp32"), progress=progress)
+                                  precision=classifier.config.get("precision", "fp32"), progress=progress,
+                                  layers=classifier.blocks)
     table = extract_features(classifier.tower, dataset, settings, None, desc="scoring", collective=collective)
     if table is None:
         return None
     probs = np.full(len(samples), np.nan)
-    probs[table.ok.numpy()] = fake_probabilities(classifier.head, table.embeds[table.ok])
+    probs[table.ok.numpy()] = fake_probabilities(classifier.head, table, table.ok.nonzero().flatten())
     tile_probs = tile_probabilities(classifier, dataset, table.ok.nonzero().flatten().tolist(), tiles, batch_size) \
         if tiles else {}
     results = []
@@ -106,8 +107,8 @@ def tile_probabilities(classifier: DeepfakeClassifier, dataset: DeepfakeDataset,
             return
         pixels = torch.stack([t for _, t in pending]).to(tower.device)
         # Rounded as cached features are, so a tile scores as the head saw its training features.
-        feats = tower(pixels).embeds.float().cpu().to(STORE_DTYPE).float()
-        for (i, _), p in zip(pending, fake_probabilities(classifier.head, feats)):
+        feats = tower_batch(tower(pixels, layers=bool(classifier.blocks)), classifier.blocks)
+        for (i, _), p in zip(pending, batch_probabilities(classifier.head, feats)):
             sums.setdefault(i, []).append(float(p))
         pending.clear()
 

@@ -98,6 +98,11 @@ def _clean(obj):
     return obj
 
 
+def json_safe(obj):
+    """JSON-safe copy of a results document (NaN -> null, numpy numbers -> Python numbers)."""
+    return _clean(obj)
+
+
 def _csv_text(rows: list[dict], fields: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
@@ -129,6 +134,12 @@ def write_outputs(results: dict, samples: list, out: Path, args: argparse.Namesp
         n_skipped = len(level["skipped"])
         if n_skipped:
             print(f"{n_skipped} file(s) could not be read and are not counted (see scores.csv)")
+    importance = results.get("block_importance")
+    if importance:
+        print("\n" + format_importance(importance))
+        image = "" if args.no_plots else "![block importance](importance.png)\n\n"
+        md_parts.insert(2, f"### Block importance (learned by the layers head)\n\n{image}"
+                           f"{format_importance(importance, markdown=True)}\n")
     doc = _clean({**results, "levels": [{k: v for k, v in lv.items() if k != "probabilities"} for lv in levels]})
     atomic_write_json(out / "results.json", doc)
     atomic_write_text(out / "results.csv", _csv_text(csv_rows, CSV_FIELDS))
@@ -138,12 +149,34 @@ def write_outputs(results: dict, samples: list, out: Path, args: argparse.Namesp
     if args.output:
         atomic_write_json(args.output, doc)
     if not args.no_plots:
-        write_plots(levels, samples, out)
+        write_plots(levels, samples, out, results.get("block_importance"))
     print(f"\nresults in {display_path(out)}")
 
 
-def write_plots(levels: list[dict], samples: list, out: Path) -> None:
-    """ROC and PR curves and score histograms per domain (first level); AP vs strength for sweeps."""
+def format_importance(importance: dict, markdown: bool = False) -> str:
+    """The layers head's share per block, as a table (block, importance in %)."""
+    pairs = list(zip(importance["blocks"], importance["importance"]))
+    if markdown:
+        return "\n".join(["| block | importance |", "|---:|---:|"] + [f"| {b} | {100 * w:.2f} |" for b, w in pairs])
+    top = max(pairs, key=lambda p: p[1])[0]
+    return "block importance: " + "  ".join(f"{b}:{100 * w:.1f}%" for b, w in pairs) + f"  (most: block {top})"
+
+
+def importance_figure(plt, importance: dict):
+    """One bar per block: how much the layers head relies on that depth."""
+    blocks, weights = importance["blocks"], importance["importance"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(blocks) + 1.5), 3.2))
+    ax.bar(range(len(blocks)), [100 * w for w in weights], color="tab:purple")
+    ax.set_xticks(range(len(blocks)), [str(b) for b in blocks])
+    ax.axhline(100 / len(blocks), color="k", ls=":", lw=0.8, label="uniform")
+    ax.set(xlabel="block (0 = embedding output)", ylabel="importance (%)", title="Learned block importance")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def write_plots(levels: list[dict], samples: list, out: Path, importance: dict | None = None) -> None:
+    """ROC and PR curves and score histograms per domain (first level); AP vs strength for sweeps;
+    the learned block importance of a layers head."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -181,6 +214,8 @@ def write_plots(levels: list[dict], samples: list, out: Path) -> None:
         ax.legend(fontsize=7)
     fig_hist.suptitle(f"P(fake) per domain ({level['label']})")
     figures = {"roc.png": fig_roc, "pr.png": fig_pr, "histograms.png": fig_hist}
+    if importance:
+        figures["importance.png"] = importance_figure(plt, importance)
     if len(levels) > 1:
         figures["robustness.png"] = _robustness_figure(plt, levels)
     for name, fig in figures.items():

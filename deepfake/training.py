@@ -1,8 +1,9 @@
-"""Train the MLP head on a frozen tower: features once (cached), then epochs in seconds.
+"""Train a head on a frozen tower: features once (cached), then epochs in seconds.
 
-``train(args)`` is what ``train_ClassifierHead.py`` runs. With the cache (default) every
-image goes through the tower once per (tower, preprocessing, view); with ``--no_cache``
-every epoch runs the tower again on every image, as a plain loop over images does.
+``train(args)`` is what ``train_ClassifierHead.py`` runs; ``fit`` is its epoch loop, usable on
+any feature source (``benchmarks/compare_heads.py`` and the tests call it directly). With the
+cache (default) every image goes through the tower once per (tower, preprocessing, view); with
+``--no_cache`` every epoch runs the tower again on every image, as a plain loop over images does.
 Both see the same batches in the same order and the same fp16-rounded features, so a
 seed gives the same head either way.
 """
@@ -13,12 +14,14 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import random
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +33,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from deepfake.checkpoint import BEST, save_checkpoint
-from deepfake.deepfake_classifier import build_head, fake_probabilities, head_config
+from deepfake.deepfake_classifier import fake_probabilities
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, collate, training_samples
-from deepfake.feature_cache import STORE_DTYPE, FeatureCache
-from deepfake.features import (
-    ExtractionSettings,
-    FeatureTable,
-    extract_features,
-    parse_feature_layers,
-    prepare_tower,
-)
+from deepfake.feature_batch import FeatureBatch, table_batch, tower_batch
+from deepfake.feature_cache import FeatureCache
+from deepfake.features import ExtractionSettings, FeatureTable, extract_features, parse_feature_layers, prepare_tower
 from deepfake.fileio import atomic_save_safetensors, atomic_write_json, display_path, removed_if_left_empty
+from deepfake.heads import block_importance, new_head
+from deepfake.losses import supervised_contrastive_loss
 from deepfake.metrics import accuracy_at, average_precision, best_threshold, expected_calibration_error
 from deepfake.runtime import (
     choose_device,
@@ -113,8 +113,9 @@ class EpochResult:
     val_ece: float | None
 
 
-def validation_metrics(head: nn.Module, features: torch.Tensor, labels: np.ndarray) -> dict:
-    probs = fake_probabilities(head, features)
+def validation_metrics(head: nn.Module, table: FeatureTable, labels: np.ndarray) -> dict:
+    """Loss, accuracy, AP, best threshold and ECE on the readable rows of ``table`` (``labels``: those rows)."""
+    probs = fake_probabilities(head, table, table.ok.nonzero().flatten())
     clipped = np.clip(probs, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))) if len(labels) else float("nan")
     threshold, best_acc = best_threshold(labels, probs) if len(set(labels.tolist())) == 2 else (None, None)
@@ -252,10 +253,11 @@ def load_resume_state(out: Path, head, optimizer, generator, hyper: dict) -> tup
 class CachedFeatures:
     """Training batches from cached features; with K augmented views, one view per image per epoch."""
 
-    def __init__(self, views: list[FeatureTable], generator: torch.Generator):
+    def __init__(self, views: list[FeatureTable], generator: torch.Generator, blocks: tuple[int, ...] = ()):
         self.views = views
         self.ok = views[0].ok
         self.generator = generator
+        self.blocks = tuple(blocks)
 
     def epoch_batches(self, batches: list[torch.Tensor]):
         pick = torch.randint(len(self.views), (len(self.ok),), generator=self.generator) if len(self.views) > 1 else None
@@ -264,19 +266,23 @@ class CachedFeatures:
             if len(idx) == 0:
                 continue
             if pick is None:
-                yield idx, self.views[0].embeds[idx]
-            else:
-                stacked = torch.stack([v.embeds[idx] for v in self.views])  # [K, B, D]
-                yield idx, stacked[pick[idx], torch.arange(len(idx))]
+                yield idx, table_batch(self.views[0], idx, self.blocks)
+                continue
+            per_view = [table_batch(v, idx, self.blocks) for v in self.views]
+            chosen, rows = pick[idx], torch.arange(len(idx))
+            embeds = torch.stack([b.embeds for b in per_view])[chosen, rows]  # [K, B, D] -> [B, D]
+            layers = torch.stack([b.layers for b in per_view])[chosen, rows] if self.blocks else None
+            yield idx, FeatureBatch(embeds, layers)
 
 
 class TowerFeatures:
     """Training batches through the tower, image by image, every epoch (``--no_cache``)."""
 
-    def __init__(self, tower: ImageTower, dataset: DeepfakeDataset, num_workers: int):
+    def __init__(self, tower: ImageTower, dataset: DeepfakeDataset, num_workers: int, blocks: tuple[int, ...] = ()):
         self.tower = tower
         self.dataset = dataset
         self.num_workers = num_workers
+        self.blocks = tuple(blocks)
         self.skipped: dict[int, str] = {}
         self.epoch = 0
 
@@ -292,12 +298,199 @@ class TowerFeatures:
                 continue
             # Grad mode is thread state: it must not stay off across the yield.
             with torch.no_grad():
-                embeds = self.tower(batch["pixel_values"].to(self.tower.device)).embeds.float().cpu()
-            yield batch["indices"], embeds.to(STORE_DTYPE).float()
+                out = self.tower(batch["pixel_values"].to(self.tower.device), layers=bool(self.blocks))
+                features = tower_batch(out, self.blocks)
+            yield batch["indices"], features
+
+
+def head_sizes(args: argparse.Namespace) -> dict:
+    """Size options of the chosen head kind that the command line sets."""
+    if getattr(args, "head", "mlp") == "layers":
+        return {"proj_dim": args.proj_dim, "importance": args.importance}
+    return {}
+
+
+def run_config(tower: ImageTower, settings: ExtractionSettings, head: nn.Module, opts: TrainOptions,
+               train_samples: list[Sample], seed: int) -> dict:
+    """What every checkpoint of a run records: tower, preprocessing, features, head, options, data, seed."""
+    return {
+        "tower": tower.identity,
+        "preprocess": tower.preprocess.to_dict(),
+        "features": {**settings.cache_info(), "layers": list(settings.layers)},
+        "head": head.config(),
+        "training": opts.to_dict(),
+        "categories": sorted({s.category for s in train_samples}),
+        "seed": seed,
+        "threshold": 0.5,
+        "versions": versions(),
+    }
+
+
+def epoch_config(base: dict, head: nn.Module, result: EpochResult) -> dict:
+    """One epoch's checkpoint config: the run's, plus its metrics and (layers head) block importance."""
+    config = {**base, "epoch": result.epoch, "metrics": vars(result), "val_threshold": result.val_threshold}
+    importance = block_importance(head)
+    if importance is not None:
+        config["block_importance"] = importance
+    return config
 
 
 def epoch_index_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+# --- the epoch loop: schedule, early stopping, retention ------------------------------
+
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass
+class TrainOptions:
+    """How the head is optimised; recorded in every checkpoint's config."""
+
+    num_epochs: int = 10
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    lr_schedule: str = "constant"
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    patience: int = 0
+    keep_last: int = 0
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.07
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr_schedule {self.lr_schedule!r}: choose from {', '.join(LR_SCHEDULES)}")
+        if self.patience < 0 or self.keep_last < 0 or self.contrastive_weight < 0:
+            raise ValueError("--patience, --keep_last and --contrastive_weight must not be negative")
+        if self.lr_schedule == "step" and not self.lr_milestones:
+            # Decay at half and three quarters of the run unless told otherwise.
+            half, three_quarters = self.num_epochs // 2 + 1, (3 * self.num_epochs) // 4 + 1
+            self.lr_milestones = tuple(sorted({half, three_quarters}))
+        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainOptions:
+        return cls(args.num_epochs, args.learning_rate, args.weight_decay, args.batch_size,
+                   getattr(args, "lr_schedule", "constant"), tuple(getattr(args, "lr_milestones", None) or ()),
+                   getattr(args, "lr_gamma", 0.1), getattr(args, "patience", 0) or 0, getattr(args, "keep_last", 0) or 0,
+                   getattr(args, "contrastive_weight", 0.0), getattr(args, "contrastive_temperature", 0.07))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "lr_milestones": list(self.lr_milestones)}
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The rate for 1-based ``epoch``: a pure function of it, so a resumed run follows the same curve."""
+        if self.lr_schedule == "cosine":
+            return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / max(self.num_epochs, 1)))
+        if self.lr_schedule == "step":
+            return self.learning_rate * self.lr_gamma ** sum(m <= epoch for m in self.lr_milestones)
+        return self.learning_rate
+
+
+@dataclass
+class FitState:
+    """Where a run stands: last finished epoch, best (val AP, -val loss), per-epoch history."""
+
+    epoch: int = 0
+    best: tuple = (-1.0, -float("inf"))
+    history: list = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def epochs_without_improvement(history: list[dict]) -> int:
+    """Epochs since val AP last rose above every earlier epoch's (0 when the last epoch set it)."""
+    best, since = -float("inf"), 0
+    for row in history:
+        ap = row["val_ap"] if row["val_ap"] is not None else -1.0
+        if ap > best:
+            best, since = ap, 0
+        else:
+            since += 1
+    return since
+
+
+def make_optimizer(head: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(head.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay)
+
+
+def fit(
+    head: nn.Module,
+    source,
+    labels: torch.Tensor,
+    validate: Callable[[nn.Module], dict],
+    opts: TrainOptions,
+    generator: torch.Generator,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: FitState | None = None,
+    on_epoch: Callable[[EpochResult, bool], None] | None = None,
+    progress: bool = True,
+) -> FitState:
+    """Train ``head`` on ``source`` (``epoch_batches`` of (indices, FeatureBatch)) for the remaining epochs.
+
+    ``validate(head)`` gives the validation metrics; ``on_epoch(result, is_best)`` saves what the
+    caller keeps. Stops early after ``opts.patience`` epochs without a higher val AP.
+    """
+    optimizer = optimizer or make_optimizer(head, opts)
+    state = state or FitState()
+    if opts.contrastive_weight > 0 and head.kind == "linear":
+        raise ValueError("--contrastive_weight needs a head with a learned representation (mlp or layers), "
+                         "not the linear probe")
+    loss_fn = nn.CrossEntropyLoss()
+    bar = tqdm(range(state.epoch + 1, opts.num_epochs + 1), desc="epochs", unit="epoch", disable=not progress)
+    for epoch in bar:
+        if opts.patience and epochs_without_improvement(state.history) >= opts.patience:
+            state.stopped_early = True
+            log.info("early stop before epoch %d: val AP has not improved for %d epochs", epoch, opts.patience)
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = opts.learning_rate_at(epoch)
+        head.train()
+        losses = []
+        for idx, batch in source.epoch_batches(epoch_index_batches(len(labels), opts.batch_size, generator)):
+            target = labels[idx].to(device)
+            # The head is tiny: it trains in fp32 (no autocast, so no GradScaler question on fp16 GPUs).
+            logits, embedding = head.forward_with_embedding(batch.to(device, non_blocking=True))
+            loss = loss_fn(logits, target)
+            if opts.contrastive_weight > 0:
+                loss = loss + opts.contrastive_weight * supervised_contrastive_loss(
+                    embedding, target, opts.contrastive_temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        result = EpochResult(epoch, float(np.mean(losses)) if losses else float("nan"), **validate(head))
+        state.history.append(vars(result))
+        state.epoch = epoch
+        bar.set_postfix(loss=f"{result.train_loss:.4f}", val_ap=f"{result.val_ap or 0:.4f}")
+        # The per-epoch line is a result the user asked for: shown even with --quiet.
+        tqdm.write(f"epoch {epoch:3d}  train_loss {result.train_loss:.4f}  val_acc {result.val_acc:.4f}  "
+                   f"val_ap {result.val_ap if result.val_ap is not None else float('nan'):.4f}", file=sys.stdout)
+        # Best by val AP; once AP saturates, the lower val loss breaks the tie.
+        score = (result.val_ap if result.val_ap is not None else -1.0, -result.val_loss)
+        is_best = score > state.best
+        if is_best:
+            state.best = score
+        if on_epoch is not None:
+            on_epoch(result, is_best)
+    return state
+
+
+def drop_old_epochs(out: Path, epoch: int, keep_last: int) -> None:
+    """Remove this run's epoch checkpoints older than the last ``keep_last`` (``best.*`` is apart and stays).
+
+    Only epochs up to the current one are touched: those files were written by this run.
+    """
+    if keep_last <= 0:
+        return
+    for weights in out.glob("epoch_*.safetensors"):
+        number = weights.stem.removeprefix("epoch_")
+        if number.isdigit() and int(number) <= epoch - keep_last:
+            weights.with_suffix(".json").unlink(missing_ok=True)
+            weights.unlink(missing_ok=True)
 
 
 # --- the run -------------------------------------------------------------------------
@@ -329,13 +522,20 @@ def _train(args: argparse.Namespace) -> dict:
     precision = resolve_precision(args.precision or "auto", device)
     tower = load_tower(args.model, args.revision, args.preprocess)
     tower = prepare_tower(tower, precision, device, compile=args.compile)
+    head_kind = getattr(args, "head", "mlp")
+    blocks = parse_feature_layers(args.feature_layers, int(getattr(tower, "num_layers", 0) or 0))
+    if head_kind == "layers" and not blocks:
+        blocks = parse_feature_layers("all", int(getattr(tower, "num_layers", 0) or 0))
+        log.info("--head layers: reading every block's CLS token (0..%d); --feature_layers chooses fewer", blocks[-1])
     settings = ExtractionSettings(
         batch_size=args.extract_batch_size or args.batch_size,
         num_workers=args.num_workers,
         precision=precision,
-        layers=tuple(parse_feature_layers(args.feature_layers, getattr(tower, "num_layers", 0))),
+        layers=tuple(blocks),
         progress=not args.quiet,
     )
+    opts = TrainOptions.from_args(args)
+    head_blocks = tuple(blocks) if head_kind == "layers" else ()
     augment = BlurJpegAugment(args.blur_prob, args.blur_sigma, args.jpeg_prob, tuple(args.jpeg_quality))
     n_views = args.aug_views if augment.enabled else 1
     train_set = DeepfakeDataset(train_samples, tower.preprocess, augment=augment, seed=args.seed,
@@ -343,6 +543,8 @@ def _train(args: argparse.Namespace) -> dict:
     val_set = DeepfakeDataset(val_samples, tower.preprocess, max_pixels=args.max_pixels)
     val_labels = np.array([s.label for s in val_samples])
     identity = run_identity(tower, settings, augment, n_views, args.seed, args.no_cache, train_samples, val_samples)
+    # A resumed run must rebuild the same head: its kind, blocks and sizes are part of the run.
+    identity["head"] = {"kind": head_kind, "blocks": list(head_blocks), **head_sizes(args)}
     hyper = {name: getattr(args, name) for name in RESUMABLE_CHANGES}
     resume = args.resume
     if resume:
@@ -358,7 +560,7 @@ def _train(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
     if args.no_cache:
-        source = TowerFeatures(tower, train_set, args.num_workers)
+        source = TowerFeatures(tower, train_set, args.num_workers, head_blocks)
         val_table = None
     else:
         views = []
@@ -367,12 +569,12 @@ def _train(args: argparse.Namespace) -> dict:
             extra = {"augment": {**augment.to_dict(), "seed": args.seed, "view": view}} if augment.enabled else {}
             cache = feature_cache(args, tower, settings, extra)
             views.append(extract_features(tower, train_set, settings, cache, desc=f"train features (view {view})"))
-        source = CachedFeatures(views, generator)
         val_table = extract_features(tower, val_set, settings, feature_cache(args, tower, settings), "val features")
     extract_seconds = time.perf_counter() - start
     if not is_main_process():
-        return {}  # other ranks only helped with extraction
+        return {}  # other ranks only helped with extraction (their tables are None)
     if not args.no_cache:
+        source = CachedFeatures(views, generator, head_blocks)
         for what, table, samples in (("training", views[0], train_samples), ("validation", val_table, val_samples)):
             if samples and not table.ok.any():
                 first = next(iter(sorted(table.skipped.items())), (0, "unknown"))
@@ -380,60 +582,38 @@ def _train(args: argparse.Namespace) -> dict:
                                  f"(first: {samples[first[0]].path}: {first[1]})")
 
     seed_everything(args.seed)
-    head = build_head(tower.feature_dim).to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
+    head = new_head(head_kind, tower, head_blocks, **head_sizes(args)).to(device)
+    optimizer = make_optimizer(head, opts)
     labels = torch.tensor([s.label for s in train_samples])
-    first_epoch, best_score, history = 1, (-1.0, -float("inf")), []
+    state = FitState()
     if resume:
         done, best_score, history = load_resume_state(out, head, optimizer, generator, hyper)
-        first_epoch = done + 1
+        state = FitState(done, best_score, history)
         if args.no_cache:
             source.epoch = done  # the augmentation draw of the next epoch, not of epoch 1 again
         log.info("resuming after epoch %d (best val AP so far %.4f)", done, best_score[0])
     out.mkdir(parents=True, exist_ok=True)
 
-    base_config = {
-        "tower": tower.identity,
-        "preprocess": tower.preprocess.to_dict(),
-        "features": settings.cache_info(),
-        "head": head_config(head),
-        "categories": sorted({s.category for s in train_samples}),
-        "seed": args.seed,
-        "threshold": 0.5,
-        "train_args": {k: v for k, v in vars(args).items() if k != "func"},
-        "versions": versions(),
-    }
-    bar = tqdm(range(first_epoch, args.num_epochs + 1), desc="epochs", unit="epoch", disable=args.quiet)
-    for epoch in bar:
-        head.train()
-        losses = []
-        for idx, feats in source.epoch_batches(epoch_index_batches(len(train_samples), args.batch_size, generator)):
-            # The head is tiny: it trains in fp32 (no autocast, so no GradScaler question on fp16 GPUs).
-            logits = head(feats.to(device, non_blocking=True).float())
-            loss = loss_fn(logits, labels[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+    base_config = {**run_config(tower, settings, head, opts, train_samples, args.seed),
+                   "train_args": {k: v for k, v in vars(args).items() if k != "func"}}
+
+    def validate(model: nn.Module) -> dict:
+        nonlocal val_table
         if args.no_cache:
             val_table = extract_features(tower, val_set, settings, None, "val features", collective=False)
-        valid = val_table.ok.numpy()
-        metrics = validation_metrics(head, val_table.embeds[val_table.ok], val_labels[valid])
-        result = EpochResult(epoch, float(np.mean(losses)) if losses else float("nan"), **metrics)
-        history.append(vars(result))
-        bar.set_postfix(loss=f"{result.train_loss:.4f}", val_ap=f"{result.val_ap or 0:.4f}")
-        line = (f"epoch {epoch:3d}  train_loss {result.train_loss:.4f}  val_acc {result.val_acc:.4f}  "
-                f"val_ap {result.val_ap if result.val_ap is not None else float('nan'):.4f}")
-        tqdm.write(line, file=sys.stdout)
-        config = {**base_config, "epoch": epoch, "metrics": vars(result), "val_threshold": result.val_threshold}
-        save_checkpoint(out, f"epoch_{epoch:03d}", head.state_dict(), config)
-        # Best by val AP; once AP saturates, the lower val loss breaks the tie.
-        score = (result.val_ap if result.val_ap is not None else -1.0, -result.val_loss)
-        if score > best_score:
-            best_score = score
+        return validation_metrics(model, val_table, val_labels[val_table.ok.numpy()])
+
+    def save_epoch(result: EpochResult, is_best: bool) -> None:
+        config = epoch_config(base_config, head, result)
+        save_checkpoint(out, f"epoch_{result.epoch:03d}", head.state_dict(), config)
+        if is_best:
             save_checkpoint(out, BEST, head.state_dict(), config)
-        save_resume_state(out, head, optimizer, generator, epoch, best_score, history, identity, hyper)
+        drop_old_epochs(out, result.epoch, opts.keep_last)
+        save_resume_state(out, head, optimizer, generator, result.epoch, state.best, state.history, identity, hyper)
+
+    state = fit(head, source, labels, validate, opts, generator, device, optimizer, state, save_epoch,
+                progress=not args.quiet)
+    best_score, history = state.best, state.history
 
     skipped = {
         "train": report_skipped("training set", train_samples,
@@ -446,6 +626,8 @@ def _train(args: argparse.Namespace) -> dict:
         "n_val": len(val_samples),
         "categories": base_config["categories"],
         "best_val_ap": best_score[0],
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
         "feature_seconds": extract_seconds,
         "history": history,
         "skipped": skipped,

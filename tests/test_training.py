@@ -29,7 +29,7 @@ def test_training_end_to_end_reaches_high_val_ap(trained_run):
         assert (run / f"epoch_{epoch:03d}.json").is_file()
     config = json.loads((run / "best.json").read_text())
     assert config["metrics"]["val_ap"] >= 0.95
-    assert config["head"] == {"in_dim": 32, "hidden": 256, "dropout": 0.1, "num_classes": 2}
+    assert config["head"] == {"kind": "mlp", "in_dim": 32, "hidden": 256, "dropout": 0.1, "num_classes": 2}
     assert config["categories"] == list(CATEGORIES)
     assert config["seed"] == 512 and config["preprocess"]["mode"] == "resize"
     weights = load_file(str(run / "best.safetensors"))
@@ -192,7 +192,7 @@ def test_cached_views_are_drawn_per_image_and_epoch():
              for v in range(3)]
     source = CachedFeatures(views, torch.Generator().manual_seed(0))
     batches = [torch.arange(n)]
-    epochs = [torch.cat([f for _, f in source.epoch_batches(batches)])[:, 0] for _ in range(2)]
+    epochs = [torch.cat([f.embeds for _, f in source.epoch_batches(batches)])[:, 0] for _ in range(2)]
     for picked in epochs:
         assert set(picked.tolist()) == {0.0, 1.0, 2.0}  # every view is used, one per image
     assert not torch.equal(epochs[0], epochs[1])  # and the draw changes with the epoch

@@ -319,3 +319,11 @@ def test_layers_head_trains_the_same_from_the_cache_and_without_it(tmp_path, for
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5) and a["val_acc"] == b["val_acc"]
     wa, wb = (load_file(str(tmp_path / name / "epoch_002.safetensors")) for name in ("cached", "plain"))
     assert all((wa[k] - wb[k]).abs().max().item() <= 1e-5 for k in wa)
+
+
+def test_resuming_with_another_head_kind_is_refused(layers_run, caplog):
+    before = sorted(p.name for p in layers_run["run"].iterdir())
+    argv = train_args(layers_run["data"], layers_run["run"], layers_run["cache"], "--head", "mlp", "--resume")
+    assert train_ClassifierHead.main(argv) == 2
+    assert "cannot resume: head differs" in caplog.text
+    assert sorted(p.name for p in layers_run["run"].iterdir()) == before

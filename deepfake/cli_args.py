@@ -83,8 +83,9 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--extract_batch_size", type=int, default=None, help="tower batch size (default: --batch_size)")
     add_cache_args(p)
     p.add_argument("--feature_layers", default="none",
-                   help="none, all, or block numbers like 8,16,20,24 (0 = embedding output): also cache "
-                        "those blocks' CLS tokens (the layers head reads them; default for it: all)")
+                   help="none, all, or block numbers like 8,16,20,24 (0 = embedding output): also cache those "
+                        "blocks' CLS tokens, one memory-mapped tensor per block (the layers head reads them; "
+                        "its default: all)")
     head = p.add_argument_group("head")
     head.add_argument("--head", default="mlp", choices=head_kinds(),
                       help="mlp: Linear-ReLU-Dropout-Linear on the final embedding (default); layers: per-block "

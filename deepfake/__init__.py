@@ -1,4 +1,4 @@
-"""Detect AI-generated images with a frozen LanguageBind image tower and a small MLP head."""
+"""Detect AI-generated images with a frozen LanguageBind image tower and a small trainable head."""
 
 from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.deepfake_dataset import DeepfakeDataset

@@ -1,4 +1,5 @@
-"""``python -m deepfake COMMAND ...``: predict (score images), demo (synthetic benchmark end to end)."""
+"""``python -m deepfake COMMAND ...``: predict (score images), demo (synthetic benchmark end to end),
+audit (real-vs-fake biases of a data set), split (flat folders -> train/val/test)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 COMMANDS = {
     "predict": "deepfake.predict",
     "demo": "deepfake.demo",
+    "audit": "deepfake.audit",
+    "split": "deepfake.split",
 }
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 
 from deepfake.backbones import DEFAULT_MODEL, PREPROCESS_MODES
+from deepfake.benchmark_files import available_presets
 from deepfake.heads import HEAD_HIDDEN, head_kinds
 from deepfake.image_io import DEFAULT_MAX_PIXELS
 from deepfake.runtime import PRECISIONS
@@ -47,6 +48,18 @@ def add_cache_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the tower before extraction")
 
 
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that say how labelled images are found and prepared, shared by training and evaluation."""
+    parser.add_argument("--label_dirs", nargs="+", default=None, metavar="CLASS=NAMES",
+                        help="label folder names when the defaults (0_real/1_fake, real/fake, nature/ai) do not fit, "
+                             "e.g. --label_dirs real=camera,photos fake=generated")
+    parser.add_argument("--align", action="append", default=None, metavar="jpeg:Q|size:S",
+                        help="remove a real/fake bias before the tower: jpeg:Q re-encodes every image at quality Q, "
+                             "size:S resizes every image to short side S (repeatable; size first, then JPEG)")
+    parser.add_argument("--audit_max", type=int, default=2000,
+                        help="image headers read per domain and class by the bias audit (a seeded sample beyond)")
+
+
 def setup_logging(verbose: bool = False) -> None:
     # No force=True: a host application's (or pytest's) handlers stay in place.
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
@@ -70,7 +83,8 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     """Flags of train_ClassifierHead.py."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True,
-                   help="DATASET/{category}/{0_real,1_fake} or DATASET/{train,val,test}/{category}/{0_real,1_fake}")
+                   help="DATASET/{category}/{0_real,1_fake}, DATASET/{train,val,test}/{category}/{0_real,1_fake}, "
+                        "or a CSV / JSON Lines manifest (path,label[,domain,category,split])")
     p.add_argument("--output_dir", required=True, help="run directory for checkpoints (epoch_NNN, best)")
     p.add_argument("--num_epochs", type=int, default=10)
     p.add_argument("--learning_rate", type=float, default=1e-4)
@@ -78,6 +92,7 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=512)
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all found)")
     p.add_argument("--val_ratio", type=float, default=0.1, help="held-out share when there is no val/ split")
+    add_data_args(p)
     add_tower_args(p)
     add_runtime_args(p)
     p.add_argument("--extract_batch_size", type=int, default=None, help="tower batch size (default: --batch_size)")
@@ -129,7 +144,14 @@ def test_parser(description: str | None = None) -> argparse.ArgumentParser:
     """Flags of test_ClassifierHead.py."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run directory (uses best) or checkpoint file")
-    p.add_argument("--dataset_dir", required=True, help="test root (see README for the layouts)")
+    p.add_argument("--dataset_dir", "--data_root", dest="dataset_dir", required=True,
+                   help="test root (see README for the layouts), a manifest, or the data root of --benchmark")
+    p.add_argument("--benchmark", default=None,
+                   help="benchmark file (JSON) or preset: " + ", ".join(available_presets()))
+    p.add_argument("--real_root", default=None, help="reals published apart from the benchmark (Synthbuster: RAISE-1k)")
+    p.add_argument("--allow_one_class", action="store_true",
+                   help="evaluate domains with one class only, with the metrics one class defines")
+    add_data_args(p)
     p.add_argument("--categories", default=None, help="comma-separated categories to evaluate")
     p.add_argument("--generators", default=None, help="comma-separated generators to evaluate")
     p.add_argument("--output", default=None, help="also write results.json to this path")
@@ -138,7 +160,11 @@ def test_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
     p.add_argument("--max_sample", type=int, default=None, help="at most N images per generator and class")
     p.add_argument("--seed", type=int, default=512, help="seed for --max_sample")
-    pert = p.add_argument_group("robustness (applied in this order: JPEG, blur, resize)")
+    op = p.add_argument_group("operating point")
+    op.add_argument("--calibrate_real", default=None, metavar="DIR",
+                    help="known-real images of the target domain: sets the threshold giving --target_fpr on them")
+    op.add_argument("--target_fpr", type=float, default=0.05, help="false-positive rate for --calibrate_real")
+    pert = p.add_argument_group("robustness (applied in this order: blur, JPEG, resize, as CNNDetection and UFD do)")
     pert.add_argument("--jpeg_quality", type=int, default=None, help="re-encode as JPEG at this quality")
     pert.add_argument("--gaussian_sigma", type=float, default=None, help="Gaussian blur of this sigma")
     pert.add_argument("--resize_scale", type=float, default=None, help="resize by this factor")

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 from deepfake.backbones import Preprocess
 from deepfake.image_io import DEFAULT_MAX_PIXELS, ImageSkipped, load_image, to_rgb
 from deepfake.layouts import LayoutError, describe, find_label_folders, list_folder_images
-from deepfake.transforms import BlurJpegAugment, Perturbation, preprocess_image, short_side_shape
+from deepfake.manifests import is_manifest, read_manifest
+from deepfake.transforms import Alignment, BlurJpegAugment, Perturbation, preprocess_image, short_side_shape
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,25 @@ def _category_name(parts: tuple[str, ...], root: Path) -> str:
     return "/".join(parts) if parts else root.resolve().name
 
 
-def scan_categories(dataset_dir: str | os.PathLike, split: str | None = None) -> dict[str, list[Sample]]:
+def _no_label_folders(root: Path, labels: dict[str, int] | None) -> LayoutError:
+    names = ", ".join(sorted(labels)) if labels else "0_real/1_fake, real/fake or nature/ai"
+    return LayoutError(f"{root}: no label folders ({names}) holding images found. Contents:\n{describe(root)}")
+
+
+def scan_categories(dataset_dir: str | os.PathLike, split: str | None = None,
+                    labels: dict[str, int] | None = None) -> dict[str, list[Sample]]:
     """Samples of ``split`` (all when ``None``; no-split layouts match any), grouped by category."""
     root = Path(dataset_dir)
-    folders = find_label_folders(root)
+    if is_manifest(root):
+        grouped: dict[str, list[Sample]] = {}
+        for entry in read_manifest(root):
+            if split is None or entry.split in (split, ""):
+                name = "/".join(p for p in (entry.domain, entry.category) if p) or root.stem
+                grouped.setdefault(name, []).append(Sample(entry.path, entry.label, name, entry.split))
+        return grouped
+    folders = find_label_folders(root, labels)
     if not folders:
-        raise LayoutError(
-            f"{root}: no label folders (0_real/1_fake, real/fake or nature/ai) found. Contents:\n{describe(root)}"
-        )
+        raise _no_label_folders(root, labels)
     grouped: dict[str, list[Sample]] = {}
     for folder in folders:
         if split is not None and folder.split not in (split, None):
@@ -102,23 +114,29 @@ def stratified_split(samples: list[Sample], val_ratio: float, seed: int) -> tupl
 
 
 def training_samples(
-    dataset_dir: str | os.PathLike, categories: list[str] | None, val_ratio: float, seed: int
+    dataset_dir: str | os.PathLike, categories: list[str] | None, val_ratio: float, seed: int,
+    labels: dict[str, int] | None = None,
 ) -> tuple[list[Sample], list[Sample]]:
-    """(train, val) samples: the ``train``/``val`` splits when present, else a stratified hold-out."""
+    """(train, val) samples: the ``train``/``val`` splits when present, else a stratified hold-out.
+
+    ``dataset_dir`` is a folder (any layout of :mod:`deepfake.layouts`) or a CSV / JSON Lines manifest.
+    """
     root = Path(dataset_dir)
-    folders = find_label_folders(root)
-    splits = {f.split for f in folders}
+    if is_manifest(root):
+        splits = {e.split or None for e in read_manifest(root)}
+    else:
+        splits = {f.split for f in find_label_folders(root, labels)}
     if "train" in splits:
-        train = select_categories(scan_categories(root, "train"), categories, str(root / "train"))
+        train = select_categories(scan_categories(root, "train", labels), categories, f"{root} (train split)")
         if "val" in splits:
-            val_grouped = scan_categories(root, "val")
+            val_grouped = scan_categories(root, "val", labels)
             names = categories or sorted({s.category for s in train})
             val = [s for name in names for s in val_grouped.get(name, [])]
             if val:
                 return train, val
             log.warning("%s: val/ has none of the training categories; holding out %.0f%%", root, 100 * val_ratio)
         return stratified_split(train, val_ratio, seed)
-    return stratified_split(select_categories(scan_categories(root), categories, str(root)), val_ratio, seed)
+    return stratified_split(select_categories(scan_categories(root, None, labels), categories, str(root)), val_ratio, seed)
 
 
 def view_rng(seed: int, view: int, path: str) -> random.Random:
@@ -129,6 +147,7 @@ def view_rng(seed: int, view: int, path: str) -> random.Random:
 class DeepfakeDataset(Dataset):
     """Images -> (pixel tensor, index), or a skip record with its reason for unreadable files.
 
+    ``align`` re-encodes / resizes every image first (format and size bias removal);
     ``perturb`` degrades every image (robustness tests); ``augment`` draws CNNDetection's
     blur + JPEG per image, reproducibly from ``(seed, view, path)``. ``images`` supplies
     in-memory PIL images in place of files (``None`` entries are read from their path).
@@ -144,8 +163,10 @@ class DeepfakeDataset(Dataset):
         view: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         images: list[Image.Image | None] | None = None,
+        align: Alignment | None = None,
     ):
         self.samples = samples
+        self.align = align if align is not None and align.enabled else None
         self.images = images
         self.preprocess = preprocess
         self.perturb = perturb
@@ -165,6 +186,8 @@ class DeepfakeDataset(Dataset):
             image = to_rgb(ImageOps.exif_transpose(given))
         else:
             image = load_image(sample.path, self.max_pixels)
+        if self.align is not None:
+            image = self.align(image)
         if self.perturb is not None:
             image = self.perturb(image)
         if self.augment is not None:

@@ -1,121 +1,46 @@
 """Evaluate a trained head the way the field reports it: per generator, per category, under degradations.
 
-Test roots in any of the layouts in use are understood (see :mod:`deepfake.layouts`):
-
-    TEST/{generator}/{0_real,1_fake}                  UniversalFakeDetect
-    TEST/{generator}/{category}/{0_real,1_fake}       CNNDetection (progan, stylegan, cyclegan)
-    TEST/{0_real,1_fake}                              a single domain
-    GENIMAGE/{generator}/{train,val}/{nature,ai}      GenImage (its val split is the test set)
-    DATASET/{train,val,test}/{category}/...           ForenSynths (its test split is used)
-
-The model is loaded once; each perturbation level is one pass of the tower (through the
-feature cache), then every metric is a function of the per-image scores, which are saved.
+The test set is a folder in any layout of :mod:`deepfake.eval_sets`, a manifest, or a
+benchmark file / preset (:mod:`deepfake.benchmark_files`) naming each domain's fake and real
+folders as published. The domains and counts found, and the bias audit of the images, are
+printed before any work starts. The model is loaded once; each perturbation level is one pass
+of the tower (through the feature cache) over the distinct images, then every metric is a
+function of the per-image scores, which are saved.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from deepfake.benchmark_files import load_benchmark, resolve_benchmark
+from deepfake.bias_audit import audit_samples, format_audit
+from deepfake.calibration import calibration_record, write_calibration
 from deepfake.deepfake_classifier import DeepfakeClassifier, fake_probabilities
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
+from deepfake.eval_sets import TestSample, check_pairing, discover_test_set, filter_samples, subsample, summarize
 from deepfake.features import ExtractionSettings, extract_features, parse_feature_layers
 from deepfake.fileio import removed_if_left_empty
 from deepfake.image_io import walk_images
-from deepfake.layouts import LayoutError, describe, find_label_folders
-from deepfake.metrics import domain_metrics, mean_row
+from deepfake.layouts import LayoutError, parse_label_dirs
+from deepfake.metrics import common_mean, domain_metrics, threshold_for_fpr
 from deepfake.reports import default_output_dir, prepare_output_dir, write_outputs
 from deepfake.runtime import init_distributed, is_main_process
 from deepfake.training import feature_cache, report_skipped, versions
-from deepfake.transforms import Perturbation
+from deepfake.transforms import Alignment, Perturbation, parse_align
 
 log = logging.getLogger(__name__)
 
-SPLIT_PREFERENCE = ("test", "val", None)
 DEFAULT_SWEEP_JPEG = (95, 75, 50, 30)
 DEFAULT_SWEEP_SIGMA = (1.0, 2.0, 3.0)
-MEAN_KEYS = ["real_acc", "fake_acc", "acc", "ap", "auc", "best_acc", "val_threshold_acc", "ece"]
+MEAN_KEYS = ["real_acc", "fake_acc", "acc", "ap", "auc", "tpr_at_fpr1", "tpr_at_fpr5", "best_acc", "ufd_acc",
+             "val_threshold_acc", "ece"]
 
-
-@dataclass(frozen=True)
-class TestSample:
-    """A test image with its label, generator and (when the layout has one) category."""
-
-    path: str
-    label: int
-    generator: str
-    category: str = ""
-
-
-def discover_test_set(
-    root: str | Path, generators: list[str] | None = None, categories: list[str] | None = None
-) -> list[TestSample]:
-    """Every labelled test image under ``root``, with its generator and category, optionally filtered.
-
-    ``categories`` filters categories inside generators; for a layout without them (each
-    top-level folder a category, as in training data) it filters those folders.
-    """
-    root = Path(root)
-    folders = find_label_folders(root)
-    if not folders:
-        raise LayoutError(f"{root}: no label folders (0_real/1_fake, real/fake or nature/ai) found. "
-                          f"Contents:\n{describe(root)}")
-    by_domain: dict[tuple[str, ...], list] = {}
-    for folder in folders:
-        by_domain.setdefault(folder.parts, []).append(folder)
-    samples: list[TestSample] = []
-    for parts, group in sorted(by_domain.items()):
-        splits = {f.split for f in group}
-        chosen = next((s for s in SPLIT_PREFERENCE if s in splits), None)
-        if chosen is None and "train" in splits:
-            log.warning("%s: only a train split for %s; not evaluated", root, "/".join(parts) or root.name)
-            continue
-        generator = parts[0] if parts else root.resolve().name
-        category = "/".join(parts[1:])
-        for folder in group:
-            if folder.split == chosen:
-                samples.extend(TestSample(p, folder.label, generator, category) for p in walk_images(folder.path))
-    found = sorted({s.generator for s in samples})
-    if generators:
-        unknown = [g for g in generators if g not in found]
-        if unknown:
-            raise LayoutError(f"{root}: unknown generator(s) {', '.join(unknown)}; found: {', '.join(found)}")
-        samples = [s for s in samples if s.generator in generators]
-    if categories:
-        nested = any(s.category for s in samples)
-        key = (lambda s: s.category) if nested else (lambda s: s.generator)
-        found = sorted({key(s) for s in samples})
-        unknown = [c for c in categories if c not in found]
-        if unknown:
-            raise LayoutError(f"{root}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
-                              f"{', '.join(unknown)}; found: {', '.join(found)}")
-        samples = [s for s in samples if key(s) in categories]
-    if not samples:
-        raise LayoutError(f"{root}: label folders found but no image files in them")
-    return samples
-
-
-def subsample(samples: list[TestSample], max_sample: int | None, seed: int) -> tuple[list[TestSample], dict]:
-    """At most ``max_sample`` images per generator and class, drawn with ``seed``; returns the counts."""
-    groups: dict[tuple[str, int], list[TestSample]] = {}
-    for s in samples:
-        groups.setdefault((s.generator, s.label), []).append(s)
-    kept, counts = [], {}
-    for (generator, label), members in sorted(groups.items()):
-        members = sorted(members, key=lambda s: s.path)
-        if max_sample is not None and len(members) > max_sample:
-            members = sorted(random.Random(f"{seed}:{generator}:{label}").sample(members, max_sample),
-                             key=lambda s: s.path)
-        found = len(groups[(generator, label)])
-        counts.setdefault(generator, {})[("real", "fake")[label]] = {"used": len(members), "found": found}
-        kept.extend(members)
-    return kept, counts
+__all__ = ["TestSample", "discover_test_set", "evaluate", "subsample"]
 
 
 def split_list(text: str | None) -> list[str] | None:
@@ -136,27 +61,90 @@ def sweep_levels(args: argparse.Namespace) -> list[Perturbation]:
     return levels
 
 
+def _mean_row(name: str, rows: list[dict], family: str = "") -> dict:
+    keys = [k for k in MEAN_KEYS if any(r.get(k) is not None for r in rows)]
+    means, covers = common_mean(rows, keys)
+    covered = [r for r in rows if r["domain"] in covers]
+    label = name if len(covers) == len(rows) else f"{name} ({len(covers)} of {len(rows)})"
+    return {"domain": label, "generator": "", "category": "", "family": family, "kind": "mean",
+            "n_real": int(sum(r["n_real"] for r in covered)), "n_fake": int(sum(r["n_fake"] for r in covered)),
+            **{k: means.get(k) for k in MEAN_KEYS}, "covers": covers,
+            "not_covered": [r["domain"] for r in rows if r["domain"] not in covers]}
+
+
 def domain_rows(samples: list[TestSample], probs: np.ndarray, ok: np.ndarray, threshold: float,
-                val_threshold: float | None) -> tuple[list[dict], dict]:
-    """One row per generator (with its categories' rows after it) and the mean row over generators."""
+                val_threshold: float | None) -> tuple[list[dict], dict, list[dict]]:
+    """Rows per generator (its categories after it), the overall mean row and one mean row per family.
+
+    Every mean covers the domains where all its columns are defined (both classes present), and
+    says which: one-class domains are shown with the metrics they define and left out of means.
+    """
     labels = np.array([s.label for s in samples])
+    generators = np.array([s.generator for s in samples])
+    category_of = np.array([s.category for s in samples])
+    family_of = {s.generator: s.family for s in samples}
     rows, generator_rows = [], []
-    for generator in sorted({s.generator for s in samples}):
-        in_gen = np.array([s.generator == generator for s in samples]) & ok
-        row = {"domain": generator, "generator": generator, "category": "",
-               **domain_metrics(labels[in_gen], probs[in_gen], threshold, val_threshold)}
+    for generator in dict.fromkeys(s.generator for s in samples):
+        in_gen = (generators == generator) & ok
+        row = {"domain": generator, "generator": generator, "category": "", "family": family_of[generator],
+               "kind": "domain", **domain_metrics(labels[in_gen], probs[in_gen], threshold, val_threshold)}
         rows.append(row)
         generator_rows.append(row)
-        categories = sorted({s.category for s in samples if s.generator == generator and s.category})
-        for category in categories:
-            sel = in_gen & np.array([s.category == category for s in samples])
+        for category in dict.fromkeys(s.category for s in samples if s.generator == generator and s.category):
+            sel = in_gen & (category_of == category)
             rows.append({"domain": f"{generator}/{category}", "generator": generator, "category": category,
+                         "family": family_of[generator], "kind": "category",
                          **domain_metrics(labels[sel], probs[sel], threshold, val_threshold)})
-    mean = {"domain": "mean", "generator": "", "category": "",
-            "n_real": int(sum(r["n_real"] for r in generator_rows)),
-            "n_fake": int(sum(r["n_fake"] for r in generator_rows)),
-            **mean_row(generator_rows, MEAN_KEYS)}
-    return rows, mean
+    families = list(dict.fromkeys(r["family"] for r in generator_rows if r["family"]))
+    family_means = [_mean_row(f"mean {family}", [r for r in generator_rows if r["family"] == family], family)
+                    for family in families] if len(families) > 1 else []
+    return rows, _mean_row("mean", generator_rows), family_means
+
+
+def gather_test_set(args: argparse.Namespace) -> tuple[list[TestSample], dict]:
+    """The test samples the command line names (benchmark, manifest or folder) and what was found."""
+    generators, categories = split_list(args.generators), split_list(args.categories)
+    labels = parse_label_dirs(getattr(args, "label_dirs", None))
+    allow = getattr(args, "allow_one_class", False)
+    benchmark = getattr(args, "benchmark", None)
+    if not benchmark:
+        if getattr(args, "real_root", None):
+            raise LayoutError("--real_root pairs reals with a benchmark's fakes; it needs --benchmark")
+        return discover_test_set(args.dataset_dir, generators, categories, labels, allow), {}
+    bench = load_benchmark(benchmark)
+    resolved = resolve_benchmark(bench, args.dataset_dir, getattr(args, "real_root", None), generators)
+    where = f"benchmark {bench.name} under {args.dataset_dir}"
+    if resolved.missing:
+        print(f"{where}: {len(resolved.missing)} domain(s) or folder(s) not found, evaluated without them:")
+        for line in resolved.missing:
+            print(f"  missing {line}")
+    if not resolved.samples:
+        raise LayoutError(f"{where}: none of the benchmark's folders were found (expected data root: "
+                          f"{bench.data_root or 'see the benchmark file'})")
+    samples = filter_samples(resolved.samples, where, None, categories)
+    check_pairing(samples, where, allow)
+    return samples, {"benchmark": bench.to_dict(), "present": resolved.present, "missing": resolved.missing}
+
+
+def calibrate(classifier: DeepfakeClassifier, real_dir: str, target_fpr: float, settings: ExtractionSettings,
+              args: argparse.Namespace, align: Alignment) -> dict | None:
+    """The threshold that calls ``target_fpr`` of the known-real images in ``real_dir`` fake (``None`` off rank 0)."""
+    files = walk_images(real_dir)
+    if not files:
+        raise LayoutError(f"{real_dir}: no images to calibrate on (--calibrate_real)")
+    samples = [Sample(p, 0, "calibration") for p in files]
+    tower = classifier.tower
+    dataset = DeepfakeDataset(samples, tower.preprocess, max_pixels=args.max_pixels, align=align)
+    extra = {"align": align.to_dict()} if align.enabled else {}
+    table = extract_features(tower, dataset, settings, feature_cache(args, tower, settings, extra),
+                             desc="calibration features")
+    if table is None:
+        return None  # another rank's share is done; rank 0 calibrates
+    scores = fake_probabilities(classifier.head, table, table.ok.nonzero().flatten())
+    if len(scores) == 0:
+        raise LayoutError(f"{real_dir}: none of its {len(files)} images could be read (--calibrate_real)")
+    threshold = threshold_for_fpr(scores, target_fpr)
+    return calibration_record(real_dir, threshold, target_fpr, scores, len(files) - len(scores))
 
 
 def evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None = None) -> dict:
@@ -171,13 +159,19 @@ def evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None = N
 
 
 def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -> dict:
+    align = parse_align(getattr(args, "align", None))
+    samples, found = gather_test_set(args)
+    samples, counts = subsample(samples, args.max_sample, args.seed)
     out_dir = prepare_output_dir(args)
+    audit = None
+    if is_main_process():
+        print(summarize(samples))
+        audit = audit_samples([(s.path, s.generator, s.label) for s in samples], crop=224,
+                              max_per_group=getattr(args, "audit_max", 2000), seed=args.seed)
+        print(format_audit(audit, brief=True))
     if classifier is None:
         classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     init_distributed(classifier.tower.device)
-    samples = discover_test_set(args.dataset_dir, split_list(args.generators), split_list(args.categories))
-    samples, counts = subsample(samples, args.max_sample, args.seed)
-    threshold = args.threshold if args.threshold is not None else classifier.threshold
     val_threshold = classifier.config.get("val_threshold")
     tower = classifier.tower
     # The head's blocks, plus any asked for so that several heads share one cache of these images.
@@ -186,24 +180,45 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
     settings = ExtractionSettings(batch_size=args.batch_size, num_workers=args.num_workers,
                                   precision=classifier.config["precision"], progress=not args.quiet,
                                   layers=tuple(sorted(set(classifier.blocks) | set(extra_blocks))))
-    as_samples = [Sample(s.path, s.label, s.generator) for s in samples]
+    calibration = None
+    if getattr(args, "calibrate_real", None):
+        calibration = calibrate(classifier, args.calibrate_real, args.target_fpr, settings, args, align)
+    if calibration is not None:
+        print(f"calibrated threshold {calibration['threshold']:.6g}: FPR {100 * calibration['achieved_fpr']:.2f}% "
+              f"on {calibration['n_images']} known-real images (target {100 * args.target_fpr:g}%)")
+    if args.threshold is not None:
+        threshold = args.threshold
+    elif calibration is not None:
+        threshold = calibration["threshold"]
+    else:
+        threshold = classifier.threshold
+    # Each distinct image goes through the tower once, however many domains share it (UFD's LAION reals).
+    unique = list(dict.fromkeys(s.path for s in samples))
+    row_of = {p: i for i, p in enumerate(unique)}
+    take = np.array([row_of[s.path] for s in samples], dtype=np.int64)
+    labels_of = {s.path: s.label for s in samples}
+    as_samples = [Sample(p, labels_of[p], "test") for p in unique]
     levels = []
     for perturb in sweep_levels(args):
         start = time.perf_counter()
-        dataset = DeepfakeDataset(as_samples, tower.preprocess,
-                                  perturb=None if perturb.is_identity else perturb, max_pixels=args.max_pixels)
-        extra = {} if perturb.is_identity else {"perturbation": perturb.to_dict()}
+        dataset = DeepfakeDataset(as_samples, tower.preprocess, perturb=None if perturb.is_identity else perturb,
+                                  max_pixels=args.max_pixels, align=align)
+        extra = {} if perturb.is_identity else {"perturbation": {**perturb.to_dict(), "order": Perturbation.ORDER}}
+        if align.enabled:
+            extra["align"] = align.to_dict()
         table = extract_features(tower, dataset, settings, feature_cache(args, tower, settings, extra),
                                  desc=f"test features ({perturb.label()})")
         if table is None:
             continue  # another rank's share is done; rank 0 scores
-        probs = np.full(len(samples), np.nan)
-        ok = table.ok.numpy()
-        probs[ok] = fake_probabilities(classifier.head, table, table.ok.nonzero().flatten())
-        rows, mean = domain_rows(samples, probs, ok, threshold, val_threshold)
+        unique_probs = np.full(len(unique), np.nan)
+        unique_ok = table.ok.numpy()
+        unique_probs[unique_ok] = fake_probabilities(classifier.head, table, table.ok.nonzero().flatten())
+        probs, ok = unique_probs[take], unique_ok[take]
+        rows, mean, family_means = domain_rows(samples, probs, ok, threshold, val_threshold)
+        skipped = report_skipped(f"test set ({perturb.label()})", as_samples, table.skipped)
         levels.append({
             "perturbation": perturb.to_dict(), "label": perturb.label(), "rows": rows, "mean": mean,
-            "skipped": report_skipped(f"test set ({perturb.label()})", as_samples, table.skipped),
+            "family_means": family_means, "skipped": skipped,
             "seconds": time.perf_counter() - start, "probabilities": probs,
         })
     if not is_main_process():
@@ -216,13 +231,22 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
         "head": classifier.config.get("head"),
         "block_importance": classifier.config.get("block_importance"),
         "dataset_dir": str(args.dataset_dir),
+        **found,
         "threshold": threshold,
+        "threshold_source": "--threshold" if args.threshold is not None else
+                            ("calibration" if calibration is not None else "checkpoint"),
         "val_threshold": val_threshold,
+        "calibration": calibration,
+        "align": align.to_dict(),
+        "perturbation_order": Perturbation.ORDER,
         "max_sample": args.max_sample,
         "seed": args.seed,
         "sample_counts": counts,
+        "audit": audit,
         "versions": versions(),
         "levels": levels,
     }
     write_outputs(results, samples, out_dir, args)
+    if calibration is not None:
+        write_calibration(out_dir, classifier.config.get("checkpoint"), calibration, results, args.overwrite)
     return results

@@ -77,6 +77,61 @@ def best_threshold(labels, scores) -> tuple[float | None, float | None]:
     return threshold, float(correct[k] / len(y))
 
 
+def ufd_threshold(labels, scores) -> float | None:
+    """The threshold UniversalFakeDetect's ``validate.py`` picks, reproduced to compare with its paper.
+
+    Its ``find_best_threshold`` puts reals first, assumes the first half of the scores are
+    reals, returns the midpoint when that half lies entirely below the other, and otherwise
+    tries every score as a threshold with ``score >= t`` meaning fake, keeping the last of
+    the best. Accuracy is then reported with ``score > t``, so the number it prints is not
+    always the maximum (:func:`best_threshold` gives the exact maximiser).
+    """
+    y, s = _arrays(labels, scores)
+    if len(np.unique(y)) < 2:
+        return None
+    ordered = np.concatenate([s[y == 0], s[y == 1]])
+    truth = np.concatenate([np.zeros(int(np.sum(y == 0))), np.ones(int(np.sum(y == 1)))])
+    half = len(ordered) // 2
+    if ordered[:half].max() <= ordered[half:].min():
+        return float((ordered[:half].max() + ordered[half:].min()) / 2)
+    # For each candidate, correct = reals below it + fakes at or above it (ties included).
+    real_sorted = np.sort(ordered[truth == 0])
+    fake_sorted = np.sort(ordered[truth == 1])
+    reals_below = np.searchsorted(real_sorted, ordered, side="left")
+    fakes_at_or_above = len(fake_sorted) - np.searchsorted(fake_sorted, ordered, side="left")
+    correct = reals_below + fakes_at_or_above
+    best = correct.max()
+    last = int(np.flatnonzero(correct == best)[-1])
+    return float(ordered[last])
+
+
+def threshold_for_fpr(real_scores, target_fpr: float) -> float | None:
+    """The lowest threshold at which at most ``target_fpr`` of ``real_scores`` score above it.
+
+    With ``k = floor(target_fpr * n)`` reals allowed above, the threshold is the (k+1)-th
+    highest real score, so (without ties) exactly ``k`` reals are called fake: the FPR is
+    within one image of the target.
+    """
+    s = np.sort(np.asarray(real_scores, dtype=np.float64).ravel())[::-1]
+    if len(s) == 0:
+        return None
+    if not 0.0 <= target_fpr <= 1.0:
+        raise ValueError(f"target FPR must be in [0, 1], got {target_fpr}")
+    k = int(math.floor(target_fpr * len(s) + 1e-9))
+    if k >= len(s):
+        return float(np.nextafter(s[-1], -np.inf))
+    return float(s[k])
+
+
+def tpr_at_fpr(labels, scores, target_fpr: float) -> float | None:
+    """Share of fakes called fake at the threshold :func:`threshold_for_fpr` sets on the reals."""
+    y, s = _arrays(labels, scores)
+    if len(np.unique(y)) < 2:
+        return None
+    threshold = threshold_for_fpr(s[y == 0], target_fpr)
+    return float(np.mean(s[y == 1] > threshold))
+
+
 def expected_calibration_error(labels, scores, bins: int = 15) -> float | None:
     """ECE of P(fake) over ``bins`` equal-width bins of the predicted class's confidence."""
     y, s = _arrays(labels, scores)
@@ -100,27 +155,49 @@ def domain_metrics(labels, scores, threshold: float = 0.5, val_threshold: float 
     y, s = _arrays(labels, scores)
     at = accuracy_at(y, s, threshold)
     best_t, best_acc = best_threshold(y, s) if len(np.unique(y)) == 2 else (None, None)
+    two_class = len(np.unique(y)) == 2
+    ufd_t = ufd_threshold(y, s)
     out = {
         "n_real": int(np.sum(y == 0)),
         "n_fake": int(np.sum(y == 1)),
         "real_acc": at["real_acc"],
         "fake_acc": at["fake_acc"],
-        "acc": at["acc"],
+        # With one class, "accuracy" is that class's accuracy: shown in its own column only.
+        "acc": at["acc"] if two_class else None,
         "ap": average_precision(y, s),
         "auc": roc_auc(y, s),
+        "tpr_at_fpr1": tpr_at_fpr(y, s, 0.01),
+        "tpr_at_fpr5": tpr_at_fpr(y, s, 0.05),
         "best_acc": best_acc,
         "best_threshold": best_t,
-        "val_threshold_acc": accuracy_at(y, s, val_threshold)["acc"] if val_threshold is not None else None,
-        "ece": expected_calibration_error(y, s),
+        "ufd_acc": accuracy_at(y, s, ufd_t)["acc"] if ufd_t is not None else None,
+        "ufd_threshold": ufd_t,
+        "val_threshold_acc": accuracy_at(y, s, val_threshold)["acc"] if val_threshold is not None and two_class else None,
+        "ece": expected_calibration_error(y, s) if two_class else None,
         "threshold": threshold,
     }
     return out
+
+
+def _defined(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def mean_row(rows: list[dict], keys: list[str]) -> dict:
     """Mean of each key over the rows where it is defined (the field's mAP / mAcc)."""
     out = {}
     for key in keys:
-        values = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+        values = [r[key] for r in rows if _defined(r.get(key))]
         out[key] = float(np.mean(values)) if values else None
     return out
+
+
+def common_mean(rows: list[dict], keys: list[str], name_key: str = "domain") -> tuple[dict, list[str]]:
+    """Means of ``keys`` over the rows where every one of them is defined, and those rows' names.
+
+    All columns of the returned mean cover the same domains, so mAcc and mAP are never
+    averaged over different sets of generators.
+    """
+    covered = [r for r in rows if all(_defined(r.get(k)) for k in keys)]
+    means = {k: (float(np.mean([r[k] for r in covered])) if covered else None) for k in keys}
+    return means, [r[name_key] for r in covered]

@@ -28,12 +28,18 @@ COLUMNS = [  # key, header, kind
     ("acc", "acc", "pct"),
     ("ap", "AP", "pct"),
     ("auc", "AUC", "pct"),
-    ("best_acc", "oracle_acc", "pct"),
-    ("best_threshold", "oracle_thr", "thr"),
+    ("tpr_at_fpr1", "TPR@1%", "pct"),
+    ("tpr_at_fpr5", "TPR@5%", "pct"),
+    ("best_acc", "max_acc", "pct"),
+    ("best_threshold", "max_thr", "thr"),
+    ("ufd_acc", "ufd_acc", "pct"),
     ("val_threshold_acc", "val_thr_acc", "pct"),
     ("ece", "ECE", "thr"),
 ]
-CSV_FIELDS = ["level", "domain", "generator", "category", "threshold"] + [c[0] for c in COLUMNS]
+CSV_FIELDS = ["level", "domain", "generator", "category", "family", "kind", "threshold"] + [c[0] for c in COLUMNS]
+LEGEND = ("max_acc: accuracy at the threshold that maximises it on these very labels (the exact maximiser, an upper "
+          "bound that no deployed detector reaches); ufd_acc: UniversalFakeDetect's validate.py procedure for the same "
+          "idea, comparable with its paper; TPR@k%: fakes caught at the threshold letting k% of the reals through.")
 
 
 def default_output_dir(args: argparse.Namespace) -> Path:
@@ -65,15 +71,39 @@ def _fmt(value, kind: str) -> str:
     return f"{value:.3f}"
 
 
+def ordered_rows(level: dict) -> list[dict]:
+    """Rows in reading order: each family's domains (categories after their domain) and its mean, then the mean."""
+    family_means = level.get("family_means") or []
+    if not family_means:
+        return level["rows"] + [level["mean"]]
+    out = []
+    for fm in family_means:
+        out.extend(r for r in level["rows"] if r.get("family") == fm["family"])
+        out.append(fm)
+    out.extend(r for r in level["rows"] if r.get("family") not in {fm["family"] for fm in family_means})
+    return out + [level["mean"]]
+
+
+def coverage_notes(level: dict) -> list[str]:
+    """One line per mean that leaves domains out, naming them."""
+    notes = []
+    for row in (level.get("family_means") or []) + [level["mean"]]:
+        if row.get("not_covered"):
+            notes.append(f"{row['domain']}: over {', '.join(row['covers']) or 'no domain'}; left out (one class, "
+                         f"metrics undefined): {', '.join(row['not_covered'])}")
+    return notes
+
+
 def format_table(level: dict, markdown: bool = False) -> str:
-    """One aligned table: a row per domain (categories indented), the mean row last."""
+    """One aligned table: a row per domain (categories indented), family means, the mean row last."""
     header = ["domain"] + [c[1] for c in COLUMNS]
-    body = []
-    for row in level["rows"] + [level["mean"]]:
+    body, means = [], []
+    for row in ordered_rows(level):
         name = row["domain"]
         if row.get("category") and not markdown:
             name = "  " + row["category"]
         body.append([name] + [_fmt(row.get(key), kind) for key, _, kind in COLUMNS])
+        means.append(row.get("kind") == "mean")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(COLUMNS)) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in body]
@@ -82,7 +112,12 @@ def format_table(level: dict, markdown: bool = False) -> str:
     def line(cells):
         return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
     rule = "-" * len(line(header))
-    return "\n".join([line(header), rule] + [line(r) for r in body[:-1]] + [rule, line(body[-1])])
+    out = [line(header), rule]
+    for cells, is_mean in zip(body, means):
+        if is_mean:
+            out.append(rule)
+        out.append(line(cells))
+    return "\n".join(out)
 
 
 def _clean(obj):
@@ -120,10 +155,14 @@ def write_outputs(results: dict, samples: list, out: Path, args: argparse.Namesp
     for level in levels:
         print(f"\n== {level['label']} ==")
         print(format_table(level))
-        md_parts.append(f"### {level['label']}\n\n{format_table(level, markdown=True)}\n")
-        for row in level["rows"] + [level["mean"]]:
+        notes = coverage_notes(level)
+        for note in notes:
+            print(note)
+        md_notes = "".join(f"\n- {n}" for n in notes)
+        md_parts.append(f"### {level['label']}\n\n{format_table(level, markdown=True)}\n{md_notes}\n")
+        for row in ordered_rows(level):
             csv_rows.append({"level": level["label"], "threshold": results["threshold"],
-                             **{k: ("" if v is None else v) for k, v in row.items()}})
+                             **{k: ("" if v is None else v) for k, v in row.items() if not isinstance(v, list)}})
         skipped = {r["path"]: r["reason"] for r in level["skipped"]}
         for sample, prob in zip(samples, level["probabilities"]):
             score_rows.append({
@@ -140,6 +179,8 @@ def write_outputs(results: dict, samples: list, out: Path, args: argparse.Namesp
         image = "" if args.no_plots else "![block importance](importance.png)\n\n"
         md_parts.insert(2, f"### Block importance (learned by the layers head)\n\n{image}"
                            f"{format_importance(importance, markdown=True)}\n")
+    print(LEGEND)
+    md_parts.append(LEGEND + "\n")
     doc = _clean({**results, "levels": [{k: v for k, v in lv.items() if k != "probabilities"} for lv in levels]})
     atomic_write_json(out / "results.json", doc)
     atomic_write_text(out / "results.csv", _csv_text(csv_rows, CSV_FIELDS))
@@ -187,33 +228,46 @@ def write_plots(levels: list[dict], samples: list, out: Path, importance: dict |
     labels = np.array([s.label for s in samples])
     generators = np.array([s.generator for s in samples])
     probs = level["probabilities"]
-    names = sorted(set(generators.tolist()))
+    names = list(dict.fromkeys(generators.tolist()))
     fig_roc, ax_roc = plt.subplots(figsize=(6, 5))
     fig_pr, ax_pr = plt.subplots(figsize=(6, 5))
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     fig_hist, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    curves = 0
     for i, name in enumerate(names):
         sel = (generators == name) & ~np.isnan(probs)
         y, s = labels[sel], probs[sel]
         ax = axes[i // cols][i % cols]
-        ax.hist([s[y == 0], s[y == 1]], bins=20, range=(0, 1), label=["real", "fake"], color=["tab:blue", "tab:red"])
-        ax.set_title(name, fontsize=9)
-        if len(np.unique(y)) == 2:
+        present = [(c, lab, col) for c, lab, col in ((0, "real", "tab:blue"), (1, "fake", "tab:red")) if np.any(y == c)]
+        if present:
+            ax.hist([s[y == c] for c, _, _ in present], bins=20, range=(0, 1), label=[lab for _, lab, _ in present],
+                    color=[col for _, _, col in present])
+            ax.legend(fontsize=7)
+        ax.set_title(name if len(present) == 2 else f"{name} ({present[0][1] if present else 'no'} images only)",
+                     fontsize=9)
+        # ROC and PR are undefined without both classes: such domains get no curve at all.
+        if len(present) == 2:
             fpr, tpr, _ = roc_curve(y, s)
             ax_roc.plot(fpr, tpr, label=name)
             precision, recall, _ = precision_recall_curve(y, s)
             ax_pr.plot(recall, precision, label=name)
+            curves += 1
     for j in range(len(names), rows * cols):
         axes[j // cols][j % cols].axis("off")
-    axes[0][0].legend(fontsize=7)
     ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({level['label']})")
     ax_pr.set(xlabel="recall", ylabel="precision", title=f"Precision-recall ({level['label']})")
-    for ax in (ax_roc, ax_pr):
-        ax.legend(fontsize=7)
+    if curves:
+        for ax in (ax_roc, ax_pr):
+            ax.legend(fontsize=7)
     fig_hist.suptitle(f"P(fake) per domain ({level['label']})")
-    figures = {"roc.png": fig_roc, "pr.png": fig_pr, "histograms.png": fig_hist}
+    figures = {"histograms.png": fig_hist}
+    if curves:
+        figures.update({"roc.png": fig_roc, "pr.png": fig_pr})
+    else:
+        plt.close(fig_roc)
+        plt.close(fig_pr)
     if importance:
         figures["importance.png"] = importance_figure(plt, importance)
     if len(levels) > 1:

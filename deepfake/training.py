@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from deepfake.bias_audit import audit_samples, format_audit
 from deepfake.checkpoint import BEST, save_checkpoint
 from deepfake.deepfake_classifier import fake_probabilities
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, collate, training_samples
@@ -40,6 +41,7 @@ from deepfake.feature_cache import FeatureCache
 from deepfake.features import ExtractionSettings, FeatureTable, extract_features, parse_feature_layers, prepare_tower
 from deepfake.fileio import atomic_save_safetensors, atomic_write_json, display_path, removed_if_left_empty
 from deepfake.heads import block_importance, new_head
+from deepfake.layouts import parse_label_dirs
 from deepfake.losses import supervised_contrastive_loss
 from deepfake.metrics import accuracy_at, average_precision, best_threshold, expected_calibration_error
 from deepfake.runtime import (
@@ -50,7 +52,7 @@ from deepfake.runtime import (
     seed_everything,
 )
 from deepfake.towers import ImageTower, load_tower
-from deepfake.transforms import BlurJpegAugment
+from deepfake.transforms import BlurJpegAugment, parse_align
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,15 @@ def feature_cache(args, tower: ImageTower, settings: ExtractionSettings, extra: 
     root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     info = {"tower": tower.cache_identity(), "features": settings.cache_info(), **(extra or {})}
     return FeatureCache(root, info)
+
+
+def summarize_training(train: list[Sample], val: list[Sample]) -> str:
+    """Categories and counts per split, as printed before any work starts."""
+    lines = [f"{len(train)} training and {len(val)} validation images:"]
+    for name in sorted({s.category for s in train} | {s.category for s in val}):
+        counts = [sum(1 for s in part if s.category == name and s.label == label) for part in (train, val) for label in (0, 1)]
+        lines.append(f"  {name:<32} train {counts[0]:>7} real {counts[1]:>7} fake   val {counts[2]:>6} real {counts[3]:>6} fake")
+    return "\n".join(lines)
 
 
 def report_skipped(what: str, samples: list[Sample], skipped: dict[int, str]) -> list[dict]:
@@ -516,8 +527,15 @@ def _train(args: argparse.Namespace) -> dict:
     if is_main_process():
         check_output_dir(out, args.overwrite, args.resume)
     categories = [c.strip() for c in (args.categories or "").split(",") if c.strip()] or None
-    train_samples, val_samples = training_samples(args.dataset_dir, categories, args.val_ratio, args.seed)
-    log.info("%d training and %d validation images", len(train_samples), len(val_samples))
+    labels = parse_label_dirs(getattr(args, "label_dirs", None))
+    align = parse_align(getattr(args, "align", None))
+    train_samples, val_samples = training_samples(args.dataset_dir, categories, args.val_ratio, args.seed, labels)
+    audit = None
+    if is_main_process():
+        print(summarize_training(train_samples, val_samples))
+        audit = audit_samples([(s.path, s.category, s.label) for s in train_samples], crop=224,
+                              max_per_group=getattr(args, "audit_max", 2000), seed=args.seed)
+        print(format_audit(audit, brief=True))
 
     precision = resolve_precision(args.precision or "auto", device)
     tower = load_tower(args.model, args.revision, args.preprocess)
@@ -539,12 +557,15 @@ def _train(args: argparse.Namespace) -> dict:
     augment = BlurJpegAugment(args.blur_prob, args.blur_sigma, args.jpeg_prob, tuple(args.jpeg_quality))
     n_views = args.aug_views if augment.enabled else 1
     train_set = DeepfakeDataset(train_samples, tower.preprocess, augment=augment, seed=args.seed,
-                                max_pixels=args.max_pixels)
-    val_set = DeepfakeDataset(val_samples, tower.preprocess, max_pixels=args.max_pixels)
+                                max_pixels=args.max_pixels, align=align)
+    val_set = DeepfakeDataset(val_samples, tower.preprocess, max_pixels=args.max_pixels, align=align)
+    aligned = {"align": align.to_dict()} if align.enabled else {}
     val_labels = np.array([s.label for s in val_samples])
     identity = run_identity(tower, settings, augment, n_views, args.seed, args.no_cache, train_samples, val_samples)
     # A resumed run must rebuild the same head: its kind, blocks and sizes are part of the run.
     identity["head"] = {"kind": head_kind, "blocks": list(head_blocks), **head_sizes(args)}
+    if align.enabled:
+        identity["align"] = align.to_dict()  # aligned images are other features: never resume across a change
     hyper = {name: getattr(args, name) for name in RESUMABLE_CHANGES}
     resume = args.resume
     if resume:
@@ -567,9 +588,10 @@ def _train(args: argparse.Namespace) -> dict:
         for view in range(n_views):
             train_set.view = view
             extra = {"augment": {**augment.to_dict(), "seed": args.seed, "view": view}} if augment.enabled else {}
-            cache = feature_cache(args, tower, settings, extra)
+            cache = feature_cache(args, tower, settings, {**extra, **aligned})
             views.append(extract_features(tower, train_set, settings, cache, desc=f"train features (view {view})"))
-        val_table = extract_features(tower, val_set, settings, feature_cache(args, tower, settings), "val features")
+        val_table = extract_features(tower, val_set, settings, feature_cache(args, tower, settings, aligned),
+                                     "val features")
     extract_seconds = time.perf_counter() - start
     if not is_main_process():
         return {}  # other ranks only helped with extraction (their tables are None)
@@ -595,7 +617,7 @@ def _train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     base_config = {**run_config(tower, settings, head, opts, train_samples, args.seed),
-                   "train_args": {k: v for k, v in vars(args).items() if k != "func"}}
+                   "align": align.to_dict(), "train_args": {k: v for k, v in vars(args).items() if k != "func"}}
 
     def validate(model: nn.Module) -> dict:
         nonlocal val_table
@@ -631,6 +653,7 @@ def _train(args: argparse.Namespace) -> dict:
         "feature_seconds": extract_seconds,
         "history": history,
         "skipped": skipped,
+        "audit": audit,
         "config": base_config,
     }
     atomic_write_json(out / "run.json", summary)

@@ -108,24 +108,34 @@ def jpeg_compress(image: Image.Image, quality: int) -> Image.Image:
         return out.convert("RGB")
 
 
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage's 1-D Gaussian: radius ``int(truncate * sigma + 0.5)``, normalised to sum 1."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
 def gaussian_blur(image: Image.Image, sigma: float) -> Image.Image:
-    """Gaussian blur with standard deviation ``sigma`` (kernel truncated at 4 sigma, reflected edges)."""
+    """Gaussian blur of each channel as ``scipy.ndimage.gaussian_filter(sigma)`` does it.
+
+    Kernel truncated at 4 sigma; edges padded in scipy's ``reflect`` mode (``d c b a | a b c d``,
+    the edge pixel repeated, which numpy calls ``symmetric``), at any radius, also one larger
+    than the image. The result is rounded to 8 bits once, after both passes.
+    """
     if sigma <= 0:
         return image
-    radius = int(4.0 * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).float()
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)[:, None]  # [3, 1, H, W]
-    h, w = x.shape[-2:]
-    # Reflect padding needs pad < size; tiny images fall back to replicate.
-    mode = "reflect" if radius < min(h, w) else "replicate"
-    x = F.pad(x, (radius, radius, 0, 0), mode=mode)
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, radius, radius), mode=mode)
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    array = x[:, 0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-    return Image.fromarray(array, mode="RGB")
+    kernel = gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    padded = np.pad(array, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+    x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[:, None]  # [3, 1, H+2r, W+2r]
+    weights = torch.from_numpy(kernel.astype(np.float32))
+    # scipy correlates; a Gaussian is symmetric, so correlation and convolution agree.
+    x = F.conv2d(x, weights.view(1, 1, 1, -1))
+    x = F.conv2d(x, weights.view(1, 1, -1, 1))
+    out = x[:, 0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(out, mode="RGB")
 
 
 def rescale(image: Image.Image, scale: float) -> Image.Image:
@@ -139,17 +149,20 @@ def rescale(image: Image.Image, scale: float) -> Image.Image:
 
 @dataclass(frozen=True)
 class Perturbation:
-    """Test-time degradation, applied in this order: JPEG, then blur, then resize."""
+    """Test-time degradation, applied in this order: blur, then JPEG (as CNNDetection and
+    UniversalFakeDetect degrade their test images, and as training augmentation does), then resize."""
+
+    ORDER = "blur,jpeg,resize"  # recorded in the cache key: features of another order are never reused
 
     jpeg_quality: int | None = None
     gaussian_sigma: float | None = None
     resize_scale: float | None = None
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        if self.jpeg_quality is not None:
-            image = jpeg_compress(image, self.jpeg_quality)
         if self.gaussian_sigma:
             image = gaussian_blur(image, self.gaussian_sigma)
+        if self.jpeg_quality is not None:
+            image = jpeg_compress(image, self.jpeg_quality)
         if self.resize_scale is not None:
             image = rescale(image, self.resize_scale)
         return image
@@ -163,13 +176,68 @@ class Perturbation:
 
     def label(self) -> str:
         parts = []
-        if self.jpeg_quality is not None:
-            parts.append(f"jpeg{self.jpeg_quality}")
         if self.gaussian_sigma:
             parts.append(f"blur{self.gaussian_sigma:g}")
+        if self.jpeg_quality is not None:
+            parts.append(f"jpeg{self.jpeg_quality}")
         if self.resize_scale not in (None, 1.0):
             parts.append(f"resize{self.resize_scale:g}")
         return "+".join(parts) or "clean"
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Remove format and size differences between the classes before the tower sees them.
+
+    ``size`` resizes every image so its short side is ``size`` (bicubic, antialiased);
+    ``jpeg_quality`` then re-encodes every image as JPEG at that quality. Applied to reals
+    and fakes alike, before any perturbation or augmentation.
+    """
+
+    jpeg_quality: int | None = None
+    size: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.jpeg_quality is not None or self.size is not None
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.size is not None:
+            w, h = image.size
+            scale = self.size / min(w, h)
+            new = (max(1, round(w * scale)), max(1, round(h * scale)))
+            if new != (w, h):
+                image = image.resize(new, Image.BICUBIC, reducing_gap=None)
+        if self.jpeg_quality is not None:
+            image = jpeg_compress(image, self.jpeg_quality)
+        return image
+
+    def to_dict(self) -> dict:
+        return {"jpeg_quality": self.jpeg_quality, "size": self.size, "order": ["size", "jpeg"]}
+
+    def label(self) -> str:
+        parts = ([f"size:{self.size}"] if self.size is not None else []) + \
+                ([f"jpeg:{self.jpeg_quality}"] if self.jpeg_quality is not None else [])
+        return ",".join(parts) or "none"
+
+
+def parse_align(specs: list[str] | None) -> Alignment:
+    """``["jpeg:96", "size:256"]`` (or one comma-separated string) -> :class:`Alignment`."""
+    jpeg = size = None
+    for spec in specs or []:
+        for item in spec.split(","):
+            kind, _, value = item.strip().partition(":")
+            try:
+                number = int(value)
+            except ValueError:
+                raise ValueError(f"--align {item!r}: expected jpeg:Q or size:S with an integer") from None
+            if kind == "jpeg" and 1 <= number <= 100:
+                jpeg = number
+            elif kind == "size" and number >= 1:
+                size = number
+            else:
+                raise ValueError(f"--align {item!r}: expected jpeg:Q (1..100) or size:S (pixels)")
+    return Alignment(jpeg, size)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""Operating points for deployment: a threshold calibrated on known-real images of the target domain.
+
+``test_ClassifierHead.py --calibrate_real DIR --target_fpr 0.05`` scores the images in DIR and
+sets the threshold that calls that share of them fake. It is written into the evaluation's
+``results.json`` and ``calibration.json``, and beside the checkpoint as
+``<checkpoint>.calibration.json``, where :func:`read_calibration` (and ``predict``) find it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deepfake.checkpoint import resolve_checkpoint_path
+from deepfake.fileio import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "deepfake-calibration/1"
+
+
+def calibration_record(real_dir: str, threshold: float, target_fpr: float, scores: np.ndarray,
+                       n_unreadable: int = 0) -> dict:
+    """What a calibration found: the threshold and the FPR it gives on the calibration images."""
+    scores = np.asarray(scores, dtype=np.float64)
+    false_positives = int(np.sum(scores > threshold))
+    return {"real_dir": str(real_dir), "threshold": float(threshold), "target_fpr": float(target_fpr),
+            "achieved_fpr": false_positives / len(scores), "n_false_positives": false_positives,
+            "n_images": int(len(scores)), "n_unreadable": int(n_unreadable)}
+
+
+def sidecar_path(checkpoint: str | os.PathLike) -> Path:
+    """``runs/x/best.safetensors`` -> ``runs/x/best.calibration.json``."""
+    path = Path(checkpoint)
+    return path.with_name(path.stem + ".calibration.json")
+
+
+def write_calibration(out_dir: Path, checkpoint: str | None, calibration: dict, results: dict,
+                      overwrite: bool = False) -> list[Path]:
+    """Write ``calibration.json`` into ``out_dir`` and beside the checkpoint (never over another one unasked)."""
+    doc = {"format": FORMAT, "checkpoint": checkpoint, **calibration, "tower": results.get("tower"),
+           "preprocess": results.get("preprocess"), "align": results.get("align")}
+    written = [atomic_write_json(Path(out_dir) / "calibration.json", doc)]
+    if checkpoint:
+        side = sidecar_path(checkpoint)
+        if side.exists() and not overwrite:
+            log.warning("%s: an earlier calibration is there and was kept; pass --overwrite to replace it "
+                        "(this one is in %s)", side, written[0])
+        else:
+            written.append(atomic_write_json(side, doc))
+    return written
+
+
+def read_calibration(path: str | os.PathLike) -> dict | None:
+    """The calibration of a checkpoint (its file or run directory), or read from a calibration/results JSON."""
+    path = Path(path)
+    if path.is_dir():
+        path = sidecar_path(resolve_checkpoint_path(path))
+    elif path.suffix != ".json" or not path.name.endswith(("calibration.json", "results.json")):
+        path = sidecar_path(path)
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("format") == FORMAT:
+        return doc
+    return doc.get("calibration")  # a results.json

@@ -194,10 +194,11 @@ def resolve_benchmark(bench: Benchmark, data_root: str | os.PathLike, real_root:
         found_any, absent = False, []
         for category in spec.categories or ("",):
             for label, folders in ((0, spec.real), (1, spec.fake)):
-                base = Path(real_root) if (label == 0 and spec.real_root) else data_root
+                from_real_root = label == 0 and spec.real_root
+                base = Path(real_root) if (from_real_root and real_root is not None) else data_root
                 for rel in folders:
                     rel = rel.replace("{category}", category)
-                    if label == 0 and spec.real_root and real_root is None:
+                    if from_real_root and real_root is None:
                         absent.append(f"reals {rel} (from --real_root{': ' + bench.real_root if bench.real_root else ''})")
                         continue
                     folder = _locate(base, rel)

@@ -53,21 +53,26 @@ def estimate_jpeg_quality(quantization: dict) -> tuple[int, bool] | None:
     return best, errors[best] == 0
 
 
+def probe_image(image: Image.Image) -> dict:
+    """Header facts of an opened image: format, mode, size, JPEG quality, EXIF and camera tags."""
+    info = {"format": image.format or "unknown", "mode": image.mode, "size": image.size}
+    if image.format == "JPEG":
+        quality = estimate_jpeg_quality(getattr(image, "quantization", None))
+        if quality is not None:
+            info["jpeg_quality"], info["jpeg_exact"] = quality
+    exif = image.getexif()
+    info["exif"] = len(exif) > 0
+    info["camera"] = bool(exif.get(EXIF_MAKE) or exif.get(EXIF_MODEL))
+    return info
+
+
 def probe(path: str) -> dict:
-    """Header facts of one image file: format, mode, size, JPEG quality, EXIF and camera tags."""
+    """:func:`probe_image` of a file, reading its header only (the pixels are never decoded)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
-                info = {"format": image.format or "unknown", "mode": image.mode, "size": image.size}
-                if image.format == "JPEG":
-                    quality = estimate_jpeg_quality(getattr(image, "quantization", None))
-                    if quality is not None:
-                        info["jpeg_quality"], info["jpeg_exact"] = quality
-                exif = image.getexif()
-                info["exif"] = len(exif) > 0
-                info["camera"] = bool(exif.get(EXIF_MAKE) or exif.get(EXIF_MODEL))
-                return info
+                return probe_image(image)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         return {"error": str(exc) or type(exc).__name__}
 
@@ -80,7 +85,13 @@ def summarize_group(paths: list[str], crop: int, max_per_group: int, rng: random
     """Statistics of one (domain, class) group, from at most ``max_per_group`` headers."""
     total = len(paths)
     chosen = sorted(rng.sample(paths, max_per_group)) if total > max_per_group else paths
-    probes = [probe(p) for p in chosen]
+    return summarize_probes([probe(p) for p in chosen], crop, total)
+
+
+def summarize_probes(probes: list[dict], crop: int, total: int | None = None) -> dict:
+    """Statistics of one group from its probes (``total``: the group's size when the probes are a sample)."""
+    total = len(probes) if total is None else total
+    chosen = probes
     good = [p for p in probes if "error" not in p]
     n = len(good)
     short = np.array([min(p["size"]) for p in good]) if good else np.zeros(0)

@@ -45,7 +45,7 @@ def _from_manifest(path: Path) -> list[TestSample]:
     entries = read_manifest(path)
     splits = {e.split or None for e in entries}
     chosen = next((s for s in SPLIT_PREFERENCE if s in splits), None)
-    if chosen is None:
+    if chosen is None and None not in splits:
         raise LayoutError(f"{path}: only a train split in this manifest; nothing to evaluate")
     return [TestSample(e.path, e.label, e.domain or path.stem, e.category)
             for e in entries if (e.split or None) == chosen]
@@ -165,13 +165,13 @@ def subsample(samples: list[TestSample], max_sample: int | None, seed: int) -> t
     groups: dict[tuple[str, int], list[TestSample]] = {}
     for s in samples:
         groups.setdefault((s.generator, s.label), []).append(s)
-    kept, counts = [], {}
+    kept, counts = set(), {}
     for (generator, label), members in sorted(groups.items()):
         members = sorted(members, key=lambda s: s.path)
         if max_sample is not None and len(members) > max_sample:
-            members = sorted(random.Random(f"{seed}:{generator}:{label}").sample(members, max_sample),
-                             key=lambda s: s.path)
+            members = random.Random(f"{seed}:{generator}:{label}").sample(members, max_sample)
         found = len(groups[(generator, label)])
         counts.setdefault(generator, {})[("real", "fake")[label]] = {"used": len(members), "found": found}
-        kept.extend(members)
-    return kept, counts
+        kept.update(id(s) for s in members)
+    # The order of the benchmark (or of discovery) is kept: tables list domains as published.
+    return [s for s in samples if id(s) in kept], counts

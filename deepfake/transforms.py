@@ -100,12 +100,16 @@ def tile_views(image: Image.Image, spec: Preprocess, max_tiles: int) -> list[tor
 
 
 def jpeg_compress(image: Image.Image, quality: int) -> Image.Image:
-    """Re-encode as JPEG at ``quality`` (Pillow, 4:2:0 as cameras and the field's scripts use)."""
+    """Re-encode as JPEG at ``quality`` (Pillow, 4:2:0 as cameras and the field's scripts use).
+
+    The decoded JPEG is returned as such, so its format and quantisation tables stay readable.
+    """
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=int(quality))
+    image.convert("RGB").save(buffer, format="JPEG", quality=int(quality))
     buffer.seek(0)
-    with Image.open(buffer) as out:
-        return out.convert("RGB")
+    out = Image.open(buffer)
+    out.load()
+    return out if out.mode == "RGB" else out.convert("RGB")
 
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:

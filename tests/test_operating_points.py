@@ -1,0 +1,78 @@
+"""Calibration on known-real images, one-class domains end to end, and training's printed summary."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import test_ClassifierHead
+from deepfake.calibration import read_calibration
+
+from .conftest import run_test_script, write_images
+
+
+def test_calibrate_real_reaches_the_target_fpr_on_its_folder(trained_run, tmp_path):
+    reals = tmp_path / "deploy_reals"
+    rng = np.random.default_rng(5)
+    write_images(reals, 40, False, rng)
+    write_images(reals / "more", 20, True, rng)  # "reals" that look fake to the head: the FPR is non-trivial
+    out = tmp_path / "eval"
+    assert run_test_script(trained_run, out, "--no_plots", "--calibrate_real", str(reals), "--target_fpr", "0.05") == 0
+    results = json.loads((out / "results.json").read_text())
+    cal = results["calibration"]
+    assert cal["n_images"] == 60 and cal["target_fpr"] == 0.05
+    assert abs(cal["n_false_positives"] - 0.05 * 60) < 1 and cal["n_false_positives"] <= 3
+    assert results["threshold"] == cal["threshold"] and results["threshold_source"] == "calibration"
+    # Stored for predict: beside the checkpoint and in the results folder, read back by one function.
+    assert read_calibration(trained_run["run"])["threshold"] == cal["threshold"]
+    assert read_calibration(out / "calibration.json")["threshold"] == cal["threshold"]
+    assert read_calibration(out / "results.json")["threshold"] == cal["threshold"]
+
+
+def test_one_class_domains_report_only_what_they_define(trained_run, tmp_path):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    write_images(data / "paired" / "0_real", 3, False, rng)
+    write_images(data / "paired" / "1_fake", 3, True, rng)
+    write_images(data / "fakes_only" / "1_fake", 3, True, rng)
+    write_images(data / "reals_only" / "0_real", 3, False, rng)
+    base = ["--checkpoint", str(trained_run["run"]), "--dataset_dir", str(data), "--cache_dir", str(trained_run["cache"]),
+            "--num_workers", "0", "--quiet"]
+    assert test_ClassifierHead.main(base + ["--output_dir", str(tmp_path / "refused")]) == 2
+    out = tmp_path / "eval"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may leak to the user, plots included
+        assert test_ClassifierHead.main(base + ["--output_dir", str(out), "--allow_one_class"]) == 0
+    level = json.loads((out / "results.json").read_text())["levels"][0]
+    rows = {r["domain"]: r for r in level["rows"]}
+    assert rows["fakes_only"]["fake_acc"] is not None and rows["fakes_only"]["real_acc"] is None
+    for name in ("fakes_only", "reals_only"):
+        for key in ("acc", "ap", "auc", "tpr_at_fpr5", "best_acc", "ufd_acc", "ece"):
+            assert rows[name][key] is None
+    assert rows["reals_only"]["real_acc"] is not None and rows["reals_only"]["fake_acc"] is None
+    mean = level["mean"]
+    assert mean["covers"] == ["paired"] and mean["not_covered"] == ["fakes_only", "reals_only"]
+    # Every column of the mean covers the same domain: the paired one.
+    for key in ("real_acc", "fake_acc", "acc", "ap"):
+        assert mean[key] == pytest.approx(rows["paired"][key])
+    assert mean["domain"] == "mean (1 of 3)"
+    assert (out / "histograms.png").exists() and (out / "roc.png").exists()
+    assert "left out (one class, metrics undefined): fakes_only, reals_only" in (out / "results.md").read_text()
+
+
+def test_training_prints_counts_and_audit_before_work_and_records_them(tmp_path, forensynths, capsys):
+    import train_ClassifierHead
+
+    from .conftest import train_args
+
+    args = train_args(forensynths, tmp_path / "run", tmp_path / "cache", "--num_epochs", "1", "--align", "size:64")
+    assert train_ClassifierHead.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "80 training and 24 validation images" in printed and "bias audit" in printed
+    assert printed.index("bias audit") < printed.index("epoch   1")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["audit"]["domains"]["car"]["real"]["n"] == 10
+    assert run["config"]["align"] == {"jpeg_quality": None, "size": 64, "order": ["size", "jpeg"]}

@@ -81,11 +81,21 @@ def _shares(counter: Counter, n: int) -> dict:
     return {k: v / n for k, v in counter.most_common()} if n else {}
 
 
-def summarize_group(paths: list[str], crop: int, max_per_group: int, rng: random.Random) -> dict:
-    """Statistics of one (domain, class) group, from at most ``max_per_group`` headers."""
+def summarize_group(paths: list[str], crop: int, max_per_group: int, rng: random.Random,
+                    seen: dict[str, dict] | None = None) -> dict:
+    """Statistics of one (domain, class) group, from at most ``max_per_group`` headers.
+
+    ``seen`` caches probes by path, so reals shared by several domains are read once.
+    """
     total = len(paths)
     chosen = sorted(rng.sample(paths, max_per_group)) if total > max_per_group else paths
-    return summarize_probes([probe(p) for p in chosen], crop, total)
+    seen = {} if seen is None else seen
+    probes = []
+    for path in chosen:
+        if path not in seen:
+            seen[path] = probe(path)
+        probes.append(seen[path])
+    return summarize_probes(probes, crop, total)
 
 
 def summarize_probes(probes: list[dict], crop: int, total: int | None = None) -> dict:
@@ -180,22 +190,24 @@ def audit_samples(items: list[tuple[str, str, int]], crop: int = 224, max_per_gr
     domains = list(dict.fromkeys(d for _, d, _ in items))
     report = {"crop": crop, "max_per_group": max_per_group, "seed": seed, "domains": {}, "flags": []}
     stats_cache: dict[tuple[str, int], dict] = {}
+    probes: dict[str, dict] = {}
     for domain in domains:
         entry = {}
         for label in (0, 1):
             paths = sorted(groups.get((domain, label), []))
             if paths:
                 stats_cache[(domain, label)] = entry[CLASS_NAMES[label]] = summarize_group(
-                    paths, crop, max_per_group, random.Random(f"{seed}:{domain}:{label}"))
+                    paths, crop, max_per_group, random.Random(f"{seed}:{domain}:{label}"), probes)
         report["domains"][domain] = entry
         if len(entry) == 2:
             report["flags"].extend({"domain": domain, **f} for f in compare_classes(entry["real"], entry["fake"], crop))
     if len(domains) > 1:
         pooled = {}
         for label in (0, 1):
-            paths = sorted(p for (d, lab), ps in groups.items() if lab == label for p in ps)
+            paths = sorted({p for (d, lab), ps in groups.items() if lab == label for p in ps})
             if paths:
-                pooled[CLASS_NAMES[label]] = summarize_group(paths, crop, max_per_group, random.Random(f"{seed}:all:{label}"))
+                pooled[CLASS_NAMES[label]] = summarize_group(paths, crop, max_per_group,
+                                                             random.Random(f"{seed}:all:{label}"), probes)
         report["pooled"] = pooled
         if len(pooled) == 2:
             report["flags"].extend({"domain": "all", **f} for f in compare_classes(pooled["real"], pooled["fake"], crop))

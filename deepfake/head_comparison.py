@@ -210,7 +210,7 @@ def train_and_test(kind, tower, settings, tables, labels, val_table, val_labels,
     save_checkpoint(run_dir, BEST, head.state_dict(), best["config"])
     probs = np.full(len(test), np.nan)
     probs[test_ok] = fake_probabilities(head, tables["test"], tables["test"].ok.nonzero().flatten())
-    rows, mean = domain_rows(test, probs, test_ok, 0.5, best["config"].get("val_threshold"))
+    rows, mean, _ = domain_rows(test, probs, test_ok, 0.5, best["config"].get("val_threshold"))
     return {
         "checkpoint": str(run_dir / f"{BEST}.safetensors"),
         "head": head.config(),

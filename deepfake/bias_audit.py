@@ -29,6 +29,7 @@ IJG_LUMA = np.array([
     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.int64)
 EXIF_MAKE, EXIF_MODEL = 271, 272
+HEADER_EXIF_FORMATS = {"TIFF", "MPO"}  # EXIF lives in their main header
 SHARE_GAP = 0.2  # a format, mode or metadata share this much apart between the classes is flagged
 SIZE_RATIO = 1.1  # median short sides this far apart are flagged
 
@@ -60,7 +61,8 @@ def probe_image(image: Image.Image) -> dict:
         quality = estimate_jpeg_quality(getattr(image, "quantization", None))
         if quality is not None:
             info["jpeg_quality"], info["jpeg_exact"] = quality
-    exif = image.getexif()
+    # Only where the header already holds it: Pillow's PNG getexif() decodes the whole image to look.
+    exif = image.getexif() if (image.format in HEADER_EXIF_FORMATS or "exif" in image.info) else {}
     info["exif"] = len(exif) > 0
     info["camera"] = bool(exif.get(EXIF_MAKE) or exif.get(EXIF_MODEL))
     return info

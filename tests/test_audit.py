@@ -101,3 +101,24 @@ def test_align_removes_the_format_quality_and_size_differences_from_the_tensors(
                             224)
     assert {"format", "jpeg_quality", "size"} <= {f["property"] for f in plain}
     assert aligned.align.label() == "size:256,jpeg:96"
+
+
+def test_probe_reads_headers_only(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    exif = Image.Exif()
+    exif[271] = "Canon"
+    image = scene(np.random.default_rng(0), 64)
+    image.save(tmp_path / "plain.png")
+    image.save(tmp_path / "tagged.png", exif=exif.tobytes())
+    image.save(tmp_path / "tagged.jpg", quality=80, exif=exif.tobytes())
+    image.save(tmp_path / "tagged.tif", exif=exif.tobytes())
+
+    def no_decoding(self):
+        raise AssertionError(f"{self.filename}: pixels decoded by the audit")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    probes = {p.name: probe(str(p)) for p in sorted(tmp_path.iterdir())}
+    assert probes["plain.png"]["exif"] is False and probes["plain.png"]["size"] == (64, 64)
+    assert all(probes[name]["camera"] for name in ("tagged.png", "tagged.jpg", "tagged.tif"))
+    assert probes["tagged.jpg"]["jpeg_quality"] == 80

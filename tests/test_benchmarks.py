@@ -227,3 +227,16 @@ def test_ufd_diffusion_miniature_evaluates_end_to_end_with_family_means(trained_
     assert test_ClassifierHead.main([a if a != "ufd" else "ufd" for a in argv[:2]] + [
         "--dataset_dir", str(data / "diffusion_datasets"), "--output_dir", str(tmp_path / "refused"),
         "--cache_dir", str(trained_run["cache"]), "--num_workers", "0", "--quiet"]) == 2
+
+
+def test_audit_command_reads_a_preset_and_counts_shared_reals_once(tmp_path, capsys):
+    import deepfake.__main__ as cli
+
+    make_ufd(tmp_path, with_gans=False)
+    out = tmp_path / "audit.json"
+    assert cli.main(["audit", str(tmp_path), "--benchmark", "ufd", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["domains"]) == list(UFD_DIFFUSION)
+    assert report["domains"]["guided"]["real"]["n"] == 2 and report["domains"]["dalle"]["real"]["n"] == 4
+    assert report["pooled"]["real"]["n"] == 6  # 4 LAION + 2 ImageNet reals, each once
+    assert "guided/real: 2 images" in capsys.readouterr().out

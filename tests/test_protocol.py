@@ -67,6 +67,10 @@ def test_blur_padding_is_scipy_reflect_not_mirror_on_a_tiny_image():
     array = np.arange(27, dtype=np.uint8).reshape(3, 3, 3) * 9
     ours = np.asarray(gaussian_blur(Image.fromarray(array), 3.0))
     assert np.array_equal(ours, reference_blur(array, 3.0))
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    expected = np.stack([scipy_ndimage.gaussian_filter(array[..., c].astype(np.float64), 3.0, mode="reflect")
+                         for c in range(3)], axis=-1)
+    assert np.array_equal(ours, np.rint(expected).astype(np.uint8))
 
 
 def test_perturbation_blurs_first_then_compresses(photo):

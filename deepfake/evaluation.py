@@ -172,6 +172,11 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
     if classifier is None:
         classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     init_distributed(classifier.tower.device)
+    trained_align = classifier.config.get("align") or {}
+    if (trained_align.get("jpeg_quality"), trained_align.get("size")) != (align.jpeg_quality, align.size):
+        log.warning("the head was trained with --align %s and is evaluated with --align %s; pass the same "
+                     "--align to test it on images prepared as its training images were",
+                     Alignment(trained_align.get("jpeg_quality"), trained_align.get("size")).label(), align.label())
     val_threshold = classifier.config.get("val_threshold")
     tower = classifier.tower
     # The head's blocks, plus any asked for so that several heads share one cache of these images.

@@ -76,3 +76,21 @@ def test_training_prints_counts_and_audit_before_work_and_records_them(tmp_path,
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["audit"]["domains"]["car"]["real"]["n"] == 10
     assert run["config"]["align"] == {"jpeg_quality": None, "size": 64, "order": ["size", "jpeg"]}
+
+
+def test_evaluating_an_aligned_head_without_its_alignment_warns(tmp_path, forensynths, caplog):
+    import train_ClassifierHead
+
+    from .conftest import train_args
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    assert train_ClassifierHead.main(train_args(forensynths, run, cache, "--num_epochs", "1", "--align", "jpeg:90")) == 0
+    base = ["--checkpoint", str(run), "--dataset_dir", str(forensynths / "test"), "--cache_dir", str(cache),
+            "--num_workers", "0", "--quiet", "--no_plots", "--max_sample", "2"]
+    caplog.clear()
+    assert test_ClassifierHead.main(base + ["--output_dir", str(tmp_path / "a")]) == 0
+    assert "trained with --align jpeg:90 and is evaluated with --align none" in caplog.text
+    caplog.clear()
+    assert test_ClassifierHead.main(base + ["--output_dir", str(tmp_path / "b"), "--align", "jpeg:90"]) == 0
+    assert "trained with --align" not in caplog.text
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["align"]["jpeg_quality"] == 90

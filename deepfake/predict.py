@@ -34,6 +34,7 @@ from deepfake.feature_batch import tower_batch
 from deepfake.features import ExtractionSettings, extract_features
 from deepfake.fileio import atomic_write_text, display_path
 from deepfake.image_io import ImageSkipped, expand_inputs
+from deepfake.runtime import init_distributed
 from deepfake.transforms import tile_views
 
 log = logging.getLogger(__name__)
@@ -183,10 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointRefused, CheckpointError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    # Under torchrun every rank scores a share of the files; rank 0 prints and writes.
+    init_distributed(classifier.tower.device)
     files, missing = expand_inputs(args.paths)
     predictions = score(classifier, files, batch_size=args.batch_size, num_workers=args.num_workers,
                         tiles=args.tiles, threshold=args.threshold, max_pixels=args.max_pixels,
-                        progress=not args.quiet)
+                        progress=not args.quiet, collective=True)
+    if predictions is None:
+        return 0
     predictions += [Prediction(path, None, None, None, reason) for path, reason in missing]
     threshold = classifier.threshold if args.threshold is None else args.threshold
     print(format_predictions(predictions, threshold))

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
+import test_ClassifierHead
+import train_ClassifierHead
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, scan_categories
 from deepfake.feature_cache import FeatureCache
 from deepfake.features import ExtractionSettings, extract_features
 from deepfake.towers import load_tower
 
-from .conftest import TOWER, make_forensynths
+from .conftest import TOWER, make_forensynths, train_args
 
+ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, shard_size=8, progress=False)
 
 
@@ -70,3 +78,48 @@ def test_two_extractions_with_a_slow_rank_0_match_one_process(tmp_path):
                                   SETTINGS, None)
         embeds, ok = rank0[name]
         assert ok.all() and torch.equal(embeds, single.embeds)
+
+
+def torchrun(script: str, *argv: str) -> None:
+    """Run a command script under ``torchrun --nproc_per_node 2`` (gloo on the CPU)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / script), *argv]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def numbers(results: dict) -> list:
+    return [(level["label"], level["rows"], level["mean"]) for level in results["levels"]]
+
+
+def test_train_and_test_scripts_under_torchrun_match_one_process(tmp_path):
+    data = make_forensynths(tmp_path / "data", n_train=3, n_val=2, n_test=2)
+    runs = {}
+    for world in (1, 2):
+        out, cache = tmp_path / f"run{world}", tmp_path / f"cache{world}"
+        argv = train_args(data, out, cache, "--num_epochs", "3", "--blur_prob", "0.5", "--jpeg_prob", "0.5",
+                          "--aug_views", "2")
+        if world == 1:
+            assert train_ClassifierHead.main(argv) == 0
+        else:
+            torchrun("train_ClassifierHead.py", *argv)
+        runs[world] = out
+    one, two = (load_file(str(runs[w] / "best.safetensors")) for w in (1, 2))
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    summaries = [json.loads((runs[w] / "run.json").read_text()) for w in (1, 2)]
+    assert summaries[0]["history"] == summaries[1]["history"]
+    assert json.loads((runs[1] / "best.json").read_text())["metrics"] == \
+        json.loads((runs[2] / "best.json").read_text())["metrics"]
+
+    results = {}
+    for world in (1, 2):
+        argv = ["--checkpoint", str(runs[1]), "--dataset_dir", str(data / "test"), "--output_dir",
+                str(tmp_path / f"eval{world}"), "--cache_dir", str(tmp_path / f"eval-cache{world}"),
+                "--num_workers", "0", "--quiet", "--no_plots"]
+        if world == 1:
+            assert test_ClassifierHead.main(argv) == 0
+        else:
+            torchrun("test_ClassifierHead.py", *argv)
+        results[world] = json.loads((tmp_path / f"eval{world}" / "results.json").read_text())
+    assert numbers(results[1]) == numbers(results[2])

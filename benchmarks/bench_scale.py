@@ -1,0 +1,129 @@
+"""Bookkeeping at scale: N tiny images through train_ClassifierHead.py, cold cache then warm cache.
+
+    python benchmarks/bench_scale.py            # 100,000 images (about 5 minutes on 2 cores)
+    python benchmarks/bench_scale.py --n 20000  # quicker
+
+The tower is a one-block CLIP with 16x16 inputs and a 768-d output (LanguageBind's feature
+size), so the tower costs almost nothing and what is measured is the rest: scanning the
+folders, stat'ing every file, decoding, cache shards, the manifest, the tables, one epoch.
+It prints, from one run:
+
+- the extraction cost per image (cold run minus warm run, divided by N);
+- the wall time of the cache-hit rerun: a fresh process (start-up and imports included)
+  that scans, stats, reads the cache and trains one epoch;
+- the peak RSS above the process's baseline (after imports), divided by the fp16 size of
+  the N x 768 features, for the cold and the warm run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FEATURE_DIM = 768
+
+# Runs train_ClassifierHead.main in a fresh process and reports its memory: the baseline
+# is the resident set once the code is imported, the peak is the process's high-water mark.
+PROBE = """
+import json, resource, sys
+sys.path.insert(0, {root!r})
+import train_ClassifierHead
+
+def rss_kb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+base = rss_kb()
+code = train_ClassifierHead.main({argv!r})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("PROBE " + json.dumps({{"code": code, "base_kb": base, "peak_kb": peak}}))
+"""
+
+
+def make_tower(path: Path) -> None:
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "vocab_size": 99, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 16, "patch_size": 16},
+        projection_dim=FEATURE_DIM,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).eval().save_pretrained(path)
+
+
+def make_images(root: Path, n: int) -> None:
+    """DATASET/{car,cat}/{0_real,1_fake}/NNNNNN.png, 16x16 random images."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folders = [root / c / lab for c in ("car", "cat") for lab in ("0_real", "1_fake")]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        (folders[i % 4] / f"{i:06d}.png").write_bytes(buffer.getvalue())
+
+
+def run(argv: list[str]) -> tuple[float, dict]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PROBE.format(root=str(ROOT), argv=argv)], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    wall = time.perf_counter() - start
+    line = next((x for x in done.stdout.splitlines() if x.startswith("PROBE ")), None)
+    if done.returncode != 0 or line is None:
+        sys.exit(f"run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    probe = json.loads(line[6:])
+    if probe["code"] != 0:
+        sys.exit(f"train_ClassifierHead exited {probe['code']}:\n{done.stderr[-4000:]}")
+    return wall, probe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="number of images (default %(default)s)")
+    parser.add_argument("--workdir", default=None, help="where to build the data (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        start = time.perf_counter()
+        make_tower(work / "tower")
+        make_images(work / "data", args.n)
+        print(f"{args.n} images and the tiny tower written in {time.perf_counter() - start:.1f}s", flush=True)
+        command = ["--dataset_dir", str(work / "data"), "--output_dir", str(work / "run"), "--model",
+                   str(work / "tower"), "--cache_dir", str(work / "cache"), "--num_epochs", "1", "--batch_size",
+                   "256", "--num_workers", "0", "--precision", "fp32", "--quiet", "--overwrite"]
+        cold, cold_probe = run(command)
+        warm, warm_probe = run(command)
+    feature_mb = args.n * FEATURE_DIM * 2 / 2**20
+
+    def ratio(probe: dict) -> float:
+        return (probe["peak_kb"] - probe["base_kb"]) / 1024 / feature_mb
+
+    print(f"images: {args.n}; fp16 features: {feature_mb:.1f} MiB ({FEATURE_DIM}-d)")
+    print(f"cold run (extract + 1 epoch):         {cold:7.2f} s")
+    print(f"extraction cost per image:            {1e3 * (cold - warm) / args.n:7.3f} ms")
+    print(f"cache-hit rerun (start-up, scan, stat, read, 1 epoch): {warm:7.2f} s")
+    for name, probe in (("cold", cold_probe), ("warm", warm_probe)):
+        above = (probe["peak_kb"] - probe["base_kb"]) / 1024
+        print(f"peak RSS above baseline, {name} run:    {above:7.1f} MiB = {ratio(probe):5.2f} x the fp16 features")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -208,6 +208,7 @@ class FeatureCache:
         """path -> newest entry, from the shard headers; unreadable shards are set aside."""
         if self._index is not None and not refresh:
             return self._index
+        self._index = None  # never hold two indexes at once
         shards = []
         for shard in self.shard_files():
             try:
@@ -245,6 +246,10 @@ class FeatureCache:
         if entry.limits != limits or (retry and entry.reason in RETRY_ALWAYS):
             return None
         return entry
+
+    def forget(self) -> None:
+        """Drop the in-memory index (it is rebuilt from the shard headers when next needed)."""
+        self._index = None
 
     def maps(self) -> ShardMaps:
         """Memory maps over this key's shards (for per-layer reads)."""

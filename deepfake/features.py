@@ -237,17 +237,20 @@ def extract_features(
     if cache is None:
         table = _compute(tower, dataset, settings, share, desc)
         return _gather(table, world) if world > 1 else table
-    _extract_missing(tower, dataset, settings, cache, share, rank, desc)
+    known = _extract_missing(tower, dataset, settings, cache, share, rank, desc)
     if world > 1:
         barrier()  # every rank's shards are on disk before anyone reads them
         if rank != 0:
             return None
     for _ in range(3):
         try:
-            return _read_table(tower, dataset, settings, cache, desc)
+            return _read_table(tower, dataset, settings, cache, desc, known)
         except CorruptShard as exc:
             log.warning("%s; extracting its images again", exc)
             cache.drop_shard(exc.path.name)
+            known = {}
+        finally:
+            cache.forget()  # the index is rebuilt on demand; the table no longer needs it
     raise CacheError(f"feature cache {cache.dir}: shards keep failing their checksums; "
                      f"remove this folder and run again")
 
@@ -292,14 +295,25 @@ def _gather(table: FeatureTable, world: int) -> FeatureTable | None:
 
 
 def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, indices: list[int],
-                     rank: int, desc: str) -> int:
-    """Extract the samples of ``indices`` that the cache lacks into this rank's shards; returns how many."""
+                     rank: int, desc: str) -> dict[int, CacheEntry]:
+    """Extract the samples of ``indices`` that the cache lacks into this rank's shards.
+
+    Returns the entries found valid before extraction (sample index -> entry), so that the
+    reader need not look them up (and stat their files) a second time.
+    """
     cache.index(refresh=True)
     limits = loader_limits(dataset)
     samples = dataset.samples
-    missing = [i for i in indices if cache.lookup(samples[i].path, settings.layers, limits) is None]
+    known: dict[int, CacheEntry] = {}
+    missing = []
+    for i in indices:
+        entry = cache.lookup(samples[i].path, settings.layers, limits)
+        if entry is None:
+            missing.append(i)
+        else:
+            known[i] = entry
     if not missing:
-        return 0
+        return known
     log.info("%s: %d of %d images not cached (rank %d extracts them)", desc, len(missing), len(indices), rank)
     buffer: dict[str, list] = {"idx": [], "embeds": [], "layers": [], "skipped": []}
     done = 0
@@ -346,15 +360,20 @@ def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: Featur
             f"interrupted: {done} of {len(missing)} images of {desc} are saved in the feature cache "
             f"{cache.dir}"
         ) from None
-    return len(missing)
+    return known
 
 
-def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, desc: str) -> FeatureTable:
+def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, desc: str,
+                known: dict[int, CacheEntry]) -> FeatureTable:
     """Rank 0: the table of every sample, from the shards (anything still missing is extracted here)."""
     samples = dataset.samples
     limits = loader_limits(dataset)
-    cache.index(refresh=True)
-    entries = [cache.lookup(s.path, settings.layers, limits, retry=False) for s in samples]
+    entries: list[CacheEntry | None] = [known.get(i) for i in range(len(samples))]
+    unknown = [i for i, e in enumerate(entries) if e is None]
+    if unknown:
+        cache.index(refresh=True)
+        for i in unknown:
+            entries[i] = cache.lookup(samples[i].path, settings.layers, limits, retry=False)
     late = [i for i, e in enumerate(entries) if e is None]
     if late:
         # Files changed during the run, or a shard was set aside: do them here, alone.

@@ -28,6 +28,10 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                         help="image decoding worker processes (default: %(default)s on this machine)")
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels than this (decompression bombs)")
+    parser.add_argument("--decode", default=None, choices=("exact", "fast"),
+                        help="exact: full-resolution decode, then the resize; fast: JPEG draft / integer reduce "
+                             "in uint8 to >= 2x the input size first (quicker on large photos, features move "
+                             "slightly; see README). Default: exact for training, the checkpoint's for test/predict")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 

@@ -22,12 +22,18 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from deepfake.backbones import Preprocess
-from deepfake.image_io import DEFAULT_MAX_PIXELS, ImageSkipped, load_image, to_rgb
+from deepfake.image_io import DEFAULT_MAX_PIXELS, ImageSkipped, load_image, reduce_to_short_side, to_rgb
 from deepfake.layouts import LayoutError, describe, find_label_folders, list_folder_images
 from deepfake.manifests import is_manifest, read_manifest
 from deepfake.transforms import Alignment, BlurJpegAugment, Perturbation, preprocess_image, short_side_shape
 
 log = logging.getLogger(__name__)
+
+# "exact": full-resolution decode, then the tower's resize. "fast": the decoder first shrinks
+# the image (JPEG DCT scaling, integer reduce) while its short side stays >= FAST_DECODE_FACTOR
+# x the input size; the exact resize then goes the rest of the way.
+DECODE_MODES = ("exact", "fast")
+FAST_DECODE_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ class DeepfakeDataset(Dataset):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         images: list[Image.Image | None] | None = None,
         align: Alignment | None = None,
+        decode: str = "exact",
     ):
         self.samples = samples
         self.align = align if align is not None and align.enabled else None
@@ -174,6 +181,16 @@ class DeepfakeDataset(Dataset):
         self.seed = seed
         self.view = view
         self.max_pixels = max_pixels
+        if decode not in DECODE_MODES:
+            raise ValueError(f"unknown decode mode {decode!r}; choose one of {DECODE_MODES}")
+        self.decode = decode
+
+    @property
+    def reduce_to(self) -> int | None:
+        """With ``decode="fast"``: the short side the decoder may shrink to before the exact resize."""
+        if self.decode != "fast" or self.preprocess.mode != "resize":
+            return None
+        return FAST_DECODE_FACTOR * self.preprocess.size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -184,8 +201,10 @@ class DeepfakeDataset(Dataset):
         given = self.images[index] if self.images is not None else None
         if given is not None:
             image = to_rgb(ImageOps.exif_transpose(given))
+            if self.reduce_to:
+                image = reduce_to_short_side(image, self.reduce_to)
         else:
-            image = load_image(sample.path, self.max_pixels)
+            image = load_image(sample.path, self.max_pixels, self.reduce_to)
         if self.align is not None:
             image = self.align(image)
         if self.perturb is not None:

@@ -178,13 +178,15 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
                      "--align to test it on images prepared as its training images were",
                      Alignment(trained_align.get("jpeg_quality"), trained_align.get("size")).label(), align.label())
     val_threshold = classifier.config.get("val_threshold")
+    # The head was trained on features of one decode path; test on the same unless told otherwise.
+    decode = args.decode or classifier.config.get("features", {}).get("decode", "exact")
     tower = classifier.tower
     # The head's blocks, plus any asked for so that several heads share one cache of these images.
     extra_blocks = parse_feature_layers(getattr(args, "feature_layers", None) or "none",
                                         int(getattr(tower, "num_layers", 0) or 0))
     settings = ExtractionSettings(batch_size=args.batch_size, num_workers=args.num_workers,
                                   precision=classifier.config["precision"], progress=not args.quiet,
-                                  layers=tuple(sorted(set(classifier.blocks) | set(extra_blocks))))
+                                  layers=tuple(sorted(set(classifier.blocks) | set(extra_blocks))), decode=decode)
     calibration = None
     if getattr(args, "calibrate_real", None):
         calibration = calibrate(classifier, args.calibrate_real, args.target_fpr, settings, args, align)
@@ -207,7 +209,7 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
     for perturb in sweep_levels(args):
         start = time.perf_counter()
         dataset = DeepfakeDataset(as_samples, tower.preprocess, perturb=None if perturb.is_identity else perturb,
-                                  max_pixels=args.max_pixels, align=align)
+                                  max_pixels=args.max_pixels, align=align, decode=decode)
         extra = {} if perturb.is_identity else {"perturbation": {**perturb.to_dict(), "order": Perturbation.ORDER}}
         if align.enabled:
             extra["align"] = align.to_dict()

@@ -72,12 +72,17 @@ class ExtractionSettings:
     layers: tuple[int, ...] = ()
     shard_size: int = 1024
     progress: bool = True
+    decode: str = "exact"
 
     def cache_info(self) -> dict:
-        # Batch size and workers do not change the features; precision does. Per-layer tokens
-        # live beside the embeds in the same key, each shard saying which blocks it holds.
-        return {"precision": self.precision, "feature_kind": "embeds",
+        # Batch size and workers do not change the features; precision and the decode path do.
+        # Per-layer tokens live beside the embeds in the same key, each shard saying which
+        # blocks it holds. The exact decode path is the default and adds nothing to the key.
+        info = {"precision": self.precision, "feature_kind": "embeds",
                 "store_dtype": str(STORE_DTYPE).replace("torch.", "")}
+        if self.decode != "exact":
+            info["decode"] = self.decode
+        return info
 
 
 class MappedLayers:
@@ -232,6 +237,8 @@ def extract_features(
     this process alone (rank 0 after the others have left).
     """
     _check_layers(tower, settings)
+    if hasattr(dataset, "decode"):
+        dataset.decode = settings.decode  # the settings name the cache key: the images must follow them
     rank, world = rank_and_world() if collective else (0, 1)
     share = list(range(rank, len(dataset), world))
     if cache is None:

@@ -81,10 +81,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def reduce_to_short_side(image: Image.Image, short_side: int) -> Image.Image:
+    """Shrink by the largest integer factor that keeps the short side >= ``short_side`` (uint8 box filter)."""
+    factor = min(image.size) // short_side
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None
+               ) -> Image.Image:
     """Open ``path`` as an RGB image with EXIF orientation applied (first frame of animations).
 
-    Raises :class:`ImageSkipped` for anything that is not a readable image within ``max_pixels``.
+    ``reduce_to`` (the fast decode path) lets the decoder shrink the image while its short
+    side stays >= ``reduce_to``: a JPEG decodes at 1/2, 1/4 or 1/8 scale (DCT draft), any
+    other image is reduced by an integer factor in uint8. Raises :class:`ImageSkipped` for
+    anything that is not a readable image within ``max_pixels``.
     """
     try:
         if os.path.islink(path) and not os.path.exists(path):
@@ -110,7 +120,12 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                 if width < 1 or height < 1:
                     raise ImageSkipped(path, f"empty image ({width}x{height})")
                 image.seek(0)
+                if reduce_to and image.format == "JPEG":
+                    scale = reduce_to / min(width, height)
+                    image.draft(image.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
                 image.load()
+                if reduce_to:
+                    image = reduce_to_short_side(image, reduce_to)
                 image = ImageOps.exif_transpose(image)
                 return to_rgb(image)
     except ImageSkipped:

@@ -63,6 +63,7 @@ def score(
     max_pixels: int | None = None,
     progress: bool = False,
     collective: bool = False,
+    decode: str | None = None,
 ) -> list[Prediction] | None:
     """Score paths and/or PIL images with ``classifier``; order follows ``inputs``.
 
@@ -74,10 +75,11 @@ def score(
     samples = [Sample(f"<image {i}>" if images[i] is not None else os.fspath(x), -1, "")
                for i, x in enumerate(inputs)]
     extra = {"max_pixels": max_pixels} if max_pixels else {}
-    dataset = DeepfakeDataset(samples, classifier.preprocess, images=images, **extra)
+    decode = decode or classifier.config.get("features", {}).get("decode", "exact")
+    dataset = DeepfakeDataset(samples, classifier.preprocess, images=images, decode=decode, **extra)
     settings = ExtractionSettings(batch_size=batch_size, num_workers=num_workers,
                                   precision=classifier.config.get("precision", "fp32"), progress=progress,
-                                  layers=classifier.blocks)
+                                  layers=classifier.blocks, decode=decode)
     table = extract_features(classifier.tower, dataset, settings, None, desc="scoring", collective=collective)
     if table is None:
         return None
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     files, missing = expand_inputs(args.paths)
     predictions = score(classifier, files, batch_size=args.batch_size, num_workers=args.num_workers,
                         tiles=args.tiles, threshold=args.threshold, max_pixels=args.max_pixels,
-                        progress=not args.quiet, collective=True)
+                        progress=not args.quiet, collective=True, decode=args.decode)
     if predictions is None:
         return 0
     predictions += [Prediction(path, None, None, None, reason) for path, reason in missing]

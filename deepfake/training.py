@@ -551,14 +551,16 @@ def _train(args: argparse.Namespace) -> dict:
         precision=precision,
         layers=tuple(blocks),
         progress=not args.quiet,
+        decode=args.decode or "exact",
     )
     opts = TrainOptions.from_args(args)
     head_blocks = tuple(blocks) if head_kind == "layers" else ()
     augment = BlurJpegAugment(args.blur_prob, args.blur_sigma, args.jpeg_prob, tuple(args.jpeg_quality))
     n_views = args.aug_views if augment.enabled else 1
     train_set = DeepfakeDataset(train_samples, tower.preprocess, augment=augment, seed=args.seed,
-                                max_pixels=args.max_pixels, align=align)
-    val_set = DeepfakeDataset(val_samples, tower.preprocess, max_pixels=args.max_pixels, align=align)
+                                max_pixels=args.max_pixels, align=align, decode=settings.decode)
+    val_set = DeepfakeDataset(val_samples, tower.preprocess, max_pixels=args.max_pixels, align=align,
+                              decode=settings.decode)
     aligned = {"align": align.to_dict()} if align.enabled else {}
     val_labels = np.array([s.label for s in val_samples])
     identity = run_identity(tower, settings, augment, n_views, args.seed, args.no_cache, train_samples, val_samples)

@@ -51,7 +51,7 @@ def batch_probabilities(head: nn.Module, batch: FeatureBatch | torch.Tensor) -> 
     return torch.softmax(head(batch).float(), dim=1)[:, 1].cpu().double().numpy()
 
 
-def fake_probabilities(head: nn.Module, features, rows: torch.Tensor | None = None, batch_size: int = 8192) -> np.ndarray:
+def fake_probabilities(head: nn.Module, features, rows: torch.Tensor | None = None, batch_size: int = 1024) -> np.ndarray:
     """P(fake) for ``rows`` of a feature table (all rows by default), with the head in eval mode.
 
     ``features`` is a :class:`~deepfake.features.FeatureTable` (the head picks its blocks from

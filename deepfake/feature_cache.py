@@ -209,24 +209,23 @@ class FeatureCache:
         if self._index is not None and not refresh:
             return self._index
         self._index = None  # never hold two indexes at once
-        shards = []
-        for shard in self.shard_files():
+        index: dict[str, CacheEntry] = {}
+        # Shard names carry their creation time: read them oldest first, so the newest entry
+        # for a path wins, one header at a time.
+        for shard in sorted(self.shard_files(), key=lambda p: (p.name.split("-")[2:3], p.name)):
             try:
-                header = read_header(shard)
-                meta = header.metadata
-                shards.append((int(meta["created_ns"]), shard.name, meta))
+                meta = read_header(shard).metadata
+                name = shard.name  # one string shared by the shard's entries
+                layers = frozenset(json.loads(meta.get("layers", "[]")))
+                limits = meta.get("limits", "")
+                for path, size, mtime, row, reason in json.loads(meta["entries"]):
+                    index[path] = CacheEntry(name, row, (size, mtime), reason, layers, limits)
             except FileNotFoundError:
                 continue  # set aside by another process between the listing and the read
             except Exception as exc:  # torn or foreign file: never load it
                 log.warning("%s: unreadable cache shard set aside, its images will be extracted again (%s)",
                             shard, exc)
                 self._set_aside(shard)
-        index: dict[str, CacheEntry] = {}
-        for _, name, meta in sorted(shards, key=lambda s: (s[0], s[1])):
-            layers = frozenset(json.loads(meta.get("layers", "[]")))
-            limits = meta.get("limits", "")
-            for path, size, mtime, row, reason in json.loads(meta["entries"]):
-                index[path] = CacheEntry(name, row, (size, mtime), reason, layers, limits)
         self._index = index
         return index
 
@@ -255,24 +254,28 @@ class FeatureCache:
         """Memory maps over this key's shards (for per-layer reads)."""
         return ShardMaps(self.dir)
 
-    def fill_embeds(self, out: torch.Tensor, targets: list[tuple[int, CacheEntry]]) -> None:
-        """Copy the embeds of ``targets`` (table row, entry) into ``out`` in place, shard by shard.
+    def fill_embeds(self, out: torch.Tensor, entries: list[CacheEntry | None]) -> torch.Tensor:
+        """Copy the embeds of ``entries`` (one per table row; ``None`` or a skip: left as is) into ``out``.
 
-        Each shard is mapped, checked and released in turn, so no more than ``out`` and one
-        shard are ever held.
+        Shards are mapped, checked and released one at a time, so no more than ``out`` and one
+        shard are ever held. Returns the mask of rows filled.
         """
-        by_shard: dict[str, tuple[list[int], list[int]]] = {}
-        for row, entry in targets:
-            dst, src = by_shard.setdefault(entry.shard, ([], []))
-            dst.append(row)
-            src.append(entry.row)
+        names: dict[str, int] = {}
+        shard_of = np.full(len(entries), -1, dtype=np.int32)
+        row_of = np.zeros(len(entries), dtype=np.int64)
+        for i, entry in enumerate(entries):
+            if entry is not None and entry.row >= 0:
+                shard_of[i] = names.setdefault(entry.shard, len(names))
+                row_of[i] = entry.row
+        order = np.argsort(shard_of, kind="stable")
+        bounds = np.searchsorted(shard_of[order], np.arange(len(names) + 1))
         target = out.numpy()
-        for shard, (dst, src) in by_shard.items():
+        for name, number in names.items():
+            dst = order[bounds[number] : bounds[number + 1]]
             maps = ShardMaps(self.dir, limit=1)
-            rows = maps.tensor(shard, EMBEDS)
-            target[np.asarray(dst)] = rows[np.asarray(src)]
+            target[dst] = maps.tensor(name, EMBEDS)[row_of[dst]]
             maps.close()
-            del rows
+        return torch.from_numpy(shard_of >= 0)
 
     @staticmethod
     def _set_aside(path: Path) -> None:

@@ -255,7 +255,7 @@ def extract_features(
         except CorruptShard as exc:
             log.warning("%s; extracting its images again", exc)
             cache.drop_shard(exc.path.name)
-            known = {}
+            known = [None] * len(dataset)
         finally:
             cache.forget()  # the index is rebuilt on demand; the table no longer needs it
     raise CacheError(f"feature cache {cache.dir}: shards keep failing their checksums; "
@@ -302,16 +302,16 @@ def _gather(table: FeatureTable, world: int) -> FeatureTable | None:
 
 
 def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, indices: list[int],
-                     rank: int, desc: str) -> dict[int, CacheEntry]:
+                     rank: int, desc: str) -> list[CacheEntry | None]:
     """Extract the samples of ``indices`` that the cache lacks into this rank's shards.
 
-    Returns the entries found valid before extraction (sample index -> entry), so that the
-    reader need not look them up (and stat their files) a second time.
+    Returns the entries found valid before extraction (one per sample, ``None`` elsewhere), so
+    that the reader need not look them up (and stat their files) a second time.
     """
     cache.index(refresh=True)
     limits = loader_limits(dataset)
     samples = dataset.samples
-    known: dict[int, CacheEntry] = {}
+    known: list[CacheEntry | None] = [None] * len(samples)
     missing = []
     for i in indices:
         entry = cache.lookup(samples[i].path, settings.layers, limits)
@@ -371,11 +371,11 @@ def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: Featur
 
 
 def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, desc: str,
-                known: dict[int, CacheEntry]) -> FeatureTable:
+                known: list[CacheEntry | None]) -> FeatureTable:
     """Rank 0: the table of every sample, from the shards (anything still missing is extracted here)."""
     samples = dataset.samples
     limits = loader_limits(dataset)
-    entries: list[CacheEntry | None] = [known.get(i) for i in range(len(samples))]
+    entries = known
     unknown = [i for i, e in enumerate(entries) if e is None]
     if unknown:
         cache.index(refresh=True)
@@ -394,13 +394,12 @@ def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCach
         if still:
             raise CacheError(f"feature cache {cache.dir}: {len(still)} images keep changing while they are "
                              f"extracted (first: {samples[still[0]].path}); run again once they are stable")
+    cache.forget()  # the entries are resolved: free the index before the table is allocated
     n = len(samples)
     table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
                          layer_ids=list(settings.layers))
-    good = [(i, e) for i, e in enumerate(entries) if e.row >= 0]
     table.skipped.update({i: e.reason for i, e in enumerate(entries) if e.row < 0})
-    cache.fill_embeds(table.embeds, good)
-    table.ok[torch.tensor([i for i, _ in good], dtype=torch.long)] = True
+    table.ok = cache.fill_embeds(table.embeds, entries)
     if settings.layers:
         table.layer_source = MappedLayers(cache, entries, list(settings.layers), tower.hidden_size)
     return table

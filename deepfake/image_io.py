@@ -12,7 +12,6 @@ import glob
 import os
 import threading
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -58,7 +57,8 @@ class ImageSkipped(Exception):
 
 def is_image_name(path: str | os.PathLike) -> bool:
     """Whether a file name has an image extension."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    # os.path, not pathlib: this runs once per file of a 720k-image scan.
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

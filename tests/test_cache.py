@@ -202,3 +202,50 @@ def test_torch_distributed_extraction_matches_single_process(tmp_path, data):
     assert {s.name.split("-")[1] for s in shards} == {"000", "001"}  # both ranks wrote shards
     assert torch.equal(torch.load(tmp_path / "rank0.pt"), single.embeds)
     assert torch.load(tmp_path / "rank1.pt") is None  # ranks > 0 never build the table
+
+
+def test_parse_feature_layers():
+    from deepfake.features import parse_feature_layers
+
+    assert parse_feature_layers("none", 24) == [] and parse_feature_layers("all", 3) == [0, 1, 2, 3]
+    assert parse_feature_layers("24,8, 16,20,8", 24) == [8, 16, 20, 24]
+    with pytest.raises(ValueError, match="0..24"):
+        parse_feature_layers("8,25", 24)
+    with pytest.raises(ValueError, match="block numbers"):
+        parse_feature_layers("eight", 24)
+
+
+def test_layer_subset_is_stored_per_block_and_read_only_when_asked(tmp_path, data, monkeypatch):
+    from safetensors import safe_open
+
+    from deepfake.feature_cache import CacheError
+
+    _, samples = data
+    tower = load_tower(TOWER)
+    dataset = DeepfakeDataset(samples, tower.preprocess)
+    subset = ExtractionSettings(batch_size=4, num_workers=0, layers=(1, 3), progress=False)
+    everything = ExtractionSettings(batch_size=4, num_workers=0, layers=(0, 1, 2, 3), progress=False)
+    table = extract_features(tower, dataset, subset, cache_for(tmp_path / "c", tower, subset))
+    shard = cache_for(tmp_path / "c", tower, subset).shard_files()[0]
+    with safe_open(str(shard), "pt") as handle:
+        assert sorted(handle.keys()) == ["embeds", "layer.001", "layer.003"]
+        assert handle.get_slice("layer.003").get_shape()[1] == tower.hidden_size
+    idx = torch.tensor([5, 0, 7])
+    full = extract_features(tower, dataset, everything, None)
+    assert torch.equal(table.layer_rows(idx), full.layer_rows(idx)[:, [1, 3]])
+    # The embeds-only table and a table of the subset come from the same shards: no tower pass.
+    seen = counting(monkeypatch, tower)
+    assert extract_features(tower, dataset, ExtractionSettings(batch_size=4, progress=False),
+                            cache_for(tmp_path / "c", tower)).layer_ids == []
+    assert seen == []
+    monkeypatch.undo()
+    # Per-layer tensors are not read until used: damage one and the table still builds ...
+    raw = bytearray(shard.read_bytes())
+    raw[-3] ^= 0xFF  # the last tensor in the file is a layer tensor
+    shard.write_bytes(bytes(raw))
+    again = extract_features(tower, dataset, subset, cache_for(tmp_path / "c", tower, subset))
+    assert torch.equal(again.embeds, table.embeds)
+    # ... and reading it names the shard and sets it aside.
+    with pytest.raises(CacheError, match="set aside"):
+        again.layer_rows(torch.arange(len(samples)))
+    assert shard.with_suffix(".corrupt").exists()

@@ -93,10 +93,10 @@ def test_permission_skips_are_retried_every_run(tmp_path, tower, monkeypatch):
     samples = [Sample(p, 0, "c") for p in paths]
     real_load = deepfake_dataset.load_image
 
-    def denied(path, max_pixels=DEFAULT_MAX_PIXELS):
+    def denied(path, max_pixels=DEFAULT_MAX_PIXELS, reduce_to=None):
         if path == paths[1]:
             raise ImageSkipped(path, "permission denied")
-        return real_load(path, max_pixels)
+        return real_load(path, max_pixels, reduce_to)
 
     monkeypatch.setattr(deepfake_dataset, "load_image", denied)
     first = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), SETTINGS,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -240,7 +241,7 @@ def extract_features(
     if hasattr(dataset, "decode"):
         dataset.decode = settings.decode  # the settings name the cache key: the images must follow them
     rank, world = rank_and_world() if collective else (0, 1)
-    share = list(range(rank, len(dataset), world))
+    share = range(rank, len(dataset), world)
     if cache is None:
         table = _compute(tower, dataset, settings, share, desc)
         return _gather(table, world) if world > 1 else table
@@ -262,7 +263,7 @@ def extract_features(
                      f"remove this folder and run again")
 
 
-def _compute(tower, dataset, settings: ExtractionSettings, indices: list[int], desc: str) -> FeatureTable:
+def _compute(tower, dataset, settings: ExtractionSettings, indices: Sequence[int], desc: str) -> FeatureTable:
     """Features without a cache, for ``indices`` (other rows stay empty)."""
     n = len(dataset)
     blocks = list(settings.layers)
@@ -301,7 +302,7 @@ def _gather(table: FeatureTable, world: int) -> FeatureTable | None:
     return table
 
 
-def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, indices: list[int],
+def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, indices: Sequence[int],
                      rank: int, desc: str) -> list[CacheEntry | None]:
     """Extract the samples of ``indices`` that the cache lacks into this rank's shards.
 

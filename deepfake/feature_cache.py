@@ -336,8 +336,13 @@ class FeatureCache:
             if row < 0:
                 record["skipped"] = reason
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-        # The readable manifest first: a shard never exists without its listing.
-        atomic_write_text(self.dir / f"{name}.jsonl", "".join(lines))
-        path = atomic_save_safetensors(self.dir / f"{name}.safetensors", tensors, meta)
+        try:
+            # The readable listing first: a shard never exists without it.
+            atomic_write_text(self.dir / f"{name}.jsonl", "".join(lines))
+            path = atomic_save_safetensors(self.dir / f"{name}.safetensors", tensors, meta)
+        except OSError as exc:
+            raise CacheError(f"feature cache folder {self.dir}: cannot write a shard ({exc.strerror or exc}); "
+                             f"free some space or pass another --cache_dir (shards already written are kept)"
+                             ) from exc
         self._index = None
         return path

@@ -5,34 +5,18 @@
 
 Prints a table (real acc, fake acc, acc, AP, AUC, oracle acc, ECE per domain, mean last)
 and writes results.json/.csv/.md, scores.csv and plots into --output_dir.
+The same command is installed as ``deepfake test``.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from deepfake.cli_args import setup_logging, test_parser
-from deepfake.evaluation import evaluate
-from deepfake.feature_cache import CacheError
-from deepfake.runtime import terminate_as_interrupt
+from deepfake import test_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = test_parser(__doc__).parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        with terminate_as_interrupt():
-            evaluate(args)
-    except (FileExistsError, FileNotFoundError, ValueError, CacheError) as exc:
-        logging.getLogger("test").error("%s", exc)
-        return 2
-    except KeyboardInterrupt as exc:
-        message = str(exc) if str(exc).startswith("interrupted") else "interrupted"
-        logging.getLogger("test").error("%s; run the same command again to continue (cached features are kept)",
-                                        message)
-        return 130
-    return 0
+    return test_cli.main(argv, prog="test_ClassifierHead.py")
 
 
 if __name__ == "__main__":

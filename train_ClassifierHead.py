@@ -4,36 +4,18 @@
         --categories car,cat,chair,horse --num_epochs 50
 
 Features are extracted once into a cache; epochs then train the head from it.
+The same command is installed as ``deepfake train``.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from deepfake.cli_args import setup_logging, train_parser
-from deepfake.feature_cache import CacheError
-from deepfake.runtime import terminate_as_interrupt
-from deepfake.training import train
+from deepfake import train_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = train_parser(__doc__).parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        with terminate_as_interrupt():
-            summary = train(args)
-    except (FileExistsError, FileNotFoundError, ValueError, CacheError) as exc:
-        logging.getLogger("train").error("%s", exc)
-        return 2
-    except KeyboardInterrupt as exc:
-        message = str(exc) if str(exc).startswith("interrupted") else "interrupted"
-        logging.getLogger("train").error("%s; to continue, run the same command with --resume "
-                                         "(finished epochs and cached features are kept)", message)
-        return 130
-    if summary:
-        print(f"best val AP {summary['best_val_ap']:.4f}; checkpoints in {summary['output_dir']}")
-    return 0
+    return train_cli.main(argv, prog="train_ClassifierHead.py")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ from deepfake.heads import required_head_fields
 
 FORMAT = "deepfake-head/1"
 BEST = "best"
+# A pretrained-head folder (save_pretrained, hub repos): the names the hub expects.
+PRETRAINED_WEIGHTS = "model.safetensors"
+PRETRAINED_CONFIG = "config.json"
 
 
 class CheckpointRefused(ValueError):
@@ -34,25 +37,35 @@ def save_checkpoint(directory: str | os.PathLike, name: str, head_state: dict[st
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """A run directory means its best checkpoint; a ``.json`` means the weights beside it."""
+    """A run directory means its best checkpoint, a pretrained-head folder its weights, a ``.json`` the weights beside it."""
     path = Path(path)
     if path.is_dir():
-        best = path / f"{BEST}.safetensors"
-        if best.is_file():
-            return best
+        for name in (f"{BEST}.safetensors", PRETRAINED_WEIGHTS):
+            if (path / name).is_file():
+                return path / name
         epochs = sorted(path.glob("epoch_*.safetensors"))
         if epochs:
             return epochs[-1]
-        raise CheckpointRefused(f"{path}: no {BEST}.safetensors or epoch_*.safetensors in this run directory")
-    if path.suffix == ".json":
+        raise CheckpointRefused(
+            f"{path}: no {BEST}.safetensors, epoch_*.safetensors or {PRETRAINED_WEIGHTS} in this directory")
+    if path.name == PRETRAINED_CONFIG:
+        path = path.with_name(PRETRAINED_WEIGHTS)
+    elif path.suffix == ".json":
         path = path.with_suffix(".safetensors")
     if not path.is_file():
         raise CheckpointRefused(f"{path}: no such checkpoint file")
     return path
 
 
+def _sidecar(weights: Path) -> Path:
+    """``name.json`` beside ``name.safetensors``; ``config.json`` beside ``model.safetensors``."""
+    if weights.name == PRETRAINED_WEIGHTS and not weights.with_suffix(".json").is_file():
+        return weights.with_name(PRETRAINED_CONFIG)
+    return weights.with_suffix(".json")
+
+
 def _read_sidecar(weights: Path) -> dict | None:
-    sidecar = weights.with_suffix(".json")
+    sidecar = _sidecar(weights)
     if not sidecar.is_file():
         return None
     try:
@@ -87,8 +100,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointRefused(f"{weights}: expected a dict of tensors")
     if not isinstance(config, dict):
-        raise CheckpointRefused(f"{weights}: no config naming the tower and head (expected {weights.with_suffix('.json')})")
-    check_config(config, weights.with_suffix(".json"))
+        raise CheckpointRefused(f"{weights}: no config naming the tower and head (expected {_sidecar(weights)})")
+    check_config(config, _sidecar(weights))
     return state, config, weights
 
 

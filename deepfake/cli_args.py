@@ -64,12 +64,27 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                         help="image headers read per domain and class by the bias audit (a seeded sample beyond)")
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """INFO diagnostics on stderr; ``verbose``: DEBUG; ``quiet``: warnings and errors only."""
     # No force=True: a host application's (or pytest's) handlers stay in place.
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def parse_threshold(text: str) -> str | float:
+    """``val``, ``calibrated`` or a number in [0, 1] (resolved against the checkpoint later)."""
+    name = text.strip().lower()
+    if name in ("val", "calibrated"):
+        return name
+    try:
+        value = float(name)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected val, calibrated or a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be in [0, 1], got {text!r}")
+    return value
 
 
 def parse_pair(text: str) -> tuple[int, int]:
@@ -161,7 +176,9 @@ def test_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="also write results.json to this path")
     p.add_argument("--output_dir", default=None, help="results folder (default: CHECKPOINT_RUN/eval_DATASET)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --output_dir")
-    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
+    p.add_argument("--threshold", type=parse_threshold, default=None,
+                   help="threshold of the acc columns: val (the checkpoint's validation threshold), calibrated "
+                        "(when the checkpoint has one) or a number (default: the checkpoint's, 0.5)")
     p.add_argument("--max_sample", type=int, default=None, help="at most N images per generator and class")
     p.add_argument("--seed", type=int, default=512, help="seed for --max_sample")
     op = p.add_argument_group("operating point")

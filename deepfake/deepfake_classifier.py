@@ -8,14 +8,18 @@ head. Other kinds (``layers``: per-block CLS tokens with learned block importanc
 
     >>> from deepfake import DeepfakeClassifier
     >>> clf = DeepfakeClassifier.from_pretrained("runs/progan")
-    >>> clf.predict(["photo.jpg"])[0].probability
+    >>> clf.predict("photo.jpg").probability
+    >>> clf.save_pretrained("my-head")          # model.safetensors + config.json + README.md
+    >>> clf = DeepfakeClassifier.from_pretrained("org/deepfake-head")   # a hub repo
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,14 +27,21 @@ from PIL import Image
 from torch import nn
 
 from deepfake.backbones import Preprocess
+from deepfake.calibration import read_calibration
 from deepfake.checkpoint import CheckpointRefused, load_checkpoint
-from deepfake.feature_batch import FeatureBatch, table_batch, tower_batch
+from deepfake.feature_batch import tower_batch
 from deepfake.features import prepare_tower
 from deepfake.heads import HEAD_DROPOUT, HEAD_HIDDEN, MLPHead, head_from_config
+from deepfake.hub import fetch_head, is_repo_id, push_head, save_head_folder
 from deepfake.runtime import choose_device, resolve_precision
+from deepfake.scoring import Prediction, batch_probabilities, fake_probabilities, score
 from deepfake.towers import ImageTower, load_tower
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DeepfakeClassifier", "batch_probabilities", "build_head", "fake_probabilities", "head_config",
+           "resolve_threshold"]
+THRESHOLD_NAMES = ("val", "calibrated")
 
 def build_head(in_dim: int, hidden: int = HEAD_HIDDEN, dropout: float = HEAD_DROPOUT, num_classes: int = 2) -> MLPHead:
     """The classifier head: Linear(in_dim, hidden) -> ReLU -> Dropout -> Linear(hidden, num_classes)."""
@@ -42,34 +53,26 @@ def head_config(head: nn.Module) -> dict:
     return head.config()
 
 
-@torch.no_grad()
-def batch_probabilities(head: nn.Module, batch: FeatureBatch | torch.Tensor) -> np.ndarray:
-    """P(fake) for each row of one feature batch, with the head in eval mode."""
-    head.eval()
-    device = next(head.parameters()).device
-    batch = batch.to(device) if isinstance(batch, FeatureBatch) else FeatureBatch(batch).to(device)
-    return torch.softmax(head(batch).float(), dim=1)[:, 1].cpu().double().numpy()
-
-
-def fake_probabilities(head: nn.Module, features, rows: torch.Tensor | None = None, batch_size: int = 1024) -> np.ndarray:
-    """P(fake) for ``rows`` of a feature table (all rows by default), with the head in eval mode.
-
-    ``features`` is a :class:`~deepfake.features.FeatureTable` (the head picks its blocks from
-    it) or a plain [N, D] tensor of final embeddings. Every scoring path comes through here.
-    """
-    def take(idx: torch.Tensor) -> FeatureBatch:
-        if isinstance(features, torch.Tensor):
-            return FeatureBatch(features[idx].float())
-        return table_batch(features, idx, getattr(head, "blocks", ()))
-
-    n = len(features) if isinstance(features, torch.Tensor) else len(features.embeds)
-    rows = torch.arange(n) if rows is None else rows
-    blocks = getattr(head, "blocks", ())
-    if blocks:
-        # Per-block tokens are L times wider than an embedding: keep a chunk near 128 MB.
-        batch_size = max(64, min(batch_size, (1 << 25) // (len(blocks) * int(head.hidden_size))))
-    out = [batch_probabilities(head, take(rows[start : start + batch_size])) for start in range(0, len(rows), batch_size)]
-    return np.concatenate(out) if out else np.zeros(0)
+def resolve_threshold(spec: str | float | None, config: dict) -> float:
+    """A threshold spec against a checkpoint config: ``val``, ``calibrated``, a number in [0, 1], or ``None``."""
+    if spec is None:
+        spec = "val" if config.get("val_threshold") is not None else float(config.get("threshold", 0.5))
+    if isinstance(spec, str) and spec.strip().lower() in THRESHOLD_NAMES:
+        name = spec.strip().lower()
+        value = config.get("val_threshold") if name == "val" else (config.get("calibration") or {}).get("threshold")
+        if value is None:
+            have = [n for n in THRESHOLD_NAMES if n == "val" and config.get("val_threshold") is not None
+                    or n == "calibrated" and (config.get("calibration") or {}).get("threshold") is not None]
+            raise ValueError(f"the checkpoint has no {name} threshold; use a number"
+                             + (f" or {' / '.join(have)}" if have else ""))
+        return float(value)
+    try:
+        value = float(spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be 'val', 'calibrated' or a number in [0, 1], got {spec!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {value}")
+    return value
 
 
 def _same_tower(saved: dict, loaded: dict) -> bool:
@@ -91,7 +94,16 @@ class DeepfakeClassifier(nn.Module):
 
     @property
     def threshold(self) -> float:
+        """The checkpoint's reporting threshold (0.5, the field's convention for accuracy)."""
         return float(self.config.get("threshold", 0.5))
+
+    def decision_threshold(self, spec: str | float | None = None) -> float:
+        """The threshold for labels: ``val``, ``calibrated``, a number, or (``None``) the default.
+
+        The default is the validation threshold the checkpoint stores (the one that maximised
+        validation accuracy), and the reporting threshold for a checkpoint without one.
+        """
+        return resolve_threshold(spec, self.config)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -116,13 +128,26 @@ class DeepfakeClassifier(nn.Module):
         model: str | None = None,
         device: str | torch.device | None = None,
         precision: str | None = None,
+        revision: str | None = None,
     ) -> DeepfakeClassifier:
-        """Load a run directory or checkpoint file and the tower it names (or ``model``, if the same).
+        """Load a head and the tower it names (or ``model``, if it is the same tower).
 
-        ``precision`` defaults to the one the head's training features were computed in,
-        so scores match the validation numbers; ``auto`` picks the device's fastest.
+        ``checkpoint``: a run directory (its ``best``), a checkpoint file, a folder written by
+        :meth:`save_pretrained`, or a hub repo id (``org/name``, ``@revision`` optional) fetched
+        with ``huggingface_hub`` into its cache (``HF_HUB_OFFLINE=1`` honoured). Nothing is
+        unpickled, and a head trained on another tower is refused. ``precision`` defaults to
+        the one the head's training features were computed in, so scores match the
+        validation numbers; ``auto`` picks the device's fastest.
         """
-        state, config, path = load_checkpoint(checkpoint)
+        source = checkpoint
+        if isinstance(checkpoint, str) and is_repo_id(checkpoint):
+            source = fetch_head(checkpoint, revision)
+        state, config, path = load_checkpoint(source)
+        calibration = read_calibration(path)  # an operating point fitted later (--calibrate_real), if any
+        if calibration is not None:
+            config = {**config, "calibration": calibration}
+        if "tower" not in config or "preprocess" not in config:
+            raise CheckpointRefused(f"{path}: config names no tower or preprocessing")
         saved_tower = config["tower"]
         device = choose_device(str(device) if device else None)
         preprocess = Preprocess.from_dict(config["preprocess"])
@@ -157,21 +182,50 @@ class DeepfakeClassifier(nn.Module):
         clf.eval()
         return clf
 
+    def _run_summary(self) -> dict | None:
+        """The run's ``run.json`` (image counts) when the head was loaded from a run directory."""
+        checkpoint = self.config.get("checkpoint")
+        summary = Path(checkpoint).parent / "run.json" if checkpoint else None
+        if summary is None or not summary.is_file():
+            return None
+        try:
+            return json.loads(summary.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the head as a shareable folder: ``model.safetensors``, ``config.json``, ``README.md`` (model card)."""
+        return save_head_folder(directory, self.head.state_dict(), self.config, self._run_summary())
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload deepfake detector head") -> str:
+        """Upload the head folder to the hub repo ``repo_id`` (created when needed); returns the commit URL."""
+        return push_head(self.head.state_dict(), self.config, repo_id, self._run_summary(), private=private,
+                         token=token, commit_message=commit_message)
+
     def predict(
         self,
-        inputs: list[str | os.PathLike | Image.Image],
+        inputs: str | os.PathLike | Image.Image | list[str | os.PathLike | Image.Image],
         batch_size: int = 32,
         num_workers: int = 0,
         tiles: int = 0,
-        threshold: float | None = None,
+        threshold: str | float | None = None,
         max_pixels: int | None = None,
-    ) -> list:
-        """Score paths or PIL images; one :class:`~deepfake.predict.Prediction` each, skips included."""
-        from deepfake.predict import score
+    ) -> Prediction | list[Prediction]:
+        """Score one path or PIL image (one :class:`~deepfake.scoring.Prediction`) or a list (a list, skips included).
 
-        return score(self, list(inputs), batch_size=batch_size, num_workers=num_workers, tiles=tiles,
-                     threshold=threshold, max_pixels=max_pixels)
+        ``threshold``: ``val``, ``calibrated``, a number, or ``None`` for :meth:`decision_threshold`'s default.
+        """
+        single = isinstance(inputs, (str, os.PathLike, Image.Image))
+        results = score(self, [inputs] if single else list(inputs), batch_size=batch_size, num_workers=num_workers,
+                        tiles=tiles, threshold=self.decision_threshold(threshold), max_pixels=max_pixels)
+        return results[0] if single else results
 
-    def predict_proba(self, inputs: list[str | os.PathLike | Image.Image], **kwargs) -> np.ndarray:
-        """P(fake) per input (NaN for inputs that could not be read)."""
-        return np.array([p.probability if p.probability is not None else np.nan for p in self.predict(inputs, **kwargs)])
+    def predict_proba(
+        self, inputs: str | os.PathLike | Image.Image | list[str | os.PathLike | Image.Image], **kwargs
+    ) -> float | np.ndarray:
+        """P(fake) per input (NaN for inputs that could not be read); a float for a single input."""
+        single = isinstance(inputs, (str, os.PathLike, Image.Image))
+        results = self.predict([inputs] if single else inputs, **kwargs)
+        probs = np.array([p.probability if p.probability is not None else np.nan for p in results])
+        return float(probs[0]) if single else probs

@@ -1,6 +1,6 @@
 """One command, no downloads: build the synthetic benchmark, train on one generator, test on all.
 
-    python -m deepfake demo --out runs/demo
+    deepfake demo --out runs/demo            (or: python -m deepfake demo ...)
 
 Uses the spectral baseline tower unless ``--model`` names a tower that can be loaded
 (for example a LanguageBind checkpoint already in the local cache). Prints the
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deepfake demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="deepfake demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="folder for data, checkpoints and results")
     p.add_argument("--model", default="spectrum", help="tower (default: the weight-free spectral baseline)")

@@ -20,7 +20,7 @@ import numpy as np
 from deepfake.benchmark_files import load_benchmark, resolve_benchmark
 from deepfake.bias_audit import audit_samples, format_audit
 from deepfake.calibration import calibration_record, write_calibration
-from deepfake.deepfake_classifier import DeepfakeClassifier, fake_probabilities
+from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.eval_sets import TestSample, check_pairing, discover_test_set, filter_samples, subsample, summarize
 from deepfake.features import ExtractionSettings, extract_features, parse_feature_layers
@@ -29,8 +29,9 @@ from deepfake.image_io import walk_images
 from deepfake.layouts import LayoutError, parse_label_dirs
 from deepfake.metrics import common_mean, domain_metrics, threshold_for_fpr
 from deepfake.reports import default_output_dir, prepare_output_dir, write_outputs
+from deepfake.run_helpers import feature_cache, report_skipped, versions
 from deepfake.runtime import init_distributed, is_main_process
-from deepfake.training import feature_cache, report_skipped, versions
+from deepfake.scoring import fake_probabilities, table_probabilities
 from deepfake.transforms import Alignment, Perturbation, parse_align
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,10 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
     if calibration is not None:
         print(f"calibrated threshold {calibration['threshold']:.6g}: FPR {100 * calibration['achieved_fpr']:.2f}% "
               f"on {calibration['n_images']} known-real images (target {100 * args.target_fpr:g}%)")
-    if args.threshold is not None:
-        threshold = args.threshold
+    if args.threshold == "calibrated" and calibration is not None:
+        threshold = calibration["threshold"]  # the one just fitted on --calibrate_real
+    elif args.threshold is not None:
+        threshold = classifier.decision_threshold(args.threshold)
     elif calibration is not None:
         threshold = calibration["threshold"]
     else:
@@ -217,9 +220,8 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
                                  desc=f"test features ({perturb.label()})")
         if table is None:
             continue  # another rank's share is done; rank 0 scores
-        unique_probs = np.full(len(unique), np.nan)
+        unique_probs = table_probabilities(classifier.head, table)
         unique_ok = table.ok.numpy()
-        unique_probs[unique_ok] = fake_probabilities(classifier.head, table, table.ok.nonzero().flatten())
         probs, ok = unique_probs[take], unique_ok[take]
         rows, mean, family_means = domain_rows(samples, probs, ok, threshold, val_threshold)
         skipped = report_skipped(f"test set ({perturb.label()})", as_samples, table.skipped)

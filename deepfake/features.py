@@ -186,9 +186,11 @@ def iterate_tower(
         generator=torch.Generator().manual_seed(0),
         persistent_workers=False,
     )
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not settings.progress, leave=False)
+    # Progress goes to stderr, and only to a terminal (disable=None): piped output stays clean.
+    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=None if settings.progress else True, leave=False)
     start = time.perf_counter()
     blocks = list(settings.layers)
+    n_scored = n_skipped = 0
     for batch in loader:
         positions = batch["indices"].tolist()  # the dataset's own indices (Subset passes them through)
         skipped = batch["skipped"]
@@ -202,11 +204,16 @@ def iterate_tower(
                     picked = out.layers[:, blocks].float().cpu()
                     layers = {b: picked[:, j] for j, b in enumerate(blocks)}
         bar.update(len(positions) + len(skipped))
+        n_scored += len(positions)
+        n_skipped += len(skipped)
         yield positions, embeds, layers, skipped
     bar.close()
     elapsed = time.perf_counter() - start
-    if indices:
-        log.info("%s: %d images in %.1fs (%.1f img/s)", desc, len(indices), elapsed, len(indices) / max(elapsed, 1e-9))
+    if n_scored:
+        log.info("%s: %d images through the tower in %.1fs (%.1f img/s)%s", desc, n_scored, elapsed,
+                 n_scored / max(elapsed, 1e-9), f", {n_skipped} unreadable" if n_skipped else "")
+    elif n_skipped:
+        log.info("%s: none of %d images could be read", desc, n_skipped)
 
 
 def _check_layers(tower: ImageTower, settings: ExtractionSettings) -> None:

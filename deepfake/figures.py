@@ -91,7 +91,8 @@ def draw_results(results_path: Path, path: Path, trained_on: str = "one generato
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score")
     ax.set_title(f"Per-generator results ({results['tower'].get('model')} tower, trained on {trained_on})", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    # Outside the axes, under them: inside, it covered the bars of whichever generator it sat on.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     for x, ap in zip(xs, aps):
         ax.text(x - 0.2, ap + 0.01, f"{ap:.2f}", ha="center", fontsize=7)
     fig.tight_layout()

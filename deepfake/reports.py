@@ -190,7 +190,7 @@ def write_outputs(results: dict, samples: list, out: Path, args: argparse.Namesp
     if args.output:
         atomic_write_json(args.output, doc)
     if not args.no_plots:
-        write_plots(levels, samples, out, results.get("block_importance"))
+        write_plots(levels, samples, out, results.get("block_importance"), threshold=results["threshold"])
     print(f"\nresults in {display_path(out)}")
 
 
@@ -215,14 +215,18 @@ def importance_figure(plt, importance: dict):
     return fig
 
 
-def write_plots(levels: list[dict], samples: list, out: Path, importance: dict | None = None) -> None:
-    """ROC and PR curves and score histograms per domain (first level); AP vs strength for sweeps;
-    the learned block importance of a layers head."""
+def write_plots(levels: list[dict], samples: list, out: Path, importance: dict | None = None,
+                threshold: float | None = None) -> None:
+    """ROC and PR curves (AUC / AP in the legends) and score histograms per domain (first level,
+    with the decision ``threshold`` drawn); AP vs strength for sweeps; the learned block
+    importance of a layers head."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve, roc_curve
+    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    from deepfake.metrics import average_precision
 
     level = levels[0]
     labels = np.array([s.label for s in samples])
@@ -243,18 +247,27 @@ def write_plots(levels: list[dict], samples: list, out: Path, importance: dict |
         if present:
             ax.hist([s[y == c] for c, _, _ in present], bins=20, range=(0, 1), label=[lab for _, lab, _ in present],
                     color=[col for _, _, col in present])
-            ax.legend(fontsize=7)
+        if threshold is not None:
+            ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3g}")
         ax.set_title(name if len(present) == 2 else f"{name} ({present[0][1] if present else 'no'} images only)",
                      fontsize=9)
         # ROC and PR are undefined without both classes: such domains get no curve at all.
         if len(present) == 2:
             fpr, tpr, _ = roc_curve(y, s)
-            ax_roc.plot(fpr, tpr, label=name)
+            ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
             precision, recall, _ = precision_recall_curve(y, s)
-            ax_pr.plot(recall, precision, label=name)
+            ax_pr.plot(recall, precision, label=f"{name} (AP {average_precision(y, s):.3f})")
             curves += 1
     for j in range(len(names), rows * cols):
         axes[j // cols][j % cols].axis("off")
+    # One legend for all panels, above them: inside a panel it covered the bars near 0 or 1.
+    legend = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        fig_hist.legend(list(legend.values()), list(legend), loc="upper right", ncol=len(legend), fontsize=7,
+                        frameon=False)
     ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({level['label']})")
     ax_pr.set(xlabel="recall", ylabel="precision", title=f"Precision-recall ({level['label']})")
@@ -273,7 +286,7 @@ def write_plots(levels: list[dict], samples: list, out: Path, importance: dict |
     if len(levels) > 1:
         figures["robustness.png"] = _robustness_figure(plt, levels)
     for name, fig in figures.items():
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.9) if name == "histograms.png" else (0, 0, 1, 1))
         atomic_write(out / name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)
 

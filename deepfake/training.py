@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -37,13 +36,13 @@ from deepfake.checkpoint import BEST, save_checkpoint
 from deepfake.deepfake_classifier import fake_probabilities
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, collate, training_samples
 from deepfake.feature_batch import FeatureBatch, table_batch, tower_batch
-from deepfake.feature_cache import FeatureCache
 from deepfake.features import ExtractionSettings, FeatureTable, extract_features, parse_feature_layers, prepare_tower
-from deepfake.fileio import atomic_save_safetensors, atomic_write_json, display_path, removed_if_left_empty
+from deepfake.fileio import atomic_save_safetensors, atomic_write_json, removed_if_left_empty
 from deepfake.heads import block_importance, new_head
 from deepfake.layouts import parse_label_dirs
 from deepfake.losses import supervised_contrastive_loss
 from deepfake.metrics import accuracy_at, average_precision, best_threshold, expected_calibration_error
+from deepfake.run_helpers import feature_cache, report_skipped, versions
 from deepfake.runtime import (
     choose_device,
     init_distributed,
@@ -59,20 +58,6 @@ log = logging.getLogger(__name__)
 RESUME_STATE = "resume_state"
 
 
-def default_cache_dir() -> Path:
-    """``$DEEPFAKE_CACHE``, else ``$XDG_CACHE_HOME/deepfake/features`` (``~/.cache`` by default)."""
-    if os.environ.get("DEEPFAKE_CACHE"):
-        return Path(os.environ["DEEPFAKE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deepfake" / "features"
-
-
-def versions() -> dict:
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
-
-
 def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
     """A new run never writes into a user's non-empty folder unless told to."""
     if path.exists() and not path.is_dir():
@@ -84,15 +69,6 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
         )
 
 
-def feature_cache(args, tower: ImageTower, settings: ExtractionSettings, extra: dict | None = None) -> FeatureCache | None:
-    """The cache for this tower, preprocessing, precision and view (``None`` with ``--no_cache``)."""
-    if args.no_cache:
-        return None
-    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    info = {"tower": tower.cache_identity(), "features": settings.cache_info(), **(extra or {})}
-    return FeatureCache(root, info)
-
-
 def summarize_training(train: list[Sample], val: list[Sample]) -> str:
     """Categories and counts per split, as printed before any work starts."""
     lines = [f"{len(train)} training and {len(val)} validation images:"]
@@ -100,16 +76,6 @@ def summarize_training(train: list[Sample], val: list[Sample]) -> str:
         counts = [sum(1 for s in part if s.category == name and s.label == label) for part in (train, val) for label in (0, 1)]
         lines.append(f"  {name:<32} train {counts[0]:>7} real {counts[1]:>7} fake   val {counts[2]:>6} real {counts[3]:>6} fake")
     return "\n".join(lines)
-
-
-def report_skipped(what: str, samples: list[Sample], skipped: dict[int, str]) -> list[dict]:
-    """Log files that could not be read; they are left out and listed, never silently counted."""
-    records = [{"path": samples[i].path, "reason": r} for i, r in sorted(skipped.items())]
-    if records:
-        log.warning("%s: %d file(s) skipped and left out:", what, len(records))
-        for r in records[:20]:
-            log.warning("  %s: %s", display_path(r["path"]), r["reason"])
-    return records
 
 
 @dataclass
@@ -455,7 +421,9 @@ def fit(
         raise ValueError("--contrastive_weight needs a head with a learned representation (mlp or layers), "
                          "not the linear probe")
     loss_fn = nn.CrossEntropyLoss()
-    bar = tqdm(range(state.epoch + 1, opts.num_epochs + 1), desc="epochs", unit="epoch", disable=not progress)
+    # Progress on stderr and only to a terminal (disable=None); the epoch lines go to stdout.
+    bar = tqdm(range(state.epoch + 1, opts.num_epochs + 1), desc="epochs", unit="epoch",
+               disable=None if progress else True)
     for epoch in bar:
         if opts.patience and epochs_without_improvement(state.history) >= opts.patience:
             state.stopped_early = True

@@ -73,6 +73,7 @@ def build_cases(folder) -> dict[str, str | None]:
     add("tiny_1x1.png", None, lambda p: Image.new("RGB", (1, 1), (255, 0, 0)).save(p))
     add("small_10x300.png", None, lambda p: good.resize((10, 300)).save(p))
     add("bomb.png", "too many pixels", lambda p: p.write_bytes(_png_header_only(60000, 60000)))
+    add("strip_1x3000000.png", "extreme aspect ratio", lambda p: Image.new("RGB", (1, 3_000_000)).save(p))
     add("locked.png", "permission denied", lambda p: (good.save(p), os.chmod(p, 0)))
     add("broken_link.png", "broken symlink", lambda p: os.symlink(folder / "missing.png", p))
     add("loop.png", "symlink loop", lambda p: os.symlink(p, p))
@@ -200,3 +201,14 @@ def test_tiles_score_large_images(trained_run, classifier, tmp_path):
     labelled_image(np.random.default_rng(1), True, 512).save(path)
     result = classifier.predict([path], tiles=4)[0]
     assert result.tile_probability is not None and 0 <= result.tile_probability <= 1
+
+
+def test_head_scores_a_row_identically_whatever_rows_come_with_it():
+    from deepfake.deepfake_classifier import build_head, fake_probabilities
+
+    torch.manual_seed(0)
+    head = build_head(768)
+    features = torch.randn(600, 768).half().float()
+    everything = fake_probabilities(head, features)
+    for start, n in [(0, 1), (5, 6), (17, 32), (100, 255), (7, 257), (3, 64), (300, 300)]:
+        assert np.array_equal(fake_probabilities(head, features[start:start + n]), everything[start:start + n]), (start, n)

@@ -1,0 +1,203 @@
+"""Heads as Hugging Face model repos: ``model.safetensors`` + ``config.json`` + a model card.
+
+A pretrained-head folder (what :meth:`DeepfakeClassifier.save_pretrained` writes and what a
+hub repo holds) is only the head: the tower is named in ``config.json`` (id and revision or
+weight hash) and loaded from its own source, as the field ships detectors. Hub repos are
+fetched with ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE=1`` and tokens honoured);
+nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from deepfake.checkpoint import FORMAT, PRETRAINED_CONFIG, PRETRAINED_WEIGHTS, CheckpointRefused
+from deepfake.fileio import atomic_save_safetensors, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = PRETRAINED_WEIGHTS
+CONFIG_NAME = PRETRAINED_CONFIG
+CARD_NAME = "README.md"
+HUB_FILES = (WEIGHTS_NAME, CONFIG_NAME)
+# Keys the loader adds to a config at run time; they describe one session, not the head.
+RUNTIME_KEYS = ("checkpoint", "precision")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_repo_id(text: str) -> bool:
+    """``org/name`` (optionally ``org/name@revision``) and not an existing local path."""
+    name = str(text).split("@", 1)[0]
+    return bool(_REPO_ID.match(name)) and not os.path.exists(text)
+
+
+def fetch_head(repo: str, revision: str | None = None) -> Path:
+    """The local path of a hub repo's head weights, downloaded into (or read from) the hub cache."""
+    from huggingface_hub import hf_hub_download
+
+    if "@" in repo and revision is None:
+        repo, revision = repo.split("@", 1)
+    paths = []
+    for name in HUB_FILES:
+        try:
+            paths.append(Path(hf_hub_download(repo_id=repo, filename=name, revision=revision)))
+        except Exception as exc:  # network, auth, missing file, offline cache miss: all end the same way
+            offline = " (HF_HUB_OFFLINE is set and it is not in the hub cache)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            raise CheckpointRefused(f"{repo}: cannot fetch {name} from the hub{offline}: {exc}") from exc
+    return paths[0]
+
+
+def head_config_for_sharing(config: dict) -> dict:
+    """The checkpoint config without the keys that only describe one loading session."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_KEYS and k != "format"}
+
+
+def save_head_folder(directory: str | os.PathLike, head_state: dict[str, torch.Tensor], config: dict,
+                     run_summary: dict | None = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` (model card) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = head_config_for_sharing(config)
+    state = {k: v.detach().cpu().contiguous() for k, v in head_state.items()}
+    atomic_save_safetensors(directory / WEIGHTS_NAME, state, {"format": FORMAT})
+    atomic_write_json(directory / CONFIG_NAME, {"format": FORMAT, **config})
+    atomic_write_text(directory / CARD_NAME, model_card(config, run_summary))
+    return directory
+
+
+def upload_head_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
+                       commit_message: str = "Upload deepfake detector head") -> str:
+    """Create ``repo_id`` when needed and upload the head files of ``folder``; returns the commit URL."""
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                             allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME])
+    return str(getattr(info, "commit_url", info))
+
+
+def push_head(head_state: dict[str, torch.Tensor], config: dict, repo_id: str, run_summary: dict | None = None,
+              **kwargs) -> str:
+    """Write the head folder to a temporary directory and upload it to ``repo_id``."""
+    with tempfile.TemporaryDirectory(prefix="deepfake-push-") as tmp:
+        save_head_folder(tmp, head_state, config, run_summary)
+        return upload_head_folder(tmp, repo_id, **kwargs)
+
+
+# --- the model card --------------------------------------------------------------------
+
+
+def _num(value, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100 * value:.2f}%" if pct else f"{value:.4f}"
+
+
+def model_card(config: dict, run_summary: dict | None = None) -> str:
+    """A model card (hub README.md) written from the checkpoint config: every number is the run's own."""
+    tower = config.get("tower", {})
+    pre = config.get("preprocess", {})
+    head = config.get("head", {})
+    metrics = config.get("metrics", {})
+    train_args = config.get("train_args", {})
+    calibration = config.get("calibration") or {}
+    model = tower.get("model", "unknown")
+    base = [f"base_model: {model}"] if is_repo_id(model) and "/" in model else []
+    tower_pin = tower.get("revision") or (f"weights sha256 {tower['weights_sha256']}" if tower.get("weights_sha256") else "")
+    head_desc = ", ".join(f"{k} {v}" for k, v in head.items())
+    lines = [
+        "---",
+        "library_name: deepfake",
+        "pipeline_tag: image-classification",
+        "tags:",
+        "- deepfake-detection",
+        "- ai-generated-image-detection",
+        "- image-forensics",
+        *base,
+        "---",
+        "",
+        "# Deepfake detector head",
+        "",
+        f"A small classifier head on the frozen `{model}` image tower: it gives P(fake), the probability "
+        "that an image was generated by a model rather than taken by a camera. This repository holds only "
+        "the head; the tower is loaded from its own source.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from deepfake import DeepfakeClassifier",
+        "clf = DeepfakeClassifier.from_pretrained(\"REPO_ID\")",
+        "print(clf.predict(\"photo.jpg\").probability)",
+        "```",
+        "",
+        "or `deepfake predict photo.jpg --checkpoint REPO_ID`.",
+        "",
+        "## Tower and preprocessing",
+        "",
+        f"- tower: `{model}` ({tower.get('family', 'unknown family')}), {tower_pin or 'unpinned'}, "
+        f"feature dimension {tower.get('feature_dim', head.get('in_dim', 'n/a'))}",
+        f"- preprocessing: mode `{pre.get('mode')}`, size {pre.get('size')}, interpolation "
+        f"`{pre.get('interpolation')}`, mean {pre.get('mean')}, std {pre.get('std')}",
+        f"- features: {json.dumps(config.get('features', {}))}",
+        f"- head: {head_desc}",
+        "",
+        "## Training data",
+        "",
+        f"- data set: `{train_args.get('dataset_dir', 'n/a')}`",
+        f"- categories: {', '.join(config.get('categories', [])) or 'n/a'}",
+    ]
+    if run_summary:
+        lines.append(f"- images: {run_summary.get('n_train', 'n/a')} training, {run_summary.get('n_val', 'n/a')} validation")
+    aug = {k: train_args[k] for k in ("blur_prob", "jpeg_prob", "aug_views") if k in train_args}
+    lines += [
+        f"- epochs: {train_args.get('num_epochs', 'n/a')} (this head: epoch {config.get('epoch', 'n/a')}), "
+        f"learning rate {train_args.get('learning_rate', 'n/a')}, batch size {train_args.get('batch_size', 'n/a')}, "
+        f"seed {config.get('seed', 'n/a')}",
+        f"- augmentation: {json.dumps(aug) if aug else 'n/a'}",
+        "",
+        "## Validation metrics",
+        "",
+        "| metric | value |",
+        "| --- | ---: |",
+        f"| accuracy at 0.5 | {_num(metrics.get('val_acc'), pct=True)} |",
+        f"| average precision | {_num(metrics.get('val_ap'), pct=True)} |",
+        f"| best-threshold accuracy | {_num(metrics.get('val_best_acc'), pct=True)} |",
+        f"| loss | {_num(metrics.get('val_loss'))} |",
+        f"| expected calibration error | {_num(metrics.get('val_ece'))} |",
+        "",
+        "## Threshold and calibration",
+        "",
+        f"- default threshold of `deepfake predict`: the validation threshold, {_num(config.get('val_threshold'))} "
+        "(maximises validation accuracy); `--threshold 0.5` gives the field's fixed threshold "
+        f"({_num(config.get('threshold'))} is the checkpoint's reporting threshold)",
+        f"- calibration: expected calibration error {_num(metrics.get('val_ece'))} on the validation set"
+        + (f"; operating point {_num(calibration.get('threshold'))} (`--threshold calibrated`): "
+           f"false-positive rate {_num(calibration.get('achieved_fpr'), pct=True)} on {calibration.get('n_images', 'n/a')} "
+           f"known-real images of `{calibration.get('real_dir', 'n/a')}` (target "
+           f"{_num(calibration.get('target_fpr'), pct=True)})"
+           if calibration.get("threshold") is not None else "; no operating point calibrated on known-real images"),
+        "",
+        "## Intended use and limits",
+        "",
+        "- Intended for research on AI-generated image detection and as one signal for people who "
+        "check images (editors, moderators, fact-checkers), never as sole proof that an image is or is not generated.",
+        "- Scores are only as good as the training data: generators, content and post-processing "
+        "(JPEG, resizing, screenshots, social-media recompression) unlike the training set lower accuracy, "
+        "and a threshold learned on one generator rarely transfers to others.",
+        "- Validation numbers come from the same distribution as the training data; "
+        "evaluate on your own held-out generators before relying on it.",
+        "- The head is only valid with the exact tower and preprocessing above; the loader refuses other towers.",
+        "",
+        f"Software: {json.dumps(config.get('versions', {}))}",
+        "",
+    ]
+    return "\n".join(lines)

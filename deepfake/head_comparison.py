@@ -35,6 +35,7 @@ from deepfake.features import ExtractionSettings, extract_features, parse_featur
 from deepfake.fileio import atomic_write, atomic_write_json, atomic_write_text, display_path
 from deepfake.heads import head_kinds, new_head
 from deepfake.reports import format_importance, importance_figure, json_safe
+from deepfake.run_helpers import feature_cache, versions
 from deepfake.runtime import choose_device, resolve_precision, seed_everything
 from deepfake.towers import load_tower
 from deepfake.training import (
@@ -42,12 +43,10 @@ from deepfake.training import (
     FitState,
     TrainOptions,
     epoch_config,
-    feature_cache,
     fit,
     make_optimizer,
     run_config,
     validation_metrics,
-    versions,
 )
 
 log = logging.getLogger(__name__)

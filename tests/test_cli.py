@@ -91,7 +91,7 @@ def test_predict_takes_one_path_or_image_as_well_as_a_list(trained_run, images):
 
 
 def test_threshold_spec_resolves_val_calibrated_and_numbers():
-    config = {"threshold": 0.5, "val_threshold": 0.31, "calibration": {"method": "platt", "threshold": 0.42}}
+    config = {"threshold": 0.5, "val_threshold": 0.31, "calibration": {"threshold": 0.42, "target_fpr": 0.05}}
     assert resolve_threshold(None, config) == 0.31  # the default: the validation threshold
     assert resolve_threshold("val", config) == 0.31
     assert resolve_threshold("calibrated", config) == 0.42

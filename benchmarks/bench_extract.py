@@ -34,7 +34,7 @@ from deepfake.deepfake_dataset import DeepfakeDataset, Sample  # noqa: E402
 from deepfake.features import ExtractionSettings, iterate_tower, prepare_tower  # noqa: E402
 from deepfake.image_io import load_image  # noqa: E402
 from deepfake.runtime import DTYPES, choose_device, resolve_precision  # noqa: E402
-from deepfake.towers import build_clip_tower  # noqa: E402
+from deepfake.tower_clip import build_clip_tower  # noqa: E402
 from deepfake.transforms import preprocess_image  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "images" / "languagebind_image_config.json"

@@ -14,6 +14,10 @@ import re
 import torch
 from transformers import CLIPVisionConfig
 
+from deepfake.tower_files import CheckpointError
+
+__all__ = ["CheckpointError", "check_keys", "vision_config_from", "vision_state_dict"]
+
 # Fields copied from a checkpoint's vision config; everything else keeps transformers' default.
 _VISION_FIELDS = (
     "hidden_size",
@@ -27,32 +31,17 @@ _VISION_FIELDS = (
     "hidden_act",
     "attention_dropout",
 )
-SUPPORTED_MODEL_TYPES = ("LanguageBindImage", "clip", "clip_vision_model")
+LANGUAGEBIND_MODEL_TYPES = ("LanguageBindImage",)
+CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
 
 _DROPPED = re.compile(r"^(text_model\.|text_projection\.|logit_scale$)|position_ids$")
 _LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as an image tower; the message says why."""
-
-
-def family_of(config: dict, where: str) -> str:
-    """``languagebind`` or ``clip`` from a config's ``model_type``; anything else is an error."""
-    model_type = config.get("model_type")
-    if model_type == "LanguageBindImage":
-        return "languagebind"
-    if model_type in ("clip", "clip_vision_model"):
-        return "clip"
-    raise CheckpointError(
-        f"{where}: model_type {model_type!r} is not an image tower this project loads; "
-        f"expected one of {', '.join(SUPPORTED_MODEL_TYPES)}"
-    )
-
-
 def vision_config_from(config: dict, where: str) -> tuple[CLIPVisionConfig, dict]:
     """Build the ``CLIPVisionConfig`` and return it with the LoRA settings (``lora_r``, ``lora_alpha``)."""
-    family_of(config, where)
+    if config.get("model_type") not in LANGUAGEBIND_MODEL_TYPES + CLIP_MODEL_TYPES:
+        raise CheckpointError(f"{where}: model_type {config.get('model_type')!r} is not a CLIP or LanguageBind config")
     if config["model_type"] == "clip_vision_model":
         vision = config
         projection_dim = config.get("projection_dim")

@@ -4,6 +4,14 @@ Features are the azimuthally averaged log power spectrum of the image's high-pas
 residual (Durall et al., "Watch your up-convolution", 2020): up-sampling layers leave
 periodic traces that show up as bumps and lifted tails in this 1-D spectrum. It goes
 through the same head, cache, training, evaluation and prediction code as LanguageBind.
+
+What is analysed is the record's preprocessing: by default (``--model spectrum``) the
+largest centred square of the image up to 512 px, at native resolution (``window`` mode);
+``--model spectrum-crop256`` is the earlier 256 px centre crop. On photo-sized images the
+larger window sees four times the pixels, so the ring averages are less noisy and the
+up-sampling bumps stand out more (``tests/test_synthetic.py`` and
+``benchmarks/compare_towers.py`` measure it). Whatever the window, the spectrum is sampled
+at ``bins`` rings between DC and Nyquist, so every window gives the same feature size.
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from deepfake.backbones import Backbone
-from deepfake.towers import ImageTower, TowerOutput
+from deepfake.tower_base import ImageTower, TowerOutput
+from deepfake.tower_registry import TowerFamily, register
 
 SPECTRUM_VERSION = "1"
+DEFAULT_BINS = 128
 
 
 def highpass_residual(gray: torch.Tensor) -> torch.Tensor:
@@ -37,16 +47,48 @@ def radial_profile(power: torch.Tensor, bins: int) -> torch.Tensor:
     return (sums / counts)[:, :bins]
 
 
+def spectral_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
+    """[B, H, W] gray images -> [B, bins] radial log power spectrum of the high-pass residual.
+
+    Rings are one frequency step wide (``min(H, W) // 2`` of them), then averaged (or, for a
+    window narrower than ``2 * bins``, interpolated) down to ``bins``, so the feature means the
+    same frequencies for every window size.
+    """
+    residual = highpass_residual(gray[:, None])[:, 0]
+    h, w = residual.shape[-2:]
+    window = torch.hann_window(w, device=gray.device)
+    window = window[None, :] * torch.hann_window(h, device=gray.device)[:, None] if h == w else 1.0
+    spectrum = torch.fft.fftshift(torch.fft.fft2(residual * window), dim=(-2, -1))
+    power = torch.log1p(spectrum.abs() ** 2)
+    rings = max(1, min(h, w) // 2)
+    profile = radial_profile(power, rings)
+    if rings > bins:
+        profile = F.adaptive_avg_pool1d(profile[:, None], bins)[:, 0]
+    elif rings < bins:
+        profile = F.interpolate(profile[:, None], size=bins, mode="linear", align_corners=True)[:, 0]
+    # Remove the overall level: contrast differs between images, the shape carries the signal.
+    return profile - profile.mean(dim=1, keepdim=True)
+
+
 class SpectrumTower(ImageTower):
-    """Pixels in [0, 1] (the record's mean 0 / std 1) -> ``size // 2`` spectral features."""
+    """Pixels in [0, 1] (the record's mean 0 / std 1) -> ``bins`` spectral features.
+
+    Takes [B, 3, S, S] crops, or the ``window`` mode's [B, 4, S, S] where the fourth channel
+    marks each image's own (top-left) square; images are grouped by that square's side.
+    """
 
     def __init__(self, backbone: Backbone):
         super().__init__()
         self.backbone = backbone
-        self.feature_dim = backbone.preprocess.size // 2
+        self.feature_dim = int(backbone.option("bins", DEFAULT_BINS))
         self.num_layers = 0
-        self.identity = {"model": "spectrum", "family": "spectrum", "revision": SPECTRUM_VERSION,
-                         "feature_dim": self.feature_dim}
+        self.hidden_size = 0
+        pre = backbone.preprocess
+        analysis = ("largest centred square up to {} px, native resolution" if pre.mode == "window"
+                    else "{} px centre crop" if pre.mode == "crop" else "{} px after " + pre.mode)
+        self.identity = {"model": backbone.name, "family": "spectrum", "revision": SPECTRUM_VERSION,
+                         "feature_dim": self.feature_dim, "feature": "radial log power spectrum of the residual",
+                         "analysis": analysis.format(pre.size)}
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # carries device moves
 
     @property
@@ -66,12 +108,20 @@ class SpectrumTower(ImageTower):
         if layers:
             raise ValueError("the spectrum tower has no transformer blocks; --feature_layers needs a ViT tower")
         x = pixel_values.float()
-        gray = x.mean(dim=1, keepdim=True)
-        residual = highpass_residual(gray)[:, 0]
-        window = torch.hann_window(residual.shape[-1], device=x.device)
-        window = window[:, None] * window[None, :] if residual.shape[-2] == residual.shape[-1] else 1.0
-        spectrum = torch.fft.fftshift(torch.fft.fft2(residual * window), dim=(-2, -1))
-        power = torch.log1p(spectrum.abs() ** 2)
-        profile = radial_profile(power, self.feature_dim)
-        # Remove the overall level: contrast differs between images, the shape carries the signal.
-        return TowerOutput(embeds=profile - profile.mean(dim=1, keepdim=True))
+        if x.shape[1] == 3:
+            return TowerOutput(embeds=spectral_profile(x.mean(dim=1), self.feature_dim))
+        sides = x[:, 3, :, 0].sum(dim=1).round().long()  # valid rows = the square's side
+        embeds = x.new_empty(x.shape[0], self.feature_dim)
+        for side in sides.unique().tolist():
+            group = (sides == side).nonzero().flatten()
+            gray = x[group, :3, :side, :side].mean(dim=1)
+            embeds[group] = spectral_profile(gray, self.feature_dim)
+        return TowerOutput(embeds=embeds)
+
+
+def load_spectrum_tower(files, backbone: Backbone, identity: dict) -> SpectrumTower:
+    return SpectrumTower(backbone)
+
+
+register(TowerFamily("spectrum", (), load_spectrum_tower, None, feature="radial log power spectrum",
+                     weightless=True))

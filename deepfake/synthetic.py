@@ -133,11 +133,17 @@ def upsample(family: str, small: torch.Tensor, rng: np.random.Generator) -> torc
     return F.conv2d(F.pad(up, (1, 1, 1, 1), mode="reflect"), _smoothing_kernel(rng, 3), groups=3)
 
 
-def fake_image(rng: np.random.Generator, category: str, family: str, h: int, w: int) -> np.ndarray:
-    """A real-like scene, downsampled by 2, then re-synthesised by ``family``'s up-sampling."""
+def fake_image(rng: np.random.Generator, category: str, family: str, h: int, w: int,
+               trace: float = 1.0) -> np.ndarray:
+    """A real-like scene, downsampled by 2, then re-synthesised by ``family``'s up-sampling.
+
+    ``trace`` < 1 blends the re-synthesis with the scene it came from, for a weaker trace.
+    """
     source = torch.from_numpy(real_image(rng, category, h, w)).permute(2, 0, 1)[None]
     small = F.avg_pool2d(source, 2)
     image = upsample(family, small, rng)[0, :, :h, :w]
+    if trace != 1.0:
+        image = source[0] + trace * (image - source[0])
     # The same sensor-like grain as the reals: what remains to find is the up-sampling trace itself.
     image = image + torch.from_numpy(rng.normal(0, GRAIN, image.shape).astype(np.float32))
     return image.permute(1, 2, 0).clamp(0, 1).numpy()

@@ -2,7 +2,9 @@
 
 The ``resize`` mode is LanguageBind's transform exactly: RGB uint8 -> [0, 1] -> short side
 to 224 (bicubic, antialiased; long side ``int(224 * long / short)``) -> center crop with
-offsets ``round((h - 224) / 2)`` -> normalise with the OpenAI CLIP mean and std.
+offsets ``round((h - 224) / 2)`` -> normalise with the OpenAI CLIP mean and std. ``squash``
+resizes to a square (SigLIP, DINOv3), ``crop`` only crops, ``window`` keeps native pixels
+(see :func:`native_window`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,29 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top : top + size, left : left + size]
 
 
+def resize_square(x: torch.Tensor, size: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """Resize [3, H, W] to ``size`` x ``size``, aspect ratio not kept (transformers' ``size={height, width}``)."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    antialias = interpolation in ("bilinear", "bicubic")
+    out = F.interpolate(x[None], size=(size, size), mode=interpolation, antialias=antialias, align_corners=False)
+    return out[0]
+
+
+def native_window(x: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """The largest centred square of [3, H, W] up to ``size``, unresized and normalised, as [4, size, size].
+
+    Images smaller than ``size`` give a smaller square; it sits in the top-left corner and the
+    fourth channel is 1 on its pixels and 0 elsewhere, so every image of a batch has one shape
+    while the tower still analyses exactly the image's own pixels.
+    """
+    side = min(size, *x.shape[-2:])
+    out = x.new_zeros(4, size, size)
+    out[:3, :side, :side] = normalize(center_crop(x, side).contiguous(), mean, std)
+    out[3, :side, :side] = 1.0
+    return out
+
+
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     mean_t = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
@@ -64,10 +89,14 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
 
 
 def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
-    """RGB PIL image -> normalised tensor [3, size, size] for a tower."""
+    """RGB PIL image -> normalised tensor [3, size, size] for a tower ([4, size, size] for ``window``)."""
     x = pil_to_tensor(image)
+    if spec.mode == "window":
+        return native_window(x, spec.size, spec.mean, spec.std)
     if spec.mode == "resize":
-        x = resize_short_side(x, spec.size, spec.interpolation)
+        x = resize_short_side(x, spec.resize_size or spec.size, spec.interpolation)
+    elif spec.mode == "squash":
+        x = resize_square(x, spec.size, spec.interpolation)
     x = center_crop(x, spec.size)
     return normalize(x.contiguous(), spec.mean, spec.std)
 

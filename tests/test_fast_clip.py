@@ -16,7 +16,8 @@ from deepfake.backbones import backbone_for
 from deepfake.fast_clip import FrozenLinear, FusedCLIPAttention, FusedCLIPMLP, chunked_attention
 from deepfake.features import prepare_tower
 from deepfake.runtime import cpu_has_bf16
-from deepfake.towers import build_clip_tower, load_tower
+from deepfake.tower_clip import build_clip_tower
+from deepfake.towers import load_tower
 
 from .conftest import FIXTURE
 

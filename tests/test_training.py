@@ -15,7 +15,7 @@ from deepfake.backbones import backbone_for
 from deepfake.deepfake_dataset import DeepfakeDataset, scan_categories, stratified_split, training_samples
 from deepfake.features import FeatureTable
 from deepfake.layouts import LayoutError
-from deepfake.towers import CLIPTower
+from deepfake.tower_clip import CLIPTower
 from deepfake.training import CachedFeatures
 from deepfake.transforms import BlurJpegAugment
 

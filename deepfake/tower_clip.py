@@ -1,0 +1,68 @@
+"""CLIP family: OpenAI and LAION CLIP checkpoints in transformers format (``model_type`` clip).
+
+Feature: the projected image embedding (``image_embeds``: pooled CLS token after the final
+layer norm, through ``visual_projection``), as UniversalFakeDetect uses it. Per-block tokens:
+the CLS token. The blocks are rewritten by :mod:`deepfake.fast_clip` for extraction.
+The weights are mapped by :mod:`deepfake.clip_weights` with strict key checks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from deepfake.backbones import Backbone, Preprocess
+from deepfake.clip_weights import CLIP_MODEL_TYPES, check_keys, vision_config_from, vision_state_dict
+from deepfake.fast_clip import fuse_clip_blocks
+from deepfake.tower_base import TransformersTower
+from deepfake.tower_files import CheckpointFiles, read_weights
+from deepfake.tower_registry import TowerFamily, register
+
+log = logging.getLogger(__name__)
+
+
+class CLIPTower(TransformersTower):
+    """A CLIP ViT image tower (LanguageBind or transformers CLIP) with its projection."""
+
+    feature = "projected"
+    layer_token = "cls"
+
+    def __init__(self, model: CLIPVisionModelWithProjection, backbone: Backbone, identity: dict):
+        super().__init__(model, backbone, identity, model.config.projection_dim)
+
+    def features(self, out):
+        return out.image_embeds
+
+    def fuse_for_inference(self) -> CLIPTower:
+        fuse_clip_blocks(self.model.vision_model.encoder.layers)
+        return self
+
+
+def build_clip_tower(
+    vision_config: CLIPVisionConfig, backbone: Backbone, identity: dict, state: dict | None = None
+) -> CLIPTower:
+    """A CLIP tower from a config, with ``state`` loaded strictly (random weights if ``None``)."""
+    model = CLIPVisionModelWithProjection._from_config(vision_config, attn_implementation="sdpa")
+    if state is not None:
+        check_keys(model.state_dict(), state, identity.get("model", "checkpoint"))
+        model.load_state_dict(state, strict=True)
+    return CLIPTower(model, backbone, identity)
+
+
+def load_clip_tower(files: CheckpointFiles, backbone: Backbone, identity: dict) -> CLIPTower:
+    """LanguageBind or transformers CLIP weights mapped into ``CLIPVisionModelWithProjection``."""
+    vision_config, lora = vision_config_from(files.read_config(), str(files.config))
+    where = str(files.index or files.weights[0])
+    state = vision_state_dict(read_weights(files), lora, where)
+    return build_clip_tower(vision_config, backbone, identity, state)
+
+
+def clip_preprocess(config: dict) -> Preprocess:
+    """OpenAI's CLIP transform at the tower's image size: the statistics every CLIP tower was trained with."""
+    vision = config if config.get("model_type") == "clip_vision_model" else config.get("vision_config") or {}
+    return Preprocess(size=int(vision.get("image_size", 224)))
+
+
+register(TowerFamily("clip", CLIP_MODEL_TYPES, load_clip_tower, clip_preprocess,
+                     feature="projected image embedding", fused=True))

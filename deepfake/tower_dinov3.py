@@ -1,0 +1,29 @@
+"""DINOv3 family (``model_type`` dinov3_vit): ``DINOv3ViTModel``, RoPE ViT with register tokens.
+
+Feature: as for DINOv2, the normed CLS token concatenated with the mean patch token
+(registers excluded), ``2 * hidden_size`` wide. Per-block token: the CLS token. Blocks run as
+transformers modules with SDPA (not fused).
+"""
+
+from __future__ import annotations
+
+from transformers import DINOv3ViTModel
+
+from deepfake.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocess
+from deepfake.tower_base import load_transformers_model
+from deepfake.tower_dinov2 import DinoTower
+from deepfake.tower_files import CheckpointFiles
+from deepfake.tower_registry import TowerFamily, register
+
+
+def load_dinov3_tower(files: CheckpointFiles, backbone: Backbone, identity: dict) -> DinoTower:
+    return DinoTower(load_transformers_model(DINOv3ViTModel, files, str(files.directory)), backbone, identity)
+
+
+def dinov3_preprocess(config: dict) -> Preprocess:
+    """DINOv3's transform: resize to the square input size (bilinear), ImageNet statistics."""
+    return Preprocess("squash", int(config.get("image_size", 224)), IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+
+
+register(TowerFamily("dinov3", ("dinov3_vit",), load_dinov3_tower, dinov3_preprocess,
+                     feature="CLS token + mean patch token"))

@@ -23,12 +23,12 @@ import test_ClassifierHead
 import train_ClassifierHead
 from deepfake import DeepfakeClassifier
 from deepfake.clip_weights import CheckpointError
+from deepfake.tiny_towers import EXPECTED_PREPROCESS, FAMILY_OF, KINDS, PROCESSORS, build_model, save_tower
 from deepfake.tower_registry import families, supported_model_types
 from deepfake.towers import load_tower
 from deepfake.transforms import preprocess_image
 
 from .conftest import make_forensynths
-from .tower_zoo import EXPECTED_PREPROCESS, FAMILY_OF, KINDS, PROCESSORS, build_model, save_tower
 
 FEATURE = {"clip": "projected", "siglip": "pooled", "dinov2": "cls+mean_patch", "dinov3": "cls+mean_patch"}
 

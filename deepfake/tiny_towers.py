@@ -1,6 +1,10 @@
-"""Tiny random towers of every family, saved with transformers' save_pretrained, for tests and benchmarks.
+"""Tiny random towers of every family, saved with transformers' save_pretrained: for tests and benchmarks.
 
-Each comes with a ``preprocessor_config.json`` in the format its transformers image
+    from deepfake.tiny_towers import save_tower
+    save_tower("dinov2_registers", Path("towers/dinov2r"), sharded=True)
+
+Each is a 2-block, 32-wide ViT on 32 px images with random weights (so its features mean
+nothing), and comes with a ``preprocessor_config.json`` in the format its transformers image
 processor writes, with values unlike the family defaults so a test can tell they were read.
 """
 
@@ -10,6 +14,8 @@ import json
 from pathlib import Path
 
 import torch
+
+from deepfake.fileio import atomic_write_text
 
 VIT = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2}
 
@@ -80,9 +86,23 @@ def build_model(kind: str):
 
 
 def save_tower(kind: str, directory: Path, sharded: bool = False) -> Path:
-    """Save a tiny ``kind`` model plus its processor config into ``directory``; returns it."""
-    model = build_model(kind)
-    kwargs = {"max_shard_size": "20KB"} if sharded else {}
-    model.save_pretrained(directory, **kwargs)
-    (directory / "preprocessor_config.json").write_text(json.dumps(PROCESSORS[kind], indent=2))
-    return directory
+    """Save a tiny ``kind`` model plus its processor config into ``directory``; returns it.
+
+    ``sharded`` writes ``model.safetensors.index.json`` and several shards of about 20 KB.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    # The tiny text towers' token ids fall outside their 99-word vocabulary: warnings, not problems.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = build_model(kind)
+        kwargs = {"max_shard_size": "20KB"} if sharded else {}
+        model.save_pretrained(directory, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+    atomic_write_text(Path(directory) / "preprocessor_config.json", json.dumps(PROCESSORS[kind], indent=2))
+    return Path(directory)

@@ -12,9 +12,10 @@ tower (AP, accuracy at the checkpoint's threshold, ROC-AUC), and writes it to
 ``results.md`` and ``results.json`` (with every tower's full results) in ``--output_dir``.
 
 ``--demo`` builds everything offline: a photo-sized synthetic benchmark (1024-1280 px, weak
-up-sampling traces) and a tiny random tower of every family saved with transformers'
-``save_pretrained`` (their features are random projections: the run shows the machinery, not
-which tower is better), plus the spectral baseline with its default window and the 256 px crop.
+up-sampling traces, trained on ``tconv``, tested on ``tconv`` and ``pixelshuffle``) and a tiny
+random tower of every family saved with transformers' ``save_pretrained`` (their features are
+random projections: the run shows the machinery, not which tower is better), plus the spectral
+baseline: its default tiles, the 256 px centre crop and the 512 px centred window.
 """
 
 from __future__ import annotations
@@ -95,13 +96,13 @@ def build_demo(root: Path, seed: int) -> tuple[list[str], Path, Path]:
     from deepfake.synthetic import generate
     from deepfake.tiny_towers import save_tower
 
-    models = ["spectrum", "spectrum-crop256"]
+    models = ["spectrum", "spectrum-crop256", "spectrum-window512"]
     for kind in DEMO_KINDS:
         # One of them sharded, as large checkpoints are on the hub.
         models.append(str(save_tower(kind, root / "towers" / f"tiny-{kind}", sharded=kind == "dinov2_registers")))
     data = root / "data"
     if not (data / "test").is_dir():
-        generate(data, n_train=8, n_val=3, n_test=6, seed=seed, sizes=(1024, 1280), jpeg_share=0.0, trace=0.3,
+        generate(data, n_train=8, n_val=3, n_test=6, seed=seed, sizes=(1024, 1280), jpeg_share=0.0, trace=0.15,
                  test_families=("tconv", "pixelshuffle"))
     return models, data, data / "test"
 

@@ -29,8 +29,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # - "crop": center crop `size` without resizing, zero padding smaller images: the
 #   UniversalFakeDetect test protocol, which keeps the generator's pixel grid intact.
 # - "window": native pixels, the largest centred square up to `size`, never resized; a fourth
-#   channel marks which pixels are the image (the spectral baseline at photo sizes).
-PREPROCESS_MODES = ("resize", "squash", "crop", "window")
+#   channel marks which pixels are the image.
+# - "tiles": native pixels, `grid` x `grid` tiles of `size` spread evenly over the whole image
+#   (overlapping on small images), as gray planes [grid * grid, size, size]: the spectral
+#   baseline at photo sizes.
+PREPROCESS_MODES = ("resize", "squash", "crop", "window", "tiles")
+NATIVE_MODES = ("window", "tiles")
 # What --preprocess may ask for: the tower's own resize transform, or the unresized crop.
 CLI_PREPROCESS_MODES = ("resize", "crop")
 
@@ -50,16 +54,20 @@ class Preprocess:
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     interpolation: str = "bicubic"
     resize_size: int | None = None  # "resize": short side before the crop (None: `size`)
+    grid: int | None = None  # "tiles": tiles per side
 
     def __post_init__(self) -> None:
         if self.mode not in PREPROCESS_MODES:
             raise ValueError(f"unknown preprocessing mode {self.mode!r}; choose one of {PREPROCESS_MODES}")
+        if self.mode == "tiles" and not (self.grid and self.grid >= 1):
+            raise ValueError("tiles preprocessing needs grid >= 1 (tiles per side)")
 
     def to_dict(self) -> dict:
         data = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
-        if self.resize_size is None:
-            # Absent rather than null: records written before the field existed keep their cache keys.
-            del data["resize_size"]
+        for key in ("resize_size", "grid"):
+            if data[key] is None:
+                # Absent rather than null: records written before the field existed keep their cache keys.
+                del data[key]
         return data
 
     @classmethod
@@ -71,6 +79,7 @@ class Preprocess:
             std=tuple(data["std"]),
             interpolation=data.get("interpolation", "bicubic"),
             resize_size=int(data["resize_size"]) if data.get("resize_size") is not None else None,
+            grid=int(data["grid"]) if data.get("grid") is not None else None,
         )
 
 
@@ -151,9 +160,10 @@ class Backbone:
             return self
         if mode == self.preprocess.mode:
             return self
-        if self.preprocess.mode == "window":
+        if self.preprocess.mode in NATIVE_MODES and mode not in PREPROCESS_MODES[2:]:
             raise ValueError(f"{self.name}: this tower analyses native pixels; --preprocess {mode} does not apply")
-        return replace(self, preprocess=replace(self.preprocess, mode=mode, resize_size=None))
+        grid = self.preprocess.grid if mode == "tiles" else None
+        return replace(self, preprocess=replace(self.preprocess, mode=mode, resize_size=None, grid=grid))
 
     def option(self, key: str, default=None):
         return dict(self.options).get(key, default)
@@ -162,8 +172,9 @@ class Backbone:
 DEFAULT_MODEL = "LanguageBind/LanguageBind_Image"
 
 # Spectral baseline: no weights, the full-resolution pixel grid matters, so no resizing and no
-# CLIP normalisation. The default analyses the largest centred square up to 512 px (see
-# deepfake/spectrum.py for why); "spectrum-crop256" is the earlier 256 px centre crop.
+# CLIP normalisation. The default averages the spectra of 4 x 4 tiles of 256 px spread over the
+# whole image (see deepfake/spectrum.py for why); "spectrum-crop256" is the earlier 256 px
+# centre crop and "spectrum-window512" the largest centred square up to 512 px, for comparison.
 _SPECTRUM_PIXELS = {"mean": (0.0,) * 3, "std": (1.0,) * 3}
 
 KNOWN_BACKBONES: dict[str, Backbone] = {
@@ -180,8 +191,9 @@ KNOWN_BACKBONES: dict[str, Backbone] = {
         Backbone("facebook/dinov2-with-registers-large", "dinov2", "facebook/dinov2-with-registers-large", None),
         Backbone("facebook/dinov3-vitl16-pretrain-lvd1689m", "dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m",
                  None),
-        Backbone("spectrum", "spectrum", "", Preprocess(mode="window", size=512, **_SPECTRUM_PIXELS)),
+        Backbone("spectrum", "spectrum", "", Preprocess(mode="tiles", size=256, grid=4, **_SPECTRUM_PIXELS)),
         Backbone("spectrum-crop256", "spectrum", "", Preprocess(mode="crop", size=256, **_SPECTRUM_PIXELS)),
+        Backbone("spectrum-window512", "spectrum", "", Preprocess(mode="window", size=512, **_SPECTRUM_PIXELS)),
     )
 }
 

@@ -5,13 +5,16 @@ residual (Durall et al., "Watch your up-convolution", 2020): up-sampling layers 
 periodic traces that show up as bumps and lifted tails in this 1-D spectrum. It goes
 through the same head, cache, training, evaluation and prediction code as LanguageBind.
 
-What is analysed is the record's preprocessing: by default (``--model spectrum``) the
-largest centred square of the image up to 512 px, at native resolution (``window`` mode);
-``--model spectrum-crop256`` is the earlier 256 px centre crop. On photo-sized images the
-larger window sees four times the pixels, so the ring averages are less noisy and the
-up-sampling bumps stand out more (``tests/test_synthetic.py`` and
-``benchmarks/compare_towers.py`` measure it). Whatever the window, the spectrum is sampled
-at ``bins`` rings between DC and Nyquist, so every window gives the same feature size.
+What is analysed is the record's preprocessing, always at native resolution. By default
+(``--model spectrum``, ``tiles`` mode) the spectra of 4 x 4 tiles of 256 px spread evenly over
+the whole image are averaged (Welch's method): a 256 px centre crop of a 1024 px photo keeps
+6% of its pixels, the tiles all of them, so the estimate is less noisy and does not depend on
+what happens to sit in the centre. ``--model spectrum-crop256`` is the earlier centre crop,
+``--model spectrum-window512`` one periodogram of the largest centred square up to 512 px. On
+the photo-sized synthetic benchmark the tiles gave the highest AP with the same classifier
+(``tests/test_synthetic.py`` asserts it against the crop; ``benchmarks/compare_towers.py``
+shows all three). Whatever the window, the spectrum is sampled at ``bins`` rings between DC
+and Nyquist, so every analysis gives the same feature size.
 """
 
 from __future__ import annotations
@@ -73,8 +76,9 @@ def spectral_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
 class SpectrumTower(ImageTower):
     """Pixels in [0, 1] (the record's mean 0 / std 1) -> ``bins`` spectral features.
 
-    Takes [B, 3, S, S] crops, or the ``window`` mode's [B, 4, S, S] where the fourth channel
-    marks each image's own (top-left) square; images are grouped by that square's side.
+    Takes [B, 3, S, S] RGB crops; the ``tiles`` mode's [B, grid * grid, S, S] gray tiles, whose
+    spectra are averaged; or the ``window`` mode's [B, 4, S, S], whose fourth channel marks each
+    image's own (top-left) square (images are grouped by that square's side).
     """
 
     def __init__(self, backbone: Backbone):
@@ -84,11 +88,12 @@ class SpectrumTower(ImageTower):
         self.num_layers = 0
         self.hidden_size = 0
         pre = backbone.preprocess
-        analysis = ("largest centred square up to {} px, native resolution" if pre.mode == "window"
-                    else "{} px centre crop" if pre.mode == "crop" else "{} px after " + pre.mode)
+        analysis = {"window": "largest centred square up to {size} px",
+                    "tiles": "mean over {grid}x{grid} tiles of {size} px spread over the image",
+                    "crop": "{size} px centre crop"}.get(pre.mode, "{size} px after " + pre.mode)
         self.identity = {"model": backbone.name, "family": "spectrum", "revision": SPECTRUM_VERSION,
                          "feature_dim": self.feature_dim, "feature": "radial log power spectrum of the residual",
-                         "analysis": analysis.format(pre.size)}
+                         "analysis": analysis.format(size=pre.size, grid=pre.grid) + ", native resolution"}
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # carries device moves
 
     @property
@@ -110,6 +115,12 @@ class SpectrumTower(ImageTower):
         x = pixel_values.float()
         if x.shape[1] == 3:
             return TowerOutput(embeds=spectral_profile(x.mean(dim=1), self.feature_dim))
+        if self.preprocess.mode == "tiles":
+            b, tiles = x.shape[:2]
+            profiles = spectral_profile(x.flatten(0, 1), self.feature_dim).view(b, tiles, -1)
+            return TowerOutput(embeds=profiles.mean(dim=1))
+        if self.preprocess.mode != "window" or x.shape[1] != 4:
+            raise ValueError(f"spectrum tower: {x.shape[1]}-plane input does not fit {self.preprocess.mode} preprocessing")
         sides = x[:, 3, :, 0].sum(dim=1).round().long()  # valid rows = the square's side
         embeds = x.new_empty(x.shape[0], self.feature_dim)
         for side in sides.unique().tolist():

@@ -82,17 +82,38 @@ def native_window(x: torch.Tensor, size: int, mean: tuple[float, ...], std: tupl
     return out
 
 
+def tile_grid(x: torch.Tensor, size: int, grid: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``grid`` x ``grid`` unresized tiles of ``size`` spread evenly over [3, H, W], as gray [grid * grid, size, size].
+
+    Tiles overlap on images smaller than ``grid * size`` and leave even gaps on larger ones, so
+    every image gives the same shape and the tiles always span the whole frame; an image smaller
+    than one tile is zero-padded as ``crop`` does. Gray (the channel mean after normalising)
+    because the spectral analysis needs no colour and a photo's tiles stay small in memory.
+    """
+    h, w = x.shape[-2:]
+    tops = np.linspace(0, max(h - size, 0), grid).round().astype(int)
+    lefts = np.linspace(0, max(w - size, 0), grid).round().astype(int)
+    tiles = [center_crop(x[:, top : top + size, left : left + size], size) for top in tops for left in lefts]
+    return normalize(torch.stack(tiles).contiguous(), mean, std).mean(dim=1)
+
+
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(x - mean) / std over the channel axis of [..., 3, H, W]."""
     mean_t = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
     return (x - mean_t) / std_t
 
 
 def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
-    """RGB PIL image -> normalised tensor [3, size, size] for a tower ([4, size, size] for ``window``)."""
+    """RGB PIL image -> normalised tensor [3, size, size] for a tower.
+
+    ``window`` gives [4, size, size] and ``tiles`` [grid * grid, size, size] (see their functions).
+    """
     x = pil_to_tensor(image)
     if spec.mode == "window":
         return native_window(x, spec.size, spec.mean, spec.std)
+    if spec.mode == "tiles":
+        return tile_grid(x, spec.size, spec.grid, spec.mean, spec.std)
     if spec.mode == "resize":
         x = resize_short_side(x, spec.resize_size or spec.size, spec.interpolation)
     elif spec.mode == "squash":

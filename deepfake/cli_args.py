@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from deepfake.backbones import DEFAULT_MODEL, PREPROCESS_MODES
+from deepfake.backbones import CLI_PREPROCESS_MODES, DEFAULT_MODEL
 from deepfake.benchmark_files import available_presets
 from deepfake.heads import HEAD_HIDDEN, head_kinds
 from deepfake.image_io import DEFAULT_MAX_PIXELS
@@ -38,11 +38,13 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
 
 def add_tower_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="tower: Hugging Face id, local checkpoint directory, or 'spectrum' (default: %(default)s)")
+                        help="tower: Hugging Face id or local checkpoint directory of any supported family "
+                             "(LanguageBind, CLIP, SigLIP/SigLIP 2, DINOv2, DINOv3), or 'spectrum' (default: %(default)s)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
-    parser.add_argument("--preprocess", default=None, choices=PREPROCESS_MODES,
-                        help="resize: LanguageBind/CLIP transform (short side 224 + center crop); "
-                             "crop: center crop 224 without resizing (UniversalFakeDetect test protocol)")
+    parser.add_argument("--preprocess", default=None, choices=CLI_PREPROCESS_MODES,
+                        help="resize: the tower's own transform (LanguageBind/CLIP/DINOv2: short side + center crop; "
+                             "SigLIP/DINOv3: square resize); crop: center crop at the tower's size without "
+                             "resizing (UniversalFakeDetect test protocol) (default: the tower's record)")
 
 
 def add_cache_args(parser: argparse.ArgumentParser) -> None:

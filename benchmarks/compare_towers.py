@@ -11,7 +11,7 @@ is evaluated on ``--test_root``. Prints one per-generator table with a column gr
 tower (AP, accuracy at the checkpoint's threshold, ROC-AUC), and writes it to
 ``results.md`` and ``results.json`` (with every tower's full results) in ``--output_dir``.
 
-``--demo`` builds everything offline: a photo-sized synthetic benchmark (1024-1280 px, weak
+``--demo`` builds everything offline: a photo-sized synthetic benchmark (1024 px, weak
 up-sampling traces, trained on ``tconv``, tested on ``tconv`` and ``pixelshuffle``) and a tiny
 random tower of every family saved with transformers' ``save_pretrained`` (their features are
 random projections: the run shows the machinery, not which tower is better), plus the spectral
@@ -21,6 +21,8 @@ baseline: its default tiles, the 256 px centre crop and the 512 px centred windo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import sys
 import time
@@ -102,7 +104,7 @@ def build_demo(root: Path, seed: int) -> tuple[list[str], Path, Path]:
         models.append(str(save_tower(kind, root / "towers" / f"tiny-{kind}", sharded=kind == "dinov2_registers")))
     data = root / "data"
     if not (data / "test").is_dir():
-        generate(data, n_train=8, n_val=3, n_test=6, seed=seed, sizes=(1024, 1280), jpeg_share=0.0, trace=0.15,
+        generate(data, n_train=10, n_val=2, n_test=6, seed=seed, sizes=(1024, 1024), jpeg_share=0.0, trace=0.15,
                  test_families=("tconv", "pixelshuffle"))
     return models, data, data / "test"
 
@@ -121,18 +123,20 @@ def compare(models: list[str], dataset_dir: Path, test_root: Path, out: Path, ca
         run_dir, eval_dir = out / "runs" / label, out / "eval" / label
         common = ["--cache_dir", str(cache_dir), *(["--quiet"] if quiet else [])]
         start = time.perf_counter()
-        summary = train(train_parser().parse_args([
-            "--dataset_dir", str(dataset_dir), "--output_dir", str(run_dir), "--model", model, "--seed", str(seed),
-            "--num_epochs", str(num_epochs), *(["--overwrite"] if overwrite else []), *common, *extra]))
-        train_seconds = time.perf_counter() - start
-        results[label] = evaluate(test_parser().parse_args([
-            "--checkpoint", str(run_dir), "--dataset_dir", str(test_root), "--output_dir", str(eval_dir),
-            "--no_plots", *(["--overwrite"] if overwrite else []), *common]))
+        # Each tower's own tables stay in its eval folder; the console gets the one comparison table.
+        with contextlib.redirect_stdout(io.StringIO()):
+            summary = train(train_parser().parse_args([
+                "--dataset_dir", str(dataset_dir), "--output_dir", str(run_dir), "--model", model, "--seed", str(seed),
+                "--num_epochs", str(num_epochs), *(["--overwrite"] if overwrite else []), *common, *extra]))
+            train_seconds = time.perf_counter() - start
+            results[label] = evaluate(test_parser().parse_args([
+                "--checkpoint", str(run_dir), "--dataset_dir", str(test_root), "--output_dir", str(eval_dir),
+                "--no_plots", *(["--overwrite"] if overwrite else []), *common]))
         tower = results[label]["tower"]
         towers[label] = {"model": model, "tower": tower, "preprocess": results[label]["preprocess"],
                          "best_val_ap": summary.get("best_val_ap"), "train_seconds": round(train_seconds, 2)}
-        log.info("%s: %s feature, %d-d, val AP %.4f", label, tower.get("feature"), tower.get("feature_dim"),
-                 summary.get("best_val_ap") or float("nan"))
+        log.info("%s: %s feature, %d-d, val AP %.4f; per-category table in %s", label, tower.get("feature"),
+                 tower.get("feature_dim"), summary.get("best_val_ap") or float("nan"), eval_dir / "results.md")
     table = comparison_rows(results)
     console = format_console(table, labels)
     print(console)
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", required=True, help="runs, evaluations, results.md and results.json")
     p.add_argument("--cache_dir", default=None, help="shared feature cache (default: OUTPUT_DIR/cache)")
     p.add_argument("--seed", type=int, default=512)
-    p.add_argument("--num_epochs", type=int, default=10)
+    p.add_argument("--num_epochs", type=int, default=None, help="head epochs (default 10; 30 with --demo)")
     p.add_argument("--overwrite", action="store_true", help="replace the runs and results of an earlier comparison")
     p.add_argument("--demo", action="store_true", help="offline: tiny towers of every family + synthetic photos")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -171,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
     try:
+        num_epochs = args.num_epochs or (30 if args.demo else 10)
         if args.demo:
             demo_models, dataset_dir, test_root = build_demo(out / "demo", args.seed)
+            if not any(flag.startswith("--learning_rate") for flag in extra):
+                extra = ["--learning_rate", "1e-3", *extra]  # a few dozen images: larger steps than the default
             models = [m.strip() for m in args.models.split(",")] if args.models else demo_models
             dataset_dir = Path(args.dataset_dir) if args.dataset_dir else dataset_dir
             test_root = Path(args.test_root) if args.test_root else test_root
@@ -181,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("--models, --dataset_dir and --test_root are required (or --demo)")
             models = [m.strip() for m in args.models.split(",") if m.strip()]
             dataset_dir, test_root = Path(args.dataset_dir), Path(args.test_root)
-        compare(models, dataset_dir, test_root, out, cache_dir, args.seed, args.num_epochs, extra,
+        compare(models, dataset_dir, test_root, out, cache_dir, args.seed, num_epochs, extra,
                 args.overwrite or args.demo, args.quiet)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)

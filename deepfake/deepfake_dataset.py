@@ -219,11 +219,12 @@ class DeepfakeDataset(Dataset):
         if self.preprocess.mode == "resize":
             # An extreme aspect ratio (1 x 3,000,000) passes the pixel limit but its short-side
             # resize would not: refuse it before allocating.
-            h, w = short_side_shape(image.height, image.width, self.preprocess.size)
+            short = self.preprocess.resize_size or self.preprocess.size
+            h, w = short_side_shape(image.height, image.width, short)
             if h * w > self.max_pixels:
                 raise ImageSkipped(self.samples[index].path,
                                    f"extreme aspect ratio ({image.width}x{image.height}): resizing the short side "
-                                   f"to {self.preprocess.size} would give {w}x{h} > max_pixels {self.max_pixels}")
+                                   f"to {short} would give {w}x{h} > max_pixels {self.max_pixels}")
         try:
             return preprocess_image(image, self.preprocess)
         except MemoryError:

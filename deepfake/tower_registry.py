@@ -1,9 +1,9 @@
 """The tower families, looked up by name or by a checkpoint's ``model_type``.
 
 Each family is one module that calls :func:`register` when imported; this registry only
-knows the modules' names (``FAMILY_MODULES``) and imports them on first lookup, so no
-family imports another and the loader never imports a family by name. Adding a family is
-one new module plus one line here.
+knows the modules' names (``FAMILY_MODULES``) and imports them on first lookup, so the
+loader (:mod:`deepfake.towers`) never imports a family, and no family imports the loader.
+Adding a family is one new module plus one line here.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import train_ClassifierHead
-from deepfake.backbones import backbone_for
+from deepfake.backbones import Preprocess
 from deepfake.deepfake_dataset import DeepfakeDataset, scan_categories, stratified_split, training_samples
 from deepfake.features import FeatureTable
 from deepfake.layouts import LayoutError
@@ -19,7 +19,7 @@ from deepfake.tower_clip import CLIPTower
 from deepfake.training import CachedFeatures
 from deepfake.transforms import BlurJpegAugment
 
-from .conftest import CATEGORIES, TOWER, make_forensynths, train_args, write_images
+from .conftest import CATEGORIES, make_forensynths, train_args, write_images
 
 
 def test_training_end_to_end_reaches_high_val_ap(trained_run):
@@ -178,8 +178,8 @@ def test_small_forensynths_helper_counts(tmp_path):
 def test_augmented_views_are_reproducible_and_distinct(forensynths):
     samples = [s for group in scan_categories(forensynths / "train").values() for s in group][:3]
     augment = BlurJpegAugment(blur_prob=1.0, blur_sigma=3.0, jpeg_prob=1.0, jpeg_quality=(30, 60))
-    dataset = DeepfakeDataset(samples, backbone_for(TOWER).preprocess, augment=augment, seed=1)
-    clean = DeepfakeDataset(samples, backbone_for(TOWER).preprocess).load(0)
+    dataset = DeepfakeDataset(samples, Preprocess(), augment=augment, seed=1)
+    clean = DeepfakeDataset(samples, Preprocess()).load(0)
     first = dataset.load(0)
     assert torch.equal(first, dataset.load(0))  # a view is the same draw every time it is asked for
     dataset.view = 1

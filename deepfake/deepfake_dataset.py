@@ -190,7 +190,7 @@ class DeepfakeDataset(Dataset):
         """With ``decode="fast"``: the short side the decoder may shrink to before the exact resize."""
         if self.decode != "fast" or self.preprocess.mode != "resize":
             return None
-        return FAST_DECODE_FACTOR * self.preprocess.size
+        return FAST_DECODE_FACTOR * (self.preprocess.resize_size or self.preprocess.size)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -63,10 +63,17 @@ def test_pip_install_gives_a_working_command_and_import_outside_the_repo(trained
                           "--num_workers", "0", "--quiet"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "scored 1, skipped 0" in out.stdout
-    code = "import deepfake; from deepfake import DeepfakeClassifier; print(deepfake.__file__)"
+    code = ("import deepfake; from deepfake import DeepfakeClassifier; print(deepfake.__file__)\n"
+            "from deepfake.benchmark_files import available_presets, load_benchmark\n"
+            "print(' '.join(p for p in available_presets() if load_benchmark(p).domains))")
     out = subprocess.run([str(python), "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().startswith(site)
+    installed_file, presets = out.stdout.strip().splitlines()
+    assert installed_file.startswith(site)
+    # The benchmark presets are data files: the installed package must carry every one of them.
+    from deepfake.benchmark_files import available_presets
+
+    assert presets.split() == available_presets() and "ufd" in presets.split()
 
 
 def test_help_lists_every_subcommand(capsys):

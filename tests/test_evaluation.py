@@ -14,7 +14,15 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from deepfake.backbones import Preprocess
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.evaluation import discover_test_set
-from deepfake.metrics import accuracy_at, best_threshold, domain_metrics, expected_calibration_error, mean_row
+from deepfake.metrics import (
+    accuracy_at,
+    average_precision,
+    best_threshold,
+    domain_metrics,
+    expected_calibration_error,
+    mean_row,
+    roc_auc,
+)
 from deepfake.transforms import Perturbation
 
 from .conftest import labelled_image, run_test_script, write_images
@@ -167,3 +175,15 @@ def test_perturbations_change_the_pixels_the_tower_sees(tmp_path):
     blurred = DeepfakeDataset([Sample(str(path), 1, "c")], spec, perturb=Perturbation(gaussian_sigma=2.0)).load(0)
     # Blur removes high frequencies: neighbouring pixels become closer.
     assert torch.diff(blurred, dim=-1).abs().mean() < torch.diff(clean, dim=-1).abs().mean()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_average_precision_and_auc_equal_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 300))
+    labels = rng.integers(0, 2, n)
+    labels[:2] = (0, 1)
+    # Coarse scores make many ties, the case where threshold handling matters.
+    scores = np.round(rng.random(n), int(rng.integers(1, 4)))
+    assert average_precision(labels, scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)

@@ -296,7 +296,7 @@ def write_results(results: dict, out: Path, plots: bool = True) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.quiet)
     try:
         compare_heads(args)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:

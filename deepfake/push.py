@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="hub token (default: HF_TOKEN or the stored login)")
     p.add_argument("--commit_message", default="Upload deepfake detector head")
     p.add_argument("--save_dir", default=None, help="write the files into this folder instead of uploading")
+    p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.quiet)
     if not args.repo_id and not args.save_dir:
         parser.error("give a REPO_ID to upload to, or --save_dir")
     try:

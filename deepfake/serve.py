@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_batch", type=int, default=16, help="most images scored in one pass (default: %(default)s)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--precision", default=None, help="tower precision (default: the checkpoint's)")
+    p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -80,7 +81,7 @@ def build_server(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.quiet)
     if not is_loopback(args.host):
         log.warning("binding to %s: anyone who can reach this address can use the server; it has no authentication",
                     args.host)

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None, prog: str = "deepfake test") -> int:
     parser = test_parser(__doc__)
     parser.prog = prog
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.quiet)
     try:
         with terminate_as_interrupt():
             evaluate(args)

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None, prog: str = "deepfake train") -> int:
     parser = train_parser(__doc__)
     parser.prog = prog
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.quiet)
     try:
         with terminate_as_interrupt():
             summary = train(args)

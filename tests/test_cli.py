@@ -183,6 +183,26 @@ def test_log_lines_state_true_counts_and_quiet_silences_them(trained_run, tmp_pa
     assert "%|" not in capsys.readouterr().err
 
 
+def test_quiet_leaves_only_warnings_in_the_train_and_test_scripts(trained_run, tmp_path, caplog):
+    import train_ClassifierHead
+
+    from .conftest import train_args
+
+    root = logging.getLogger()
+    level = root.level
+    try:
+        for label, run in (
+                ("train", lambda: train_ClassifierHead.main(train_args(
+                    trained_run["data"], tmp_path / "train", trained_run["cache"], "--num_epochs", "1"))),
+                ("test", lambda: run_test_script(trained_run, tmp_path / "test"))):
+            with caplog.at_level(logging.INFO):
+                caplog.clear()
+                assert run() == 0, label  # both argument lists carry --quiet
+                assert not [r.getMessage() for r in caplog.records if r.levelno < logging.WARNING], label
+    finally:
+        root.setLevel(level)
+
+
 def test_plots_carry_auc_ap_and_the_threshold(trained_run, tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 

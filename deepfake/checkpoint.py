@@ -43,7 +43,7 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
         for name in (f"{BEST}.safetensors", PRETRAINED_WEIGHTS):
             if (path / name).is_file():
                 return path / name
-        epochs = sorted(path.glob("epoch_*.safetensors"))
+        epochs = sorted(path.glob("epoch_*.safetensors"), key=_epoch_number)
         if epochs:
             return epochs[-1]
         raise CheckpointRefused(
@@ -55,6 +55,12 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise CheckpointRefused(f"{path}: no such checkpoint file")
     return path
+
+
+def _epoch_number(path: Path) -> tuple[int, str]:
+    """``epoch_1000`` after ``epoch_999``: the number, not the name, orders epochs."""
+    digits = path.stem.removeprefix("epoch_")
+    return (int(digits), path.name) if digits.isdigit() else (-1, path.name)
 
 
 def _sidecar(weights: Path) -> Path:

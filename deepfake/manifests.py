@@ -65,7 +65,8 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
         raise LayoutError(f"{path}: no such manifest file")
     base = path.resolve().parent
     entries: list[ManifestEntry] = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is read past, not taken into the first column.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         if path.suffix.lower() == ".csv":
             reader = csv.DictReader(handle)
             missing = {"path", "label"} - set(reader.fieldnames or [])

@@ -114,11 +114,12 @@ def run_identity(tower: ImageTower, settings: ExtractionSettings, augment: BlurJ
                  root: str = "") -> dict:
     """What must not change between a run and its resumption: tower, preprocessing, data, seed, features."""
     digest = hashlib.sha256()
+    # Paths relative to --dataset_dir, whether or not it was spelled with a trailing slash: the
+    # same data gives the same digest from any working directory, and a scan of 720k files is not
+    # spent on relpath calls. The separator kept in front is the digest earlier runs recorded.
+    prefix = os.path.join(root, "") if root else ""
     for split, samples in (("train", train_samples), ("val", val_samples)):
-        # Paths as found under --dataset_dir: the same data gives the same digest from any
-        # working directory, and a scan of 720k files is not spent on abspath calls.
-        lines = "".join(f"{split}\t{s.path[len(root):] if s.path.startswith(root) else os.path.abspath(s.path)}"
-                        f"\t{s.label}\n" for s in samples)
+        lines = "".join(f"{split}\t{_relative(s.path, root, prefix)}\t{s.label}\n" for s in samples)
         digest.update(lines.encode("utf-8", "surrogateescape"))
     return {
         "tower": {k: v for k, v in tower.identity.items()},
@@ -131,8 +132,25 @@ def run_identity(tower: ImageTower, settings: ExtractionSettings, augment: BlurJ
     }
 
 
+def _relative(path: str, root: str, prefix: str) -> str:
+    """``path`` under ``root`` as ``/rel/path`` (``prefix``: root ending in one separator); else absolute."""
+    if prefix and path.startswith(prefix):
+        return os.sep + path[len(prefix):]
+    if root and path.startswith(root):  # a root spelled with several trailing separators
+        return os.sep + os.path.relpath(path, root)
+    return os.path.abspath(path)
+
+
 # Hyper-parameters a resumed run may change; the new value applies from the next epoch.
-RESUMABLE_CHANGES = ("learning_rate", "weight_decay", "batch_size", "num_epochs")
+RESUMABLE_CHANGES = ("learning_rate", "weight_decay", "batch_size", "num_epochs", "lr_schedule", "lr_milestones",
+                     "lr_gamma", "patience", "keep_last")
+
+# The command-line option behind each entry of an identity field, named when a resume is refused.
+IDENTITY_OPTIONS = {"kind": "--head", "blocks": "--feature_layers", "proj_dim": "--proj_dim",
+                    "importance": "--importance", "contrastive_weight": "--contrastive_weight",
+                    "contrastive_temperature": "--contrastive_temperature"}
+# What a field a run does not record stands for (no ``loss``: no contrastive term).
+IDENTITY_ABSENT = {"loss": {"contrastive_weight": 0.0}}
 
 
 def save_resume_state(out: Path, head, optimizer, generator, epoch: int, best: tuple, history: list,
@@ -184,11 +202,18 @@ def check_resumable(out: Path, meta: dict, identity: dict, hyper: dict) -> list[
     if saved is None:
         raise ValueError(f"{path}: written by an older version without the run's identity; "
                          f"cannot check it is the same run, start again with --overwrite")
-    for field_name in identity:
-        if saved.get(field_name) != identity[field_name]:
-            raise ValueError(f"{path}: cannot resume: {field_name} differs from the run being resumed "
+    # Both sides' fields: a field only some runs record (align, loss) must not vanish unnoticed.
+    for field_name in dict.fromkeys([*identity, *saved]):
+        if saved.get(field_name) != identity.get(field_name):
+            was, now = (saved.get(field_name) or IDENTITY_ABSENT.get(field_name, {}),
+                        identity.get(field_name) or IDENTITY_ABSENT.get(field_name, {}))
+            options = [f"{IDENTITY_OPTIONS[k]} {json.dumps(was[k])} -> {json.dumps(now[k])}"
+                       for k in was if k in IDENTITY_OPTIONS and k in now and was[k] != now[k]
+                       ] if isinstance(was, dict) and isinstance(now, dict) else []
+            named = f" ({'; '.join(options)})" if options else ""
+            raise ValueError(f"{path}: cannot resume: {field_name} differs{named} from the run being resumed "
                              f"(saved {json.dumps(saved.get(field_name))[:200]}, now "
-                             f"{json.dumps(identity[field_name])[:200]}); use a new --output_dir or --overwrite")
+                             f"{json.dumps(identity.get(field_name))[:200]}); use a new --output_dir or --overwrite")
     before = json.loads(meta.get("hyper", "{}"))
     changes = []
     for name in RESUMABLE_CHANGES:
@@ -236,7 +261,10 @@ class CachedFeatures:
 
     def __init__(self, views: list[FeatureTable], generator: torch.Generator, blocks: tuple[int, ...] = ()):
         self.views = views
-        self.ok = views[0].ok
+        # A row a view could not read has zero features there: train only on rows every view read.
+        self.ok = views[0].ok.clone()
+        for view in views[1:]:
+            self.ok &= view.ok
         self.generator = generator
         self.blocks = tuple(blocks)
 
@@ -541,7 +569,12 @@ def _train(args: argparse.Namespace) -> dict:
     identity["head"] = {"kind": head_kind, "blocks": list(head_blocks), **head_sizes(args)}
     if align.enabled:
         identity["align"] = align.to_dict()  # aligned images are other features: never resume across a change
-    hyper = {name: getattr(args, name) for name in RESUMABLE_CHANGES}
+    if opts.contrastive_weight:
+        # The loss itself: a changed contrastive term mid-run is another training objective.
+        identity["loss"] = {"contrastive_weight": opts.contrastive_weight,
+                            "contrastive_temperature": opts.contrastive_temperature}
+    # Through JSON, as saved: milestones read back as a list, not the tuple the command line gave.
+    hyper = json.loads(json.dumps({name: getattr(args, name, None) for name in RESUMABLE_CHANGES}))
     resume = args.resume
     if resume:
         # Checked before any extraction: a refused resume costs nothing.

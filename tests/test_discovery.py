@@ -16,6 +16,7 @@ import test_ClassifierHead
 from deepfake.deepfake_dataset import training_samples
 from deepfake.eval_sets import discover_test_set
 from deepfake.layouts import LayoutError, parse_label_dirs
+from deepfake.manifests import read_manifest
 
 from .conftest import write_images
 
@@ -176,3 +177,20 @@ def test_split_is_deterministic_stratified_and_keeps_names(tmp_path):
     train, val = training_samples(tmp_path / "a", None, 0.1, 0)
     assert len(train) == 32 and len(val) == 4
     assert cli.main(["split", str(src), str(tmp_path / "a")]) == 2
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_manifest_with_a_utf8_byte_order_mark_is_read(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    write_images(tmp_path / "imgs" / "r", 2, False, rng)
+    write_images(tmp_path / "imgs" / "f", 2, True, rng)
+    rows = [(f"imgs/{folder}/{i:03d}.png", label) for i in range(2) for folder, label in (("r", "real"), ("f", "fake"))]
+    if suffix == ".csv":
+        text = "path,label\n" + "".join(f"{path},{label}\n" for path, label in rows)
+    else:
+        text = "".join(json.dumps({"path": path, "label": label}) + "\n" for path, label in rows)
+    manifest = tmp_path / f"excel{suffix}"
+    manifest.write_bytes(text.encode("utf-8-sig"))  # Excel's "CSV UTF-8" starts with a byte-order mark
+    entries = read_manifest(manifest)
+    assert [(Path(e.path).relative_to(tmp_path).as_posix(), e.label) for e in entries] == [
+        (path, 1 if label == "fake" else 0) for path, label in rows]

@@ -92,3 +92,38 @@ def test_resume_with_no_finished_epoch_starts_the_run(tmp_path, small, caplog):
                                                 "--resume")) == 0
     assert "no finished epoch to resume" in caplog.text
     assert (tmp_path / "run" / "best.safetensors").exists()
+
+
+@pytest.mark.parametrize("first, then", [("/", ""), ("", "/")])
+def test_resume_accepts_the_dataset_dir_with_or_without_a_trailing_slash(tmp_path, small, first, then):
+    out, cache = tmp_path / "run", tmp_path / "c"
+    assert train_ClassifierHead.main(train_args(f"{small}{first}", out, cache, "--num_epochs", "1")) == 0
+    assert train_ClassifierHead.main(train_args(f"{small}{then}", out, cache, "--num_epochs", "2", "--resume")) == 0
+    assert (out / "epoch_002.safetensors").is_file()
+
+
+def test_changed_schedule_patience_and_retention_on_resume_are_logged(tmp_path, small, caplog):
+    out, cache = tmp_path / "run", tmp_path / "c"
+    assert train_ClassifierHead.main(train_args(small, out, cache, "--num_epochs", "1")) == 0
+    assert train_ClassifierHead.main(train_args(
+        small, out, cache, "--num_epochs", "3", "--resume", "--lr_schedule", "step", "--lr_milestones", "2",
+        "--lr_gamma", "0.5", "--patience", "4", "--keep_last", "1")) == 0
+    for change in ("--lr_schedule constant -> step", "--lr_milestones None -> [2]", "--lr_gamma 0.1 -> 0.5",
+                   "--patience 0 -> 4", "--keep_last 0 -> 1"):
+        assert change in caplog.text
+    assert sorted(p.name for p in out.glob("epoch_*.safetensors")) == ["epoch_003.safetensors"]  # --keep_last 1
+
+
+@pytest.mark.parametrize("before, after, option", [
+    ((), ("--contrastive_weight", "0.5"), "--contrastive_weight 0.0 -> 0.5"),
+    (("--contrastive_weight", "0.5"), (), "--contrastive_weight 0.5 -> 0.0"),
+    (("--contrastive_weight", "0.5"), ("--contrastive_weight", "0.5", "--contrastive_temperature", "0.2"),
+     "--contrastive_temperature 0.07 -> 0.2"),
+    (("--head", "layers", "--proj_dim", "8"), ("--head", "layers", "--proj_dim", "16"), "--proj_dim 8 -> 16"),
+    ((), ("--head", "linear"), '--head "mlp" -> "linear"'),
+])
+def test_resume_with_another_loss_or_head_exits_2_naming_the_option(tmp_path, small, caplog, before, after, option):
+    out, cache = tmp_path / "run", tmp_path / "c"
+    assert train_ClassifierHead.main(train_args(small, out, cache, "--num_epochs", "1", *before)) == 0
+    assert train_ClassifierHead.main(train_args(small, out, cache, "--num_epochs", "2", "--resume", *after)) == 2
+    assert "cannot resume" in caplog.text and option in caplog.text

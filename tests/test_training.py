@@ -211,3 +211,24 @@ def test_augmented_views_are_extracted_once(tmp_path, forensynths, monkeypatch):
     assert seen == []  # every view came from the cache
     history = [json.loads((tmp_path / name / "run.json").read_text())["history"] for name in ("a", "b")]
     assert history[0] == history[1]
+
+
+def test_cached_views_skip_a_row_that_any_view_could_not_read():
+    n, dim = 8, 4
+    ok = torch.ones(n, dtype=torch.bool)
+    broken = ok.clone()
+    broken[3] = False  # row 3 unreadable in the second view only: its features there are zeros
+    views = [FeatureTable(embeds=torch.ones(n, dim), ok=ok),
+             FeatureTable(embeds=torch.ones(n, dim) * broken[:, None], ok=broken)]
+    source = CachedFeatures(views, torch.Generator().manual_seed(0))
+    rows = torch.cat([idx for idx, _ in source.epoch_batches([torch.arange(n)])])
+    assert 3 not in rows.tolist() and len(rows) == n - 1
+    assert views[0].ok.all()  # the table itself is left as extracted
+
+
+def test_a_run_folder_without_best_resolves_to_epoch_1000_not_999(tmp_path):
+    from deepfake.checkpoint import resolve_checkpoint_path
+
+    for epoch in (2, 999, 1000):
+        (tmp_path / f"epoch_{epoch:03d}.safetensors").write_bytes(b"")
+    assert resolve_checkpoint_path(tmp_path).name == "epoch_1000.safetensors"

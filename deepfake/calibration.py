@@ -4,10 +4,13 @@
 sets the threshold that calls that share of them fake. It is written into the evaluation's
 ``results.json`` and ``calibration.json``, and beside the checkpoint as
 ``<checkpoint>.calibration.json``, where :func:`read_calibration` (and ``predict``) find it.
+The record holds the sha256 of the weights it was fitted on: a head retrained into the same
+run directory does not inherit the old head's operating point.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -39,11 +42,22 @@ def sidecar_path(checkpoint: str | os.PathLike) -> Path:
     return path.with_name(path.stem + ".calibration.json")
 
 
+def weights_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a checkpoint's weights file (what a calibration record is tied to)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_calibration(out_dir: Path, checkpoint: str | None, calibration: dict, results: dict,
                       overwrite: bool = False) -> list[Path]:
     """Write ``calibration.json`` into ``out_dir`` and beside the checkpoint (never over another one unasked)."""
-    doc = {"format": FORMAT, "checkpoint": checkpoint, **calibration, "tower": results.get("tower"),
-           "preprocess": results.get("preprocess"), "align": results.get("align")}
+    doc = {"format": FORMAT, "checkpoint": checkpoint,
+           "weights_sha256": weights_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else None,
+           **calibration, "tower": results.get("tower"), "preprocess": results.get("preprocess"),
+           "align": results.get("align")}
     written = [atomic_write_json(Path(out_dir) / "calibration.json", doc)]
     if checkpoint:
         side = sidecar_path(checkpoint)
@@ -56,15 +70,29 @@ def write_calibration(out_dir: Path, checkpoint: str | None, calibration: dict, 
 
 
 def read_calibration(path: str | os.PathLike) -> dict | None:
-    """The calibration of a checkpoint (its file or run directory), or read from a calibration/results JSON."""
+    """The calibration of a checkpoint (its file or run directory), or read from a calibration/results JSON.
+
+    A checkpoint's sidecar counts only when it was fitted on these very weights (same sha256);
+    one left from an earlier head in the same place is ignored with a warning.
+    """
     path = Path(path)
+    weights = None
     if path.is_dir():
-        path = sidecar_path(resolve_checkpoint_path(path))
+        weights = resolve_checkpoint_path(path)
     elif path.suffix != ".json" or not path.name.endswith(("calibration.json", "results.json")):
-        path = sidecar_path(path)
+        weights = path
+    if weights is not None:
+        path = sidecar_path(weights)
     if not path.is_file():
         return None
     doc = json.loads(path.read_text())
-    if doc.get("format") == FORMAT:
-        return doc
-    return doc.get("calibration")  # a results.json
+    if doc.get("format") != FORMAT:
+        return doc.get("calibration")  # a results.json
+    if weights is not None and Path(weights).is_file():
+        fitted_on = doc.get("weights_sha256")
+        if fitted_on != weights_sha256(weights):
+            why = (f"records no weights hash to tie it to {weights}" if fitted_on is None
+                   else f"was fitted on other weights than {weights} (sha256 differs)")
+            log.warning("%s: calibration ignored: it %s; run --calibrate_real again for this head", path, why)
+            return None
+    return doc

@@ -30,7 +30,7 @@ from deepfake.layouts import LayoutError, parse_label_dirs
 from deepfake.metrics import common_mean, domain_metrics, threshold_for_fpr
 from deepfake.reports import default_output_dir, prepare_output_dir, write_outputs
 from deepfake.run_helpers import feature_cache, report_skipped, versions
-from deepfake.runtime import init_distributed, is_main_process
+from deepfake.runtime import choose_device, init_distributed, is_main_process
 from deepfake.scoring import fake_probabilities, table_probabilities
 from deepfake.transforms import Alignment, Perturbation, parse_align
 
@@ -148,6 +148,27 @@ def calibrate(classifier: DeepfakeClassifier, real_dir: str, target_fpr: float, 
     return calibration_record(real_dir, threshold, target_fpr, scores, len(files) - len(scores))
 
 
+def resolve_threshold_source(args: argparse.Namespace, classifier: DeepfakeClassifier,
+                             calibration: dict | None) -> tuple[float, str, dict | None]:
+    """The threshold of the acc columns, where it came from, and the calibration record behind it (if any).
+
+    ``calibration`` is the one just fitted on ``--calibrate_real``; ``--threshold calibrated``
+    without it takes the checkpoint's stored operating point (and raises when there is none).
+    """
+    if args.threshold == "calibrated":
+        if calibration is not None:
+            return calibration["threshold"], "calibration", calibration
+        threshold = classifier.decision_threshold("calibrated")
+        stored = {k: v for k, v in classifier.config["calibration"].items()
+                  if k not in ("format", "tower", "preprocess", "align")}
+        return threshold, "checkpoint calibration", stored
+    if args.threshold is not None:
+        return classifier.decision_threshold(args.threshold), "--threshold", calibration
+    if calibration is not None:
+        return calibration["threshold"], "calibration", calibration
+    return classifier.threshold, "checkpoint", None
+
+
 def evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None = None) -> dict:
     """Run the evaluation described by the parsed command line; returns the results document.
 
@@ -164,6 +185,8 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
     samples, found = gather_test_set(args)
     samples, counts = subsample(samples, args.max_sample, args.seed)
     out_dir = prepare_output_dir(args)
+    # Join torchrun's process group first: which rank is the main one decides who prints and audits.
+    init_distributed(classifier.tower.device if classifier is not None else choose_device(args.device))
     audit = None
     if is_main_process():
         print(summarize(samples))
@@ -172,7 +195,6 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
         print(format_audit(audit, brief=True))
     if classifier is None:
         classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
-    init_distributed(classifier.tower.device)
     trained_align = classifier.config.get("align") or {}
     if (trained_align.get("jpeg_quality"), trained_align.get("size")) != (align.jpeg_quality, align.size):
         log.warning("the head was trained with --align %s and is evaluated with --align %s; pass the same "
@@ -194,14 +216,11 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
     if calibration is not None:
         print(f"calibrated threshold {calibration['threshold']:.6g}: FPR {100 * calibration['achieved_fpr']:.2f}% "
               f"on {calibration['n_images']} known-real images (target {100 * args.target_fpr:g}%)")
-    if args.threshold == "calibrated" and calibration is not None:
-        threshold = calibration["threshold"]  # the one just fitted on --calibrate_real
-    elif args.threshold is not None:
-        threshold = classifier.decision_threshold(args.threshold)
-    elif calibration is not None:
-        threshold = calibration["threshold"]
-    else:
-        threshold = classifier.threshold
+    threshold, threshold_source, threshold_calibration = None, None, None
+    # Off rank 0 a --calibrate_real fit is None (rank 0 fits it) and the threshold is never used;
+    # without one every rank resolves it, so a missing stored calibration stops them all alike.
+    if is_main_process() or not getattr(args, "calibrate_real", None):
+        threshold, threshold_source, threshold_calibration = resolve_threshold_source(args, classifier, calibration)
     # Each distinct image goes through the tower once, however many domains share it (UFD's LAION reals).
     unique = list(dict.fromkeys(s.path for s in samples))
     row_of = {p: i for i, p in enumerate(unique)}
@@ -242,10 +261,9 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
         "dataset_dir": str(args.dataset_dir),
         **found,
         "threshold": threshold,
-        "threshold_source": "--threshold" if args.threshold is not None else
-                            ("calibration" if calibration is not None else "checkpoint"),
+        "threshold_source": threshold_source,
         "val_threshold": val_threshold,
-        "calibration": calibration,
+        "calibration": threshold_calibration,
         "align": align.to_dict(),
         "perturbation_order": Perturbation.ORDER,
         "max_sample": args.max_sample,

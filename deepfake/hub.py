@@ -31,12 +31,23 @@ HUB_FILES = (WEIGHTS_NAME, CONFIG_NAME)
 # Keys the loader adds to a config at run time; they describe one session, not the head.
 RUNTIME_KEYS = ("checkpoint", "precision")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Keys of train_args that hold local paths; a shared config keeps only their base names.
+_PATH_SUFFIXES = ("_dir", "_root", "_manifest", "_path", "_file")
+_LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 
 
 def is_repo_id(text: str) -> bool:
-    """``org/name`` (optionally ``org/name@revision``) and not an existing local path."""
-    name = str(text).split("@", 1)[0]
-    return bool(_REPO_ID.match(name)) and not os.path.exists(text)
+    """``org/name`` (optionally ``org/name@revision``) that cannot be read as a local path.
+
+    Local readings win: an existing path, one starting with ``./``, ``../``, ``/`` or ``~``, or
+    one whose first component exists here (``runs/typo`` beside a ``runs`` folder) is never
+    sent to the hub.
+    """
+    text = str(text)
+    name = text.split("@", 1)[0]
+    if not _REPO_ID.match(name) or text.startswith(_LOCAL_PREFIXES):
+        return False
+    return not os.path.exists(text) and not os.path.exists(name.split("/", 1)[0])
 
 
 def fetch_head(repo: str, revision: str | None = None) -> Path:
@@ -51,13 +62,39 @@ def fetch_head(repo: str, revision: str | None = None) -> Path:
             paths.append(Path(hf_hub_download(repo_id=repo, filename=name, revision=revision)))
         except Exception as exc:  # network, auth, missing file, offline cache miss: all end the same way
             offline = " (HF_HUB_OFFLINE is set and it is not in the hub cache)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            raise CheckpointRefused(f"{repo}: cannot fetch {name} from the hub{offline}: {exc}") from exc
+            raise CheckpointRefused(f"no such local directory {repo}, and not fetchable as hub repo "
+                                    f"{repo}{offline}: {name}: {exc}") from exc
     return paths[0]
 
 
+def _base_name(path: str) -> str:
+    """``/data/users/me/GenImage/`` -> ``GenImage``: the data set's name without where it lies."""
+    return os.path.basename(os.path.normpath(os.path.expanduser(path))) or path
+
+
+def _is_path_key(key: str) -> bool:
+    return key.endswith(_PATH_SUFFIXES)
+
+
 def head_config_for_sharing(config: dict) -> dict:
-    """The checkpoint config without the keys that only describe one loading session."""
-    return {k: v for k, v in config.items() if k not in RUNTIME_KEYS and k != "format"}
+    """The checkpoint config without session keys and without local paths (a shared repo may be public).
+
+    Path-valued training options and the calibration folder keep only their base names, so a
+    reader still sees which data set and options made the head, not the machine's layout.
+    """
+    shared = {k: v for k, v in config.items() if k not in RUNTIME_KEYS and k != "format"}
+    if isinstance(shared.get("train_args"), dict):
+        train_args = dict(shared["train_args"])
+        for key, value in train_args.items():
+            if isinstance(value, str) and (_is_path_key(key) or key == "model" and not is_repo_id(value)):
+                train_args[key] = _base_name(value)
+        shared["train_args"] = train_args
+    if isinstance(shared.get("calibration"), dict):
+        calibration = {k: v for k, v in shared["calibration"].items() if k != "checkpoint"}
+        if isinstance(calibration.get("real_dir"), str):
+            calibration["real_dir"] = _base_name(calibration["real_dir"])
+        shared["calibration"] = calibration
+    return shared
 
 
 def save_head_folder(directory: str | os.PathLike, head_state: dict[str, torch.Tensor], config: dict,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import defaultdict
 
 import numpy as np
@@ -187,3 +188,45 @@ def test_average_precision_and_auc_equal_sklearn_with_ties(seed):
     scores = np.round(rng.random(n), int(rng.integers(1, 4)))
     assert average_precision(labels, scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
     assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+@pytest.fixture
+def as_rank_1(monkeypatch):
+    """Evaluation as torchrun's rank 1 sees it: rank 1 only once the process group is joined."""
+    import deepfake.evaluation as evaluation
+
+    joined = {"group": False}
+    audited = []
+
+    def init_distributed(device):
+        joined["group"] = True
+
+    def extract_features(*args, **kwargs):
+        return None  # rank 1's share is done; rank 0 gathers and scores
+
+    def audit_samples(*args, **kwargs):
+        audited.append(True)
+        return {}
+
+    monkeypatch.setattr(evaluation, "init_distributed", init_distributed)
+    monkeypatch.setattr(evaluation, "is_main_process", lambda: not joined["group"])
+    monkeypatch.setattr(evaluation, "extract_features", extract_features)
+    monkeypatch.setattr(evaluation, "audit_samples", audit_samples)
+    return audited
+
+
+def test_rank_1_prints_no_summary_and_runs_no_bias_audit(trained_run, tmp_path, as_rank_1, capsys):
+    assert run_test_script(trained_run, tmp_path / "eval", "--no_plots", "--max_sample", "2") == 0
+    assert as_rank_1 == []
+    assert "bias audit" not in capsys.readouterr().out
+
+
+def test_rank_1_with_calibrate_real_and_threshold_calibrated_does_not_fail(trained_run, tmp_path, as_rank_1):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run"], run)
+    for sidecar in run.glob("*.calibration.json"):
+        sidecar.unlink()  # no stored operating point: only the one rank 0 fits
+    reals = tmp_path / "reals"
+    write_images(reals, 4, False, np.random.default_rng(3))
+    assert run_test_script({**trained_run, "run": run}, tmp_path / "eval", "--no_plots", "--max_sample", "2",
+                           "--calibrate_real", str(reals), "--threshold", "calibrated") == 0

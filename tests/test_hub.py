@@ -16,6 +16,7 @@ import pytest
 from deepfake import DeepfakeClassifier
 from deepfake.__main__ import main as deepfake_main
 from deepfake.checkpoint import CheckpointRefused
+from deepfake.hub import head_config_for_sharing, is_repo_id
 
 from .conftest import FIXTURE
 
@@ -161,3 +162,38 @@ def test_push_command_uploads_a_run_without_loading_its_tower(trained_run, fake_
     assert json.loads(files["config.json"])["metrics"] == best["metrics"]
     assert "acme/run-head" in capsys.readouterr().out
     assert deepfake_main(["push", str(trained_run["run"] / "nothing-here"), "acme/x"]) == 2
+
+
+def test_shared_config_keeps_base_names_of_local_paths(saved_head, trained_run):
+    text = (saved_head["folder"] / "config.json").read_text()
+    train_args = json.loads(text)["train_args"]
+    for where in (trained_run["data"], trained_run["run"], trained_run["cache"]):
+        assert str(where) not in text
+    assert train_args["dataset_dir"] == Path(train_args["dataset_dir"]).name == trained_run["data"].name
+    assert train_args["output_dir"] == trained_run["run"].name and train_args["cache_dir"] == trained_run["cache"].name
+    assert train_args["num_epochs"] == saved_head["classifier"].config["train_args"]["num_epochs"]  # options kept
+    shared = head_config_for_sharing({"train_args": {"model": "org/tower"},
+                                      "calibration": {"real_dir": "/home/me/deploy/reals/", "threshold": 0.4,
+                                                      "checkpoint": "/home/me/runs/x/best.safetensors"}})
+    assert shared["train_args"]["model"] == "org/tower"  # a hub id is not a local path
+    assert shared["calibration"] == {"real_dir": "reals", "threshold": 0.4}
+
+
+def test_local_looking_names_are_never_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for local in ("runs/typo", "./org/name", "../org/name", "/org/name", "~/org/name"):
+        assert not is_repo_id(local), local
+        with pytest.raises(CheckpointRefused) as refused:
+            DeepfakeClassifier.from_pretrained(local)
+        assert "hub" not in str(refused.value), local
+    assert is_repo_id("org/name") and is_repo_id("org/name@v1")
+
+
+def test_missing_run_dir_and_unfetchable_repo_names_both_readings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(CheckpointRefused, match="no such local directory runz/typo, and not fetchable as hub repo "
+                                                "runz/typo"):
+        DeepfakeClassifier.from_pretrained("runz/typo")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file, save_file
 
 import test_ClassifierHead
-from deepfake.calibration import read_calibration
+from deepfake import DeepfakeClassifier
+from deepfake.calibration import calibration_record, read_calibration, write_calibration
+from deepfake.checkpoint import FORMAT
 
 from .conftest import run_test_script, write_images
 
@@ -94,3 +98,44 @@ def test_evaluating_an_aligned_head_without_its_alignment_warns(tmp_path, forens
     assert test_ClassifierHead.main(base + ["--output_dir", str(tmp_path / "b"), "--align", "jpeg:90"]) == 0
     assert "trained with --align" not in caplog.text
     assert json.loads((tmp_path / "b" / "results.json").read_text())["align"]["jpeg_quality"] == 90
+
+
+def _copy_run(trained_run: dict, tmp_path) -> dict:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run"], run)
+    return {**trained_run, "run": run}
+
+
+def _retrain_weights(weights) -> None:
+    """Replace the head's weights in place, as a second training run into the same directory does."""
+    state = load_file(weights)
+    save_file({k: v + 0.01 for k, v in state.items()}, weights, {"format": FORMAT})
+
+
+def test_calibration_fitted_on_earlier_weights_is_ignored_and_not_shared(trained_run, tmp_path, caplog):
+    run = _copy_run(trained_run, tmp_path)["run"]
+    weights = run / "best.safetensors"
+    record = calibration_record(str(tmp_path / "reals"), 0.123, 0.05, np.linspace(0, 1, 40))
+    write_calibration(tmp_path / "eval", str(weights), record, {}, overwrite=True)
+    assert read_calibration(run)["threshold"] == 0.123  # fitted on these weights: used
+    _retrain_weights(weights)
+    caplog.clear()
+    assert read_calibration(run) is None
+    assert "best.calibration.json: calibration ignored" in caplog.text and str(weights) in caplog.text
+    clf = DeepfakeClassifier.from_pretrained(run)
+    with pytest.raises(ValueError, match="no calibrated threshold"):
+        clf.decision_threshold("calibrated")
+    shared = json.loads((clf.save_pretrained(tmp_path / "head") / "config.json").read_text())
+    assert "calibration" not in shared
+
+
+def test_threshold_calibrated_without_calibrate_real_records_the_stored_calibration(trained_run, tmp_path):
+    run = _copy_run(trained_run, tmp_path)
+    record = calibration_record("deploy_reals", 0.37, 0.02, np.linspace(0, 1, 50))
+    write_calibration(tmp_path / "fit", str(run["run"] / "best.safetensors"), record, {}, overwrite=True)
+    out = tmp_path / "eval"
+    assert run_test_script(run, out, "--no_plots", "--max_sample", "2", "--threshold", "calibrated") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["threshold"] == 0.37 and results["threshold_source"] == "checkpoint calibration"
+    cal = results["calibration"]
+    assert (cal["real_dir"], cal["target_fpr"], cal["threshold"]) == ("deploy_reals", 0.02, 0.37)

@@ -11,7 +11,7 @@ It prints, from one run:
 - the extraction cost per image (cold run minus warm run, divided by N);
 - the wall time of the cache-hit rerun: a fresh process (start-up and imports included)
   that scans, stats, reads the cache and trains one epoch;
-- the peak RSS above the process's baseline (after imports), divided by the fp16 size of
+- the peak RSS above the process's baseline (after imports, the tower families' included), divided by the fp16 size of
   the N x 768 features, for the cold and the warm run.
 """
 
@@ -37,6 +37,10 @@ PROBE = """
 import json, resource, sys
 sys.path.insert(0, {root!r})
 import train_ClassifierHead
+# Code is not data: the tower families (and the transformers modules they use) are imported
+# lazily on the first load, so import them before the baseline is read.
+from deepfake.tower_registry import families
+families()
 
 def rss_kb():
     with open("/proc/self/status") as f:

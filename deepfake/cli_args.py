@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from deepfake.backbones import CLI_PREPROCESS_MODES, DEFAULT_MODEL
 from deepfake.benchmark_files import available_presets
+from deepfake.feature_cache import CacheError
 from deepfake.heads import HEAD_HIDDEN, head_kinds
 from deepfake.image_io import DEFAULT_MAX_PIXELS
-from deepfake.runtime import PRECISIONS
+from deepfake.runtime import PRECISIONS, terminate_as_interrupt
+
+T = TypeVar("T")
 
 
 def default_workers() -> int:
@@ -73,6 +78,22 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_job(name: str, job: Callable[[], T], continue_hint: str) -> tuple[int, T | None]:
+    """Run a command's job with the scripts' exit statuses: (0, result), (2, None) for bad
+    input named in one line, (130, None) when interrupted, saying how to continue."""
+    log = logging.getLogger(name)
+    try:
+        with terminate_as_interrupt():
+            return 0, job()
+    except (FileExistsError, FileNotFoundError, ValueError, CacheError) as exc:
+        log.error("%s", exc)
+        return 2, None
+    except KeyboardInterrupt as exc:
+        message = str(exc) if str(exc).startswith("interrupted") else "interrupted"
+        log.error("%s; %s", message, continue_hint)
+        return 130, None
 
 
 def parse_threshold(text: str) -> str | float:

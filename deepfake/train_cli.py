@@ -9,12 +9,9 @@ cache; epochs then train the head from it.
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from deepfake.cli_args import setup_logging, train_parser
-from deepfake.feature_cache import CacheError
-from deepfake.runtime import terminate_as_interrupt
+from deepfake.cli_args import run_job, setup_logging, train_parser
 from deepfake.training import train
 
 
@@ -23,20 +20,11 @@ def main(argv: list[str] | None = None, prog: str = "deepfake train") -> int:
     parser.prog = prog
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    try:
-        with terminate_as_interrupt():
-            summary = train(args)
-    except (FileExistsError, FileNotFoundError, ValueError, CacheError) as exc:
-        logging.getLogger("train").error("%s", exc)
-        return 2
-    except KeyboardInterrupt as exc:
-        message = str(exc) if str(exc).startswith("interrupted") else "interrupted"
-        logging.getLogger("train").error("%s; to continue, run the same command with --resume "
-                                         "(finished epochs and cached features are kept)", message)
-        return 130
+    code, summary = run_job("train", lambda: train(args), "to continue, run the same command with --resume "
+                            "(finished epochs and cached features are kept)")
     if summary:
         print(f"best val AP {summary['best_val_ap']:.4f}; checkpoints in {summary['output_dir']}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

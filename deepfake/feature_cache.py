@@ -140,11 +140,14 @@ def read_header(path: Path) -> ShardHeader:
 class ShardMaps:
     """Memory maps of shard files, opened on demand and kept for the ``limit`` most recent.
 
-    Tensors are numpy views of the map: reading a row touches only that row's pages.
+    Tensors are numpy views of the map: reading a row touches only that row's pages. A map
+    holds no file descriptor, only address space, so the limit is set above the shard count
+    of the largest data sets (720k images are ~700 shards): shuffled batches draw rows from
+    every shard, and a smaller limit would reopen and reparse headers on every batch.
     Each tensor's checksum is verified the first time it is used.
     """
 
-    def __init__(self, directory: Path, limit: int = 64):
+    def __init__(self, directory: Path, limit: int = 4096):
         self.dir = directory
         self.limit = limit
         self._maps: OrderedDict[str, tuple[np.memmap, ShardHeader]] = OrderedDict()

@@ -19,12 +19,16 @@ same arithmetic row by row); in bf16 they differ by rounding only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
 from deepfake.runtime import cpu_has_bf16
+
+if TYPE_CHECKING:
+    from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
 
 # Score-matrix bytes per attention chunk: small enough for the L2/L3 caches of a server core.
 ATTENTION_CHUNK_BYTES = 4 << 20
@@ -138,6 +142,9 @@ class FusedCLIPMLP(nn.Module):
 
 def fuse_clip_blocks(encoder_layers: nn.ModuleList) -> int:
     """Swap each block's attention and MLP for the fused forms, in place; returns how many changed."""
+    # Only a built CLIP tower is fused: its modeling module is imported by then.
+    from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
+
     changed = 0
     for layer in encoder_layers:
         if isinstance(layer.self_attn, CLIPAttention) and layer.self_attn.q_proj.bias is not None:

@@ -37,7 +37,7 @@ from deepfake.feature_cache import (
     layer_tensor,
 )
 from deepfake.runtime import DTYPES, barrier, rank_and_world, terminate_as_interrupt
-from deepfake.towers import ImageTower
+from deepfake.towers import DeferredTower, ImageTower
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,13 @@ def prepare_tower(tower: ImageTower, precision: str, device: torch.device, compi
     """Move the tower to ``device`` in the precision it will run in (weights cast once, not per batch).
 
     Its blocks are then either fused for inference or, with ``compile``, handed unchanged to
-    ``torch.compile``, which makes its own fusions (and cannot lower ours).
+    ``torch.compile``, which makes its own fusions (and cannot lower ours). A tower not built
+    yet (:class:`~deepfake.deferred_tower.DeferredTower`) is not built here: the step is applied
+    when it is, and until then the tower reports ``device`` and the precision's dtype.
     """
+    if isinstance(tower, DeferredTower) and not tower.is_built:
+        return tower.after_build(lambda built: prepare_tower(built, precision, device, compile),
+                                 device, DTYPES[precision])
     tower = tower.to(device=device, dtype=DTYPES[precision])
     if compile:
         tower.model = torch.compile(tower.model)

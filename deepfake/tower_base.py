@@ -7,6 +7,9 @@ The contract the rest of the package relies on::
 
 Row 0 of ``layers`` is the embedding output (before block 1); row i is the token after block i
 (the CLS token, or the mean token for towers without one; the identity says which).
+
+A :class:`TowerShape` is that contract read from a checkpoint's config alone, so a tower can be
+named (and its cached features found) without building it; see :mod:`deepfake.deferred_tower`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,37 @@ from deepfake.backbones import Backbone, Preprocess
 from deepfake.tower_files import CheckpointError, CheckpointFiles
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TowerShape:
+    """What a tower is, from its config alone: the sizes and the names of its feature and block token."""
+
+    feature_dim: int
+    num_layers: int
+    hidden_size: int
+    feature: str
+    layer_token: str
+
+
+def tower_identity(identity: dict, feature_dim: int, feature: str, layer_token: str) -> dict:
+    """The identity of a transformers tower: where its weights come from plus what it outputs."""
+    return {**identity, "feature_dim": int(feature_dim), "feature": feature, "layer_token": layer_token}
+
+
+def transformers_config(config_class, config: dict, where: str):
+    """``config_class`` built from a checkpoint's config dict as ``from_pretrained`` builds it.
+
+    A joint model's config (e.g. ``siglip``) holds the vision tower's under ``vision_config``;
+    the class's ``base_config_key`` says so, and transformers' defaults fill what is not given.
+    Only a configuration class is needed: no modeling code is imported.
+    """
+    key = getattr(config_class, "base_config_key", "")
+    sub = config.get(key) if key else None
+    try:
+        return config_class.from_dict(dict(sub if isinstance(sub, dict) else config))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: not a valid {config_class.__name__}: {exc}") from exc
 
 
 @dataclass
@@ -91,8 +125,7 @@ class TransformersTower(ImageTower):
         self.feature_dim = int(feature_dim)
         self.num_layers = int(config.num_hidden_layers)
         self.hidden_size = int(config.hidden_size)
-        self.identity = {**identity, "feature_dim": self.feature_dim, "feature": self.feature,
-                         "layer_token": self.layer_token}
+        self.identity = tower_identity(identity, self.feature_dim, self.feature, self.layer_token)
         self.freeze()
 
     def features(self, out) -> torch.Tensor:

@@ -9,15 +9,16 @@ The weights are mapped by :mod:`deepfake.clip_weights` with strict key checks.
 from __future__ import annotations
 
 import logging
-
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+from typing import TYPE_CHECKING
 
 from deepfake.backbones import Backbone, Preprocess
 from deepfake.clip_weights import CLIP_MODEL_TYPES, check_keys, vision_config_from, vision_state_dict
-from deepfake.fast_clip import fuse_clip_blocks
-from deepfake.tower_base import TransformersTower
+from deepfake.tower_base import TowerShape, TransformersTower
 from deepfake.tower_files import CheckpointFiles, read_weights
 from deepfake.tower_registry import TowerFamily, register
+
+if TYPE_CHECKING:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class CLIPTower(TransformersTower):
         return out.image_embeds
 
     def fuse_for_inference(self) -> CLIPTower:
+        from deepfake.fast_clip import fuse_clip_blocks
+
         fuse_clip_blocks(self.model.vision_model.encoder.layers)
         return self
 
@@ -43,6 +46,8 @@ def build_clip_tower(
     vision_config: CLIPVisionConfig, backbone: Backbone, identity: dict, state: dict | None = None
 ) -> CLIPTower:
     """A CLIP tower from a config, with ``state`` loaded strictly (random weights if ``None``)."""
+    from transformers import CLIPVisionModelWithProjection
+
     model = CLIPVisionModelWithProjection._from_config(vision_config, attn_implementation="sdpa")
     if state is not None:
         check_keys(model.state_dict(), state, identity.get("model", "checkpoint"))
@@ -58,6 +63,13 @@ def load_clip_tower(files: CheckpointFiles, backbone: Backbone, identity: dict) 
     return build_clip_tower(vision_config, backbone, identity, state)
 
 
+def clip_shape(config: dict, where: str) -> TowerShape:
+    """The tower ``load_clip_tower`` builds, from the config: projection width, vision blocks and width."""
+    vision_config, _ = vision_config_from(config, where)
+    return TowerShape(int(vision_config.projection_dim), int(vision_config.num_hidden_layers),
+                      int(vision_config.hidden_size), CLIPTower.feature, CLIPTower.layer_token)
+
+
 def clip_preprocess(config: dict) -> Preprocess:
     """OpenAI's CLIP transform at the tower's image size: the statistics every CLIP tower was trained with."""
     vision = config if config.get("model_type") == "clip_vision_model" else config.get("vision_config") or {}
@@ -65,4 +77,4 @@ def clip_preprocess(config: dict) -> Preprocess:
 
 
 register(TowerFamily("clip", CLIP_MODEL_TYPES, load_clip_tower, clip_preprocess,
-                     feature="projected image embedding", fused=True))
+                     feature="projected image embedding", fused=True, shape=clip_shape))

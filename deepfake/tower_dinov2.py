@@ -8,10 +8,9 @@ Per-block token: the CLS token. Blocks run as transformers modules with SDPA (no
 from __future__ import annotations
 
 import torch
-from transformers import Dinov2Model, Dinov2WithRegistersModel
 
 from deepfake.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocess
-from deepfake.tower_base import TransformersTower, load_transformers_model
+from deepfake.tower_base import TowerShape, TransformersTower, load_transformers_model, transformers_config
 from deepfake.tower_files import CheckpointFiles
 from deepfake.tower_registry import TowerFamily, register
 
@@ -31,9 +30,28 @@ class DinoTower(TransformersTower):
         return torch.cat([tokens[:, 0], tokens[:, self.prefix_tokens:].mean(dim=1)], dim=1)
 
 
+def dino_shape(vision_config) -> TowerShape:
+    """A DINO tower's shape from its transformers config: CLS + mean patch, so twice the width."""
+    hidden = int(vision_config.hidden_size)
+    return TowerShape(2 * hidden, int(vision_config.num_hidden_layers), hidden, DinoTower.feature,
+                      DinoTower.layer_token)
+
+
+def _with_registers(config: dict) -> bool:
+    return config.get("model_type") == "dinov2_with_registers"
+
+
+def dinov2_shape(config: dict, where: str) -> TowerShape:
+    from transformers import Dinov2Config, Dinov2WithRegistersConfig
+
+    return dino_shape(transformers_config(Dinov2WithRegistersConfig if _with_registers(config) else Dinov2Config,
+                                          config, where))
+
+
 def load_dinov2_tower(files: CheckpointFiles, backbone: Backbone, identity: dict) -> DinoTower:
-    with_registers = files.read_config().get("model_type") == "dinov2_with_registers"
-    model_class = Dinov2WithRegistersModel if with_registers else Dinov2Model
+    from transformers import Dinov2Model, Dinov2WithRegistersModel
+
+    model_class = Dinov2WithRegistersModel if _with_registers(files.read_config()) else Dinov2Model
     return DinoTower(load_transformers_model(model_class, files, str(files.directory)), backbone, identity)
 
 
@@ -43,4 +61,4 @@ def dinov2_preprocess(config: dict) -> Preprocess:
 
 
 register(TowerFamily("dinov2", ("dinov2", "dinov2_with_registers"), load_dinov2_tower, dinov2_preprocess,
-                     feature="CLS token + mean patch token (linear-probe protocol)"))
+                     feature="CLS token + mean patch token (linear-probe protocol)", shape=dinov2_shape))

@@ -7,16 +7,22 @@ transformers modules with SDPA (not fused).
 
 from __future__ import annotations
 
-from transformers import DINOv3ViTModel
-
 from deepfake.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocess
-from deepfake.tower_base import load_transformers_model
-from deepfake.tower_dinov2 import DinoTower
+from deepfake.tower_base import TowerShape, load_transformers_model, transformers_config
+from deepfake.tower_dinov2 import DinoTower, dino_shape
 from deepfake.tower_files import CheckpointFiles
 from deepfake.tower_registry import TowerFamily, register
 
 
+def dinov3_shape(config: dict, where: str) -> TowerShape:
+    from transformers import DINOv3ViTConfig
+
+    return dino_shape(transformers_config(DINOv3ViTConfig, config, where))
+
+
 def load_dinov3_tower(files: CheckpointFiles, backbone: Backbone, identity: dict) -> DinoTower:
+    from transformers import DINOv3ViTModel
+
     return DinoTower(load_transformers_model(DINOv3ViTModel, files, str(files.directory)), backbone, identity)
 
 
@@ -26,4 +32,4 @@ def dinov3_preprocess(config: dict) -> Preprocess:
 
 
 register(TowerFamily("dinov3", ("dinov3_vit",), load_dinov3_tower, dinov3_preprocess,
-                     feature="CLS token + mean patch token"))
+                     feature="CLS token + mean patch token", shape=dinov3_shape))

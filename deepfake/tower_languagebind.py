@@ -9,8 +9,8 @@ embedding; per-block tokens: the CLS token; blocks fused by :mod:`deepfake.fast_
 from __future__ import annotations
 
 from deepfake.clip_weights import LANGUAGEBIND_MODEL_TYPES
-from deepfake.tower_clip import clip_preprocess, load_clip_tower
+from deepfake.tower_clip import clip_preprocess, clip_shape, load_clip_tower
 from deepfake.tower_registry import TowerFamily, register
 
 register(TowerFamily("languagebind", LANGUAGEBIND_MODEL_TYPES, load_clip_tower, clip_preprocess,
-                     feature="projected image embedding", fused=True))
+                     feature="projected image embedding", fused=True, shape=clip_shape))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from deepfake.backbones import Backbone, Preprocess
-from deepfake.tower_base import ImageTower
+from deepfake.tower_base import ImageTower, TowerShape
 from deepfake.tower_files import CheckpointError, CheckpointFiles
 
 FAMILY_MODULES = (
@@ -32,7 +32,10 @@ class TowerFamily:
 
     ``load(files, backbone, identity)`` builds the frozen tower from resolved checkpoint files
     (``files`` is ``None`` for a family without weights); ``default_preprocess(config)`` is the
-    family's own training transform, used when a checkpoint has no ``preprocessor_config.json``.
+    family's own training transform, used when a checkpoint has no ``preprocessor_config.json``;
+    ``shape(config, where)`` says what the built tower will be from the checkpoint's config alone
+    (sizes read from it, never a table), so a run whose features are all cached never builds it.
+    A family module imports no transformers modeling code at import time: only ``load`` needs it.
     """
 
     name: str
@@ -42,6 +45,7 @@ class TowerFamily:
     feature: str = ""  # what the feature is, in words, for messages and the README table
     fused: bool = False  # whether deepfake/fast_clip.py rewrites its blocks
     weightless: bool = False
+    shape: Callable[[dict, str], TowerShape] | None = None  # None: built at load time
 
 
 _FAMILIES: dict[str, TowerFamily] = {}

@@ -16,10 +16,9 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import Siglip2VisionModel, SiglipVisionModel
 
 from deepfake.backbones import Backbone, Preprocess
-from deepfake.tower_base import TowerOutput, TransformersTower, load_transformers_model
+from deepfake.tower_base import TowerOutput, TowerShape, TransformersTower, load_transformers_model, transformers_config
 from deepfake.tower_files import CheckpointFiles
 from deepfake.tower_registry import TowerFamily, register
 
@@ -36,8 +35,13 @@ class SiglipTower(TransformersTower):
     layer_token = "mean"
 
     def __init__(self, model, backbone: Backbone, identity: dict):
-        self.feature = "pooled" if getattr(model.config, "vision_use_head", True) else "mean_token"
+        self.feature = self.feature_of(model.config)
         super().__init__(model, backbone, identity, model.config.hidden_size)
+
+    @staticmethod
+    def feature_of(vision_config) -> str:
+        """``pooled`` with the attention-pooling head, else ``mean_token``."""
+        return "pooled" if getattr(vision_config, "vision_use_head", True) else "mean_token"
 
     def features(self, out) -> torch.Tensor:
         return out.pooler_output if self.feature == "pooled" else out.last_hidden_state.mean(dim=1)
@@ -65,9 +69,24 @@ class Siglip2Tower(SiglipTower):
         return TowerOutput(embeds=self.features(out), layers=self.block_tokens(out.hidden_states) if layers else None)
 
 
+def _is_siglip2(config: dict) -> bool:
+    return config.get("model_type", "").startswith("siglip2")
+
+
+def siglip_shape(config: dict, where: str) -> TowerShape:
+    """The tower ``load_siglip_tower`` builds, from the vision config (transformers' defaults filled in)."""
+    from transformers import Siglip2VisionConfig, SiglipVisionConfig
+
+    vision = transformers_config(Siglip2VisionConfig if _is_siglip2(config) else SiglipVisionConfig, config, where)
+    hidden = int(vision.hidden_size)
+    return TowerShape(hidden, int(vision.num_hidden_layers), hidden, SiglipTower.feature_of(vision),
+                      SiglipTower.layer_token)
+
+
 def load_siglip_tower(files: CheckpointFiles, backbone: Backbone, identity: dict) -> SiglipTower:
-    model_type = files.read_config().get("model_type", "")
-    if model_type.startswith("siglip2"):
+    from transformers import Siglip2VisionModel, SiglipVisionModel
+
+    if _is_siglip2(files.read_config()):
         return Siglip2Tower(load_transformers_model(Siglip2VisionModel, files, str(files.directory)), backbone, identity)
     return SiglipTower(load_transformers_model(SiglipVisionModel, files, str(files.directory)), backbone, identity)
 
@@ -75,11 +94,12 @@ def load_siglip_tower(files: CheckpointFiles, backbone: Backbone, identity: dict
 def siglip_preprocess(config: dict) -> Preprocess:
     """SigLIP's transform: squash to the tower's size (bicubic), mean and std 0.5."""
     vision = _vision(config)
-    if config.get("model_type", "").startswith("siglip2"):
+    if _is_siglip2(config):
         side = math.isqrt(int(vision.get("num_patches", 256))) * int(vision.get("patch_size", 16))
         return Preprocess("squash", side, SIGLIP_MEAN, SIGLIP_STD, "bilinear")
     return Preprocess("squash", int(vision.get("image_size", 224)), SIGLIP_MEAN, SIGLIP_STD, "bicubic")
 
 
 register(TowerFamily("siglip", ("siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model"),
-                     load_siglip_tower, siglip_preprocess, feature="pooled embedding (attention-pooling head)"))
+                     load_siglip_tower, siglip_preprocess, feature="pooled embedding (attention-pooling head)",
+                     shape=siglip_shape))

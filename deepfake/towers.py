@@ -5,6 +5,10 @@ resolves the files (hub cache with ``HF_HUB_OFFLINE=1`` honoured, or a local dir
 single-file or sharded weights), finds the family from the config's ``model_type`` in
 :mod:`deepfake.tower_registry`, reads the preprocessing from ``preprocessor_config.json``
 (or the family's own when there is none), and lets the family build the frozen tower.
+
+With ``defer=True`` the tower is named but not built (:class:`~deepfake.deferred_tower.DeferredTower`):
+its identity and sizes come from the config, and the weights are read on its first forward.
+A training run whose features are all cached therefore never builds it.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from deepfake.backbones import backbone_for, preprocess_from_processor_config
-from deepfake.tower_base import ImageTower, TowerOutput, TransformersTower
+from deepfake.backbones import Backbone, backbone_for, preprocess_from_processor_config
+from deepfake.deferred_tower import DeferredTower
+from deepfake.tower_base import ImageTower, TowerOutput, TransformersTower, tower_identity
 from deepfake.tower_files import CheckpointError, CheckpointFiles, file_sha256, read_state_dict, resolve_checkpoint
 from deepfake.tower_registry import TowerFamily, family, family_for_config
 
 __all__ = [
-    "CheckpointError", "CheckpointFiles", "ImageTower", "TowerOutput", "TransformersTower",
+    "CheckpointError", "CheckpointFiles", "DeferredTower", "ImageTower", "TowerOutput", "TransformersTower",
     "file_sha256", "load_tower", "read_state_dict", "resolve_checkpoint",
 ]
 
@@ -54,13 +59,28 @@ def _checkpoint_preprocess(files: CheckpointFiles, tower_family: TowerFamily, co
     return preprocess
 
 
+def _build(tower_family: TowerFamily, files: CheckpointFiles, backbone: Backbone, identity: dict,
+           name: str) -> ImageTower:
+    tower = tower_family.load(files, backbone, identity)
+    log.info("loaded %s tower from %s (%d layers, feature dim %d: %s)", tower_family.name, name,
+             tower.num_layers, tower.feature_dim, tower.identity.get("feature", ""))
+    return tower
+
+
 def load_tower(
     model: str,
     revision: str | None = None,
     preprocess_mode: str | None = None,
     device: torch.device | str = "cpu",
+    defer: bool = False,
 ) -> ImageTower:
-    """Load the frozen tower named by ``model`` (hub id, local directory, or a weight-free name)."""
+    """Load the frozen tower named by ``model`` (hub id, local directory, or a weight-free name).
+
+    Everything about the checkpoint's files (config, model_type, family, weight files) is
+    checked here either way. With ``defer`` a family that can read its tower's shape from the
+    config gives a :class:`DeferredTower`, built on its first forward; a problem found only in
+    the weights themselves (a missing key, a wrong shape) is then raised at that build.
+    """
     backbone = backbone_for(model, revision)
     if backbone.family != "auto" and family(backbone.family).weightless:
         tower = family(backbone.family).load(None, backbone.with_mode(preprocess_mode), {})
@@ -80,7 +100,9 @@ def load_tower(
     if files.revision is None:
         # A local directory has no commit: its weights' hash identifies it.
         identity["weights_sha256"] = files.weights_sha256()
-    tower = tower_family.load(files, backbone, identity)
-    log.info("loaded %s tower from %s (%d layers, feature dim %d: %s)", tower_family.name, name,
-             tower.num_layers, tower.feature_dim, tower.identity.get("feature", ""))
-    return tower.to(device)
+    if defer and tower_family.shape is not None:
+        shape = tower_family.shape(config, str(files.config))
+        deferred = DeferredTower(backbone, tower_identity(identity, shape.feature_dim, shape.feature, shape.layer_token),
+                                 shape, lambda chosen: _build(tower_family, files, chosen, identity, name))
+        return deferred.to(device)
+    return _build(tower_family, files, backbone, identity, name).to(device)

@@ -538,7 +538,9 @@ def _train(args: argparse.Namespace) -> dict:
         print(format_audit(audit, brief=True))
 
     precision = resolve_precision(args.precision or "auto", device)
-    tower = load_tower(args.model, args.revision, args.preprocess)
+    # Named, not built: a run whose features are all cached never reads the weights (nor imports
+    # the modeling code); the first image through the tower builds it.
+    tower = load_tower(args.model, args.revision, args.preprocess, defer=True)
     tower = prepare_tower(tower, precision, device, compile=args.compile)
     head_kind = getattr(args, "head", "mlp")
     blocks = parse_feature_layers(args.feature_layers, int(getattr(tower, "num_layers", 0) or 0))

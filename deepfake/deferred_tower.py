@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # What the built tower must agree on with the deferred one; a difference would file features
 # under another tower's cache key.
-CHECKED_FIELDS = ("cache_identity", "feature_dim", "num_layers", "hidden_size")
+CHECKED_FIELDS = ("feature_dim", "num_layers", "hidden_size", "cache_identity")
 
 
 class DeferredTower(ImageTower):
@@ -96,12 +96,16 @@ class DeferredTower(ImageTower):
             mine, built = getattr(self, field), getattr(tower, field)
             if callable(mine):
                 mine, built = mine(), built()
-            if mine != built:
-                raise RuntimeError(
-                    f"{self.backbone.name}: the built tower's {field} ({built!r}) differs from the one read "
-                    f"from its config ({mine!r}); the {self.identity.get('family')} family's shape() and its "
-                    f"tower disagree"
-                )
+            if mine == built:
+                continue
+            if isinstance(mine, dict) and isinstance(built, dict):
+                keys = sorted(k for k in mine.keys() | built.keys() if mine.get(k) != built.get(k))
+                mine, built = ({k: d.get(k) for k in keys} for d in (mine, built))
+            raise RuntimeError(
+                f"{self.backbone.name}: the built tower's {field} ({built!r}) differs from the one read "
+                f"from its config ({mine!r}); the {self.identity.get('family')} family's shape and its "
+                f"tower disagree"
+            )
 
     def forward(self, pixel_values: torch.Tensor, layers: bool = False) -> TowerOutput:
         return self.materialize()(pixel_values, layers=layers)

@@ -11,8 +11,10 @@ It prints, from one run:
 - the extraction cost per image (cold run minus warm run, divided by N);
 - the wall time of the cache-hit rerun: a fresh process (start-up and imports included)
   that scans, stats, reads the cache and trains one epoch;
-- the peak RSS above the process's baseline (after imports, the tower families' included), divided by the fp16 size of
-  the N x 768 features, for the cold and the warm run.
+- the peak RSS above the process's baseline (after imports, the tower families' included, and for the
+  cold run, which builds the tower, transformers' CLIP modeling code), divided by the fp16 size of
+  the N x 768 features, for the cold and the warm run. The warm run never builds the tower (its
+  features are all cached), so it never imports the modeling code.
 """
 
 from __future__ import annotations
@@ -37,10 +39,13 @@ PROBE = """
 import json, resource, sys
 sys.path.insert(0, {root!r})
 import train_ClassifierHead
-# Code is not data: the tower families (and the transformers modules they use) are imported
-# lazily on the first load, so import them before the baseline is read.
+# Code is not data: the tower families are imported lazily on the first load, and the modeling
+# code when a run builds its tower, so import what this run will import before the baseline is read.
+import importlib
 from deepfake.tower_registry import families
 families()
+for module in {preload!r}:
+    importlib.import_module(module)
 
 def rss_kb():
     with open("/proc/self/status") as f:
@@ -84,9 +89,10 @@ def make_images(root: Path, n: int) -> None:
         (folders[i % 4] / f"{i:06d}.png").write_bytes(buffer.getvalue())
 
 
-def run(argv: list[str]) -> tuple[float, dict]:
+def run(argv: list[str], preload: tuple[str, ...] = ()) -> tuple[float, dict]:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PROBE.format(root=str(ROOT), argv=argv)], capture_output=True,
+    code = PROBE.format(root=str(ROOT), argv=argv, preload=list(preload))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     wall = time.perf_counter() - start
     line = next((x for x in done.stdout.splitlines() if x.startswith("PROBE ")), None)
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         command = ["--dataset_dir", str(work / "data"), "--output_dir", str(work / "run"), "--model",
                    str(work / "tower"), "--cache_dir", str(work / "cache"), "--num_epochs", "1", "--batch_size",
                    "256", "--num_workers", "0", "--precision", "fp32", "--quiet", "--overwrite"]
-        cold, cold_probe = run(command)
+        cold, cold_probe = run(command, preload=("transformers.models.clip.modeling_clip",))
         warm, warm_probe = run(command)
     feature_mb = args.n * FEATURE_DIM * 2 / 2**20
 

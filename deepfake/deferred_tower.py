@@ -81,8 +81,10 @@ class DeferredTower(ImageTower):
     def materialize(self) -> ImageTower:
         """The real tower: built on the first call (then checked against the config), the same one after."""
         if self.built is None:
-            # The first forward may come inside inference_mode: the weights must load as they do eagerly.
-            with torch.inference_mode(False), torch.enable_grad():
+            # The first forward may come inside inference_mode: the weights must load as they do
+            # eagerly. Models are initialised randomly before their weights are read: that must not
+            # draw from the run's random stream (a head's dropout masks would change with the timing).
+            with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
                 tower = self._build(self.backbone)
                 self._check(tower)
                 for step in self._steps:

@@ -106,6 +106,15 @@ def test_deferred_tower_builds_once_on_its_first_forward(towers, monkeypatch):
     assert builds == [1] and tower.materialize() is first
 
 
+def test_building_a_deferred_tower_leaves_the_global_random_stream_alone(towers):
+    tower = load_tower(towers["clip"], defer=True)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    tower.materialize()  # initialises a random model before reading its weights
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_prepare_tower_on_a_deferred_tower_applies_at_the_build(towers):
     eager = prepare_tower(load_tower(towers["clip"]), "bf16", torch.device("cpu"))
     deferred = prepare_tower(load_tower(towers["clip"], defer=True), "bf16", torch.device("cpu"))

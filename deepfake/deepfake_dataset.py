@@ -36,7 +36,7 @@ DECODE_MODES = ("exact", "fast")
 FAST_DECODE_FACTOR = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One image: where it is, its label (0 real, 1 fake), its category and split."""
 

@@ -29,6 +29,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,16 +87,43 @@ class CorruptShard(Exception):
         self.path = path
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
-    """Where one image's features are: a shard and a row (row -1: the image was skipped)."""
+SKIPPED = -2  # CacheRows.shard of a sample whose valid cache record is a skip
+UNKNOWN = -1  # CacheRows.shard of a sample the cache has no valid record for
 
-    shard: str
-    row: int
-    stamp: tuple[int, int]
-    reason: str = ""
-    layers: frozenset = frozenset()
-    limits: str = ""  # loader limits (JSON) a skip record was made under
+
+@dataclass
+class CacheRows:
+    """Where each sample's features are, as two int32 per sample (not an object per image).
+
+    ``shard[i]`` indexes ``names`` and ``row[i]`` is the row in that shard; ``shard[i]`` is
+    ``SKIPPED`` for a sample recorded as unreadable (the reason in ``skipped``) and ``UNKNOWN``
+    for one the cache has no valid record of. 720k images cost 6 MB here.
+    """
+
+    names: list[str]
+    shard: np.ndarray
+    row: np.ndarray
+    skipped: dict[int, str]
+
+    @classmethod
+    def empty(cls, n: int) -> CacheRows:
+        return cls([], np.full(n, UNKNOWN, dtype=np.int32), np.full(n, -1, dtype=np.int32), {})
+
+    def unknown(self, indices: Sequence[int] | None = None) -> list[int]:
+        """The samples (of ``indices``, or all) the cache has no valid record for."""
+        if indices is None:
+            return np.flatnonzero(self.shard == UNKNOWN).tolist()
+        return [i for i in indices if self.shard[i] == UNKNOWN]
+
+    def record(self, shard: str, indices: list[int], skipped: list[tuple[int, str]]) -> None:
+        """Note a shard just written: ``indices`` are its rows in order, ``skipped`` its skip records."""
+        if indices:
+            self.names.append(shard)
+            self.shard[indices] = len(self.names) - 1
+            self.row[indices] = np.arange(len(indices))
+        for i, reason in skipped:
+            self.shard[i] = SKIPPED
+            self.skipped[i] = reason
 
 
 @dataclass(frozen=True)
@@ -200,85 +228,107 @@ class FeatureCache:
                 f"feature cache folder {self.root}: cannot write to it ({exc.strerror or exc}); "
                 f"pass --cache_dir with a writable folder, or --no_cache"
             ) from exc
-        self._index: dict[str, CacheEntry] | None = None
 
     # --- reading ---------------------------------------------------------------------
 
     def shard_files(self) -> list[Path]:
         return sorted(self.dir.glob("shard-*.safetensors"))
 
-    def index(self, refresh: bool = False) -> dict[str, CacheEntry]:
-        """path -> newest entry, from the shard headers; unreadable shards are set aside."""
-        if self._index is not None and not refresh:
-            return self._index
-        self._index = None  # never hold two indexes at once
-        index: dict[str, CacheEntry] = {}
-        # Shard names carry their creation time: read them oldest first, so the newest entry
-        # for a path wins, one header at a time.
+    def _listings(self) -> Iterator[tuple[str, frozenset, str, list]]:
+        """(shard name, blocks it holds, loader limits, entries) per readable shard, oldest first.
+
+        Shard names carry their creation time, so a reader that lets later entries win keeps the
+        newest record of each image. Unreadable shards are set aside (their images are redone).
+        """
         for shard in sorted(self.shard_files(), key=lambda p: (p.name.split("-")[2:3], p.name)):
             try:
                 meta = read_header(shard).metadata
-                name = shard.name  # one string shared by the shard's entries
                 layers = frozenset(json.loads(meta.get("layers", "[]")))
-                limits = meta.get("limits", "")
-                for path, size, mtime, row, reason in json.loads(meta["entries"]):
-                    index[path] = CacheEntry(name, row, (size, mtime), reason, layers, limits)
+                entries = json.loads(meta["entries"])
             except FileNotFoundError:
                 continue  # set aside by another process between the listing and the read
             except Exception as exc:  # torn or foreign file: never load it
                 log.warning("%s: unreadable cache shard set aside, its images will be extracted again (%s)",
                             shard, exc)
                 self._set_aside(shard)
-        self._index = index
-        return index
+                continue
+            yield shard.name, layers, meta.get("limits", ""), entries
 
-    def lookup(self, path: str, layers: tuple[int, ...] = (), limits: str = "", retry: bool = True
-               ) -> CacheEntry | None:
-        """The entry for ``path`` if the file is unchanged and the entry answers this request.
+    def resolve(self, paths: Sequence[str], indices: Sequence[int], layers: tuple[int, ...] = (), limits: str = "",
+                retry: bool = True, rows: CacheRows | None = None) -> CacheRows:
+        """Find the valid records of ``paths[i]`` for ``i`` in ``indices`` (into ``rows``, or new ones).
 
-        A feature row must hold every block in ``layers``; a skip record must have been made
-        under the same loader ``limits`` and, with ``retry`` (deciding what to extract), not be
-        one that is retried every run.
+        A record is valid when the file's size and mtime are unchanged and it answers this
+        request: a feature row must hold every block in ``layers``; a skip record must have been
+        made under the same loader ``limits`` and, with ``retry`` (deciding what to extract), not
+        be one that is retried every run. Each shard header is read once, and each file stat'ed
+        once; the newest record of an image decides.
         """
-        entry = self.index().get(os.path.abspath(path))
-        if entry is None or entry.stamp != file_stamp(path):
-            return None
-        if entry.row >= 0:
-            return entry if entry.layers.issuperset(layers) else None
-        if entry.limits != limits or (retry and entry.reason in RETRY_ALWAYS):
-            return None
-        return entry
+        rows = rows if rows is not None else CacheRows.empty(len(paths))
+        position = {os.path.abspath(paths[i]): i for i in indices}
+        n = len(paths)
+        newest_shard = np.full(n, -1, dtype=np.int32)
+        newest = np.zeros((n, 3), dtype=np.int64)  # row, size, mtime of the newest record
+        reasons: dict[int, str] = {}
+        shard_layers, shard_limits, names = [], [], []
+        for name, blocks, made_under, entries in self._listings():
+            number = len(names)
+            names.append(name)
+            shard_layers.append(blocks.issuperset(layers))
+            shard_limits.append(made_under)
+            for path, size, mtime, row, reason in entries:
+                i = position.get(path)
+                if i is not None:
+                    newest_shard[i] = number
+                    newest[i] = (row, size, mtime)
+                    if row < 0:
+                        reasons[i] = reason
+        del position
+        slot = {name: k for k, name in enumerate(rows.names)}  # shard name -> its number in ``rows``
+        for i in np.flatnonzero(newest_shard >= 0).tolist():
+            row, size, mtime = newest[i].tolist()
+            if file_stamp(paths[i]) != (size, mtime):
+                continue
+            number = int(newest_shard[i])
+            if row >= 0:
+                if shard_layers[number]:
+                    rows.shard[i] = slot.setdefault(names[number], len(slot))
+                    rows.row[i] = row
+            elif shard_limits[number] == limits and not (retry and reasons[i] in RETRY_ALWAYS):
+                rows.shard[i] = SKIPPED
+                rows.skipped[i] = reasons[i]
+        rows.names[:] = list(slot)
+        return rows
 
-    def forget(self) -> None:
-        """Drop the in-memory index (it is rebuilt from the shard headers when next needed)."""
-        self._index = None
+    def count_images(self) -> int:
+        """Images whose newest record in this cache is a feature row (not a skip)."""
+        newest: dict[str, bool] = {}
+        for _, _, _, entries in self._listings():
+            for path, _, _, row, _ in entries:
+                newest[path] = row >= 0
+        return sum(newest.values())
 
     def maps(self) -> ShardMaps:
         """Memory maps over this key's shards (for per-layer reads)."""
         return ShardMaps(self.dir)
 
-    def fill_embeds(self, out: torch.Tensor, entries: list[CacheEntry | None]) -> torch.Tensor:
-        """Copy the embeds of ``entries`` (one per table row; ``None`` or a skip: left as is) into ``out``.
+    def fill_embeds(self, out: torch.Tensor, rows: CacheRows) -> torch.Tensor:
+        """Copy the embeds of every sample with a feature row into ``out`` (others are left as they are).
 
         Shards are mapped, checked and released one at a time, so no more than ``out`` and one
         shard are ever held. Returns the mask of rows filled.
         """
-        names: dict[str, int] = {}
-        shard_of = np.full(len(entries), -1, dtype=np.int32)
-        row_of = np.zeros(len(entries), dtype=np.int64)
-        for i, entry in enumerate(entries):
-            if entry is not None and entry.row >= 0:
-                shard_of[i] = names.setdefault(entry.shard, len(names))
-                row_of[i] = entry.row
-        order = np.argsort(shard_of, kind="stable")
-        bounds = np.searchsorted(shard_of[order], np.arange(len(names) + 1))
+        order = np.argsort(rows.shard, kind="stable")
+        bounds = np.searchsorted(rows.shard[order], np.arange(len(rows.names) + 1))
         target = out.numpy()
-        for name, number in names.items():
+        for number, name in enumerate(rows.names):
             dst = order[bounds[number] : bounds[number + 1]]
+            if len(dst) == 0:
+                continue
             maps = ShardMaps(self.dir, limit=1)
-            target[dst] = maps.tensor(name, EMBEDS)[row_of[dst]]
+            target[dst] = maps.tensor(name, EMBEDS)[rows.row[dst]]
             maps.close()
-        return torch.from_numpy(shard_of >= 0)
+        return torch.from_numpy(rows.shard >= 0)
 
     @staticmethod
     def _set_aside(path: Path) -> None:
@@ -293,7 +343,6 @@ class FeatureCache:
     def drop_shard(self, name: str) -> None:
         """Set a shard that failed its checksum aside and forget it."""
         self._set_aside(self.dir / name)
-        self._index = None
 
     # --- writing ---------------------------------------------------------------------
 
@@ -347,5 +396,4 @@ class FeatureCache:
             raise CacheError(f"feature cache folder {self.dir}: cannot write a shard ({exc.strerror or exc}); "
                              f"free some space or pass another --cache_dir (shards already written are kept)"
                              ) from exc
-        self._index = None
         return path

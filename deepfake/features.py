@@ -29,14 +29,14 @@ from tqdm.auto import tqdm
 from deepfake.deepfake_dataset import DeepfakeDataset, collate
 from deepfake.feature_cache import (
     STORE_DTYPE,
-    CacheEntry,
     CacheError,
+    CacheRows,
     CorruptShard,
     FeatureCache,
     ShardMaps,
     layer_tensor,
 )
-from deepfake.runtime import DTYPES, barrier, rank_and_world, terminate_as_interrupt
+from deepfake.runtime import DTYPES, barrier, rank_and_world, release_free_heap, terminate_as_interrupt
 from deepfake.towers import DeferredTower, ImageTower
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,10 @@ class ExtractionSettings:
 class MappedLayers:
     """Per-layer rows read from memory-mapped shards: nothing is loaded until asked for."""
 
-    def __init__(self, cache: FeatureCache, entries: list[CacheEntry | None], layer_ids: list[int], hidden: int):
-        names = sorted({e.shard for e in entries if e is not None and e.row >= 0})
-        number = {name: i for i, name in enumerate(names)}
-        self.names = names
-        self.shard_of = np.array([number[e.shard] if e is not None and e.row >= 0 else -1 for e in entries],
-                                 dtype=np.int32)
-        self.row_of = np.array([e.row if e is not None else -1 for e in entries], dtype=np.int32)
+    def __init__(self, cache: FeatureCache, rows: CacheRows, layer_ids: list[int], hidden: int):
+        self.names = rows.names
+        self.shard_of = rows.shard  # negative: no feature row (skipped)
+        self.row_of = rows.row
         self.layer_ids = layer_ids
         self.hidden = hidden
         self.maps: ShardMaps = cache.maps()
@@ -258,6 +255,7 @@ def extract_features(
         table = _compute(tower, dataset, settings, share, desc)
         return _gather(table, world) if world > 1 else table
     known = _extract_missing(tower, dataset, settings, cache, share, rank, desc)
+    release_free_heap()
     if world > 1:
         barrier()  # every rank's shards are on disk before anyone reads them
         if rank != 0:
@@ -268,9 +266,7 @@ def extract_features(
         except CorruptShard as exc:
             log.warning("%s; extracting its images again", exc)
             cache.drop_shard(exc.path.name)
-            known = [None] * len(dataset)
-        finally:
-            cache.forget()  # the index is rebuilt on demand; the table no longer needs it
+            known = CacheRows.empty(len(dataset))
     raise CacheError(f"feature cache {cache.dir}: shards keep failing their checksums; "
                      f"remove this folder and run again")
 
@@ -315,23 +311,19 @@ def _gather(table: FeatureTable, world: int) -> FeatureTable | None:
 
 
 def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, indices: Sequence[int],
-                     rank: int, desc: str) -> list[CacheEntry | None]:
+                     rank: int, desc: str) -> CacheRows:
     """Extract the samples of ``indices`` that the cache lacks into this rank's shards.
 
-    Returns the entries found valid before extraction (one per sample, ``None`` elsewhere), so
-    that the reader need not look them up (and stat their files) a second time.
+    Returns where the features of ``indices`` are: the records found valid, then the rows and
+    skips written here (other samples are ``UNKNOWN``), so that the reader need not look them
+    up (and stat their files) a second time.
     """
-    cache.index(refresh=True)
     limits = loader_limits(dataset)
     samples = dataset.samples
-    known: list[CacheEntry | None] = [None] * len(samples)
-    missing = []
-    for i in indices:
-        entry = cache.lookup(samples[i].path, settings.layers, limits)
-        if entry is None:
-            missing.append(i)
-        else:
-            known[i] = entry
+    paths = [s.path for s in samples]
+    known = cache.resolve(paths, indices, settings.layers, limits)
+    del paths
+    missing = known.unknown(indices)
     if not missing:
         return known
     log.info("%s: %d of %d images not cached (rank %d extracts them)", desc, len(missing), len(indices), rank)
@@ -348,7 +340,7 @@ def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: Featur
             layers = None
             if buffer["layers"]:
                 layers = {b: torch.cat([part[b] for part in buffer["layers"]]) for b in buffer["layers"][0]}
-            cache.write_shard(
+            written = cache.write_shard(
                 [samples[i].path for i in buffer["idx"]],
                 torch.cat(buffer["embeds"]) if buffer["embeds"] else None,
                 layers,
@@ -357,6 +349,7 @@ def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: Featur
                 limits=limits,
                 records=[record(i) for i in buffer["idx"]] + [record(i) for i, _ in buffer["skipped"]],
             )
+            known.record(written.name, buffer["idx"], buffer["skipped"])
             done += len(buffer["idx"]) + len(buffer["skipped"])
         for value in buffer.values():
             value.clear()
@@ -384,35 +377,29 @@ def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: Featur
 
 
 def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, desc: str,
-                known: list[CacheEntry | None]) -> FeatureTable:
+                rows: CacheRows) -> FeatureTable:
     """Rank 0: the table of every sample, from the shards (anything still missing is extracted here)."""
     samples = dataset.samples
     limits = loader_limits(dataset)
-    entries = known
-    unknown = [i for i, e in enumerate(entries) if e is None]
+    unknown = rows.unknown()
     if unknown:
-        cache.index(refresh=True)
-        for i in unknown:
-            entries[i] = cache.lookup(samples[i].path, settings.layers, limits, retry=False)
-    late = [i for i, e in enumerate(entries) if e is None]
+        cache.resolve([s.path for s in samples], unknown, settings.layers, limits, retry=False, rows=rows)
+    late = rows.unknown(unknown)
     if late:
         # Files changed during the run, or a shard was set aside: do them here, alone.
         log.warning("%s: %d images not in the cache after extraction (first: %s); extracting them now",
                     desc, len(late), samples[late[0]].path)
         _extract_missing(tower, dataset, settings, cache, late, 0, desc)
-        cache.index(refresh=True)
-        for i in late:
-            entries[i] = cache.lookup(samples[i].path, settings.layers, limits)
-        still = [i for i in late if entries[i] is None]
+        cache.resolve([s.path for s in samples], late, settings.layers, limits, rows=rows)
+        still = rows.unknown(late)
         if still:
             raise CacheError(f"feature cache {cache.dir}: {len(still)} images keep changing while they are "
                              f"extracted (first: {samples[still[0]].path}); run again once they are stable")
-    cache.forget()  # the entries are resolved: free the index before the table is allocated
     n = len(samples)
     table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
                          layer_ids=list(settings.layers))
-    table.skipped.update({i: e.reason for i, e in enumerate(entries) if e.row < 0})
-    table.ok = cache.fill_embeds(table.embeds, entries)
+    table.skipped.update(rows.skipped)
+    table.ok = cache.fill_embeds(table.embeds, rows)
     if settings.layers:
-        table.layer_source = MappedLayers(cache, entries, list(settings.layers), tower.hidden_size)
+        table.layer_source = MappedLayers(cache, rows, list(settings.layers), tower.hidden_size)
     return table

@@ -103,8 +103,7 @@ def cache_statistics(cache: FeatureCache | None) -> dict:
     for shard in cache.shard_files():
         tensors = read_header(shard).tensors
         rows += tensors["embeds"][1][0] if "embeds" in tensors else 0
-    index = cache.index(refresh=True)
-    return {"dir": str(cache.dir), "images": sum(e.row >= 0 for e in index.values()), "rows": rows}
+    return {"dir": str(cache.dir), "images": cache.count_images(), "rows": rows}
 
 
 def compare_heads(args: argparse.Namespace) -> dict:

@@ -123,3 +123,26 @@ def is_main_process() -> bool:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@functools.cache
+def _libc_malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: nothing to hand back this way
+
+
+def release_free_heap() -> None:
+    """Hand the heap pages freed so far back to the OS (glibc; elsewhere a no-op).
+
+    Extraction allocates and frees many small buffers (decoded images, batches, shard
+    listings); glibc keeps the freed pages, fragmented, in the process. Returned before the
+    feature table is allocated, they do not add to the run's peak.
+    """
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)

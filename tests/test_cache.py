@@ -249,3 +249,34 @@ def test_layer_subset_is_stored_per_block_and_read_only_when_asked(tmp_path, dat
     with pytest.raises(CacheError, match="set aside"):
         again.layer_rows(torch.arange(len(samples)))
     assert shard.with_suffix(".corrupt").exists()
+
+
+def test_resolve_keeps_the_newest_valid_record_of_each_image(tmp_path):
+    files = []
+    for name in "abcd":
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(name.encode() * 10)
+        files.append(str(path))
+    cache = FeatureCache(tmp_path / "cache", {"tower": "t"})
+    one = torch.ones(1, 4)
+    limits = '{"max_pixels": 10}'
+    cache.write_shard([files[0], files[1]], torch.cat([one, 2 * one]), None, [(files[2], "unreadable")], limits=limits)
+    time.sleep(0.01)  # shard names order by creation time
+    # b again: its newest record (row 0 here) decides; d skipped for a permission problem.
+    cache.write_shard([files[1]], 5 * one, None, [(files[3], "permission denied")], limits=limits)
+    rows = cache.resolve(files, range(4), limits=limits)
+    assert rows.shard.itemsize == rows.row.itemsize == 4  # two int32 per image, not an object
+    table = torch.zeros(4, 4, dtype=torch.float16)
+    ok = cache.fill_embeds(table, rows)
+    assert ok.tolist() == [True, True, False, False]
+    assert table[:2, 0].tolist() == [1.0, 5.0]
+    # The skip of c holds under the same limits; d's permission skip is retried, unless only reading.
+    assert rows.skipped == {2: "unreadable"} and rows.unknown() == [3]
+    assert cache.resolve(files, range(4), limits=limits, retry=False).skipped == {2: "unreadable", 3: "permission denied"}
+    # Other loader limits: the skip is retried. A changed file: its row is stale.
+    assert cache.resolve(files, range(4), limits='{"max_pixels": 99}').unknown() == [2, 3]
+    os.utime(files[0], ns=(1, 1))
+    assert cache.resolve(files, range(4), limits=limits).unknown() == [0, 3]
+    # Rows must hold every block asked for: these shards hold none.
+    assert cache.resolve(files, range(4), layers=(3,), limits=limits).unknown() == [0, 1, 3]
+    assert cache.count_images() == 2

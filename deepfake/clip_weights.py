@@ -10,13 +10,16 @@ with LoRA store peft-wrapped attention weights that must be merged.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import CLIPVisionConfig
 
 from deepfake.tower_files import CheckpointError
 
-__all__ = ["CheckpointError", "check_keys", "vision_config_from", "vision_state_dict"]
+if TYPE_CHECKING:
+    from transformers import CLIPVisionConfig
+
+__all__ = ["CheckpointError", "check_keys", "vision_config_from", "vision_fields", "vision_state_dict"]
 
 # Fields copied from a checkpoint's vision config; everything else keeps transformers' default.
 _VISION_FIELDS = (
@@ -38,19 +41,19 @@ _DROPPED = re.compile(r"^(text_model\.|text_projection\.|logit_scale$)|position_
 _LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 
-def vision_config_from(config: dict, where: str) -> tuple[CLIPVisionConfig, dict]:
-    """Build the ``CLIPVisionConfig`` and return it with the LoRA settings (``lora_r``, ``lora_alpha``)."""
+def vision_fields(config: dict, where: str) -> tuple[dict, dict]:
+    """The ``CLIPVisionConfig`` arguments (``projection_dim`` included) and the LoRA settings, from the
+    checkpoint's config dict alone: what the tower is, known without importing transformers."""
     if config.get("model_type") not in LANGUAGEBIND_MODEL_TYPES + CLIP_MODEL_TYPES:
         raise CheckpointError(f"{where}: model_type {config.get('model_type')!r} is not a CLIP or LanguageBind config")
     if config["model_type"] == "clip_vision_model":
         vision = config
-        projection_dim = config.get("projection_dim")
     else:
         vision = config.get("vision_config")
         if not isinstance(vision, dict):
             raise CheckpointError(f"{where}: config has no vision_config")
-        # The projection belongs to the joint model: its size is the top-level one.
-        projection_dim = config.get("projection_dim")
+    # The projection belongs to the joint model: its size is the top-level one.
+    projection_dim = config.get("projection_dim")
     if projection_dim is None:
         raise CheckpointError(f"{where}: config gives no projection_dim")
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size") if k not in vision]
@@ -60,9 +63,17 @@ def vision_config_from(config: dict, where: str) -> tuple[CLIPVisionConfig, dict
     # transformers' CLIPVisionConfig defaults to quick_gelu, the wrong activation for
     # LanguageBind; a config without hidden_act is an OpenAI CLIP, which does use it.
     kwargs.setdefault("hidden_act", "quick_gelu")
-    vision_config = CLIPVisionConfig(projection_dim=int(projection_dim), **kwargs)
+    kwargs["projection_dim"] = int(projection_dim)
     lora = {"lora_r": int(vision.get("lora_r", 0) or 0), "lora_alpha": float(vision.get("lora_alpha", 16) or 16)}
-    return vision_config, lora
+    return kwargs, lora
+
+
+def vision_config_from(config: dict, where: str) -> tuple[CLIPVisionConfig, dict]:
+    """Build the ``CLIPVisionConfig`` and return it with the LoRA settings (``lora_r``, ``lora_alpha``)."""
+    from transformers import CLIPVisionConfig
+
+    kwargs, lora = vision_fields(config, where)
+    return CLIPVisionConfig(**kwargs), lora
 
 
 def vision_state_dict(state: dict[str, torch.Tensor], lora: dict, where: str) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -27,9 +28,13 @@ def default_cache_dir() -> Path:
 
 def versions() -> dict:
     """The versions that decide a run's numbers: Python, torch, transformers."""
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    # From the installed package's metadata: a run whose features are all cached never imports
+    # transformers (a second of start-up), and need not to learn its version.
+    try:
+        transformers = metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        transformers = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers}
 
 
 def feature_cache(args, tower: ImageTower, settings: ExtractionSettings, extra: dict | None = None) -> FeatureCache | None:

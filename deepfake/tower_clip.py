@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from deepfake.backbones import Backbone, Preprocess
-from deepfake.clip_weights import CLIP_MODEL_TYPES, check_keys, vision_config_from, vision_state_dict
+from deepfake.clip_weights import CLIP_MODEL_TYPES, check_keys, vision_config_from, vision_fields, vision_state_dict
 from deepfake.tower_base import TowerShape, TransformersTower
 from deepfake.tower_files import CheckpointFiles, read_weights
 from deepfake.tower_registry import TowerFamily, register
@@ -64,10 +64,14 @@ def load_clip_tower(files: CheckpointFiles, backbone: Backbone, identity: dict) 
 
 
 def clip_shape(config: dict, where: str) -> TowerShape:
-    """The tower ``load_clip_tower`` builds, from the config: projection width, vision blocks and width."""
-    vision_config, _ = vision_config_from(config, where)
-    return TowerShape(int(vision_config.projection_dim), int(vision_config.num_hidden_layers),
-                      int(vision_config.hidden_size), CLIPTower.feature, CLIPTower.layer_token)
+    """The tower ``load_clip_tower`` builds, from the config: projection width, vision blocks and width.
+
+    Read from the dict (every field it needs is required there), so naming a CLIP tower
+    imports nothing from transformers: a cache-hit run never pays for it.
+    """
+    fields, _ = vision_fields(config, where)
+    return TowerShape(int(fields["projection_dim"]), int(fields["num_hidden_layers"]), int(fields["hidden_size"]),
+                      CLIPTower.feature, CLIPTower.layer_token)
 
 
 def clip_preprocess(config: dict) -> Preprocess:

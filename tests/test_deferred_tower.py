@@ -209,3 +209,20 @@ def test_no_cache_training_builds_the_tower_on_its_first_batch(tmp_path, monkeyp
     args = train_args(data, tmp_path / "run", tmp_path / "unused", "--num_epochs", "2", "--no_cache")
     assert train_ClassifierHead.main(args) == 0
     assert len(builds) == 1
+
+
+def test_cache_hit_training_run_of_a_languagebind_tower_imports_no_transformers(tmp_path):
+    data = make_forensynths(tmp_path / "data", n_train=2, n_val=1, n_test=0)
+    cache = tmp_path / "cache"
+    assert train_ClassifierHead.main(train_args(data, tmp_path / "first", cache, "--num_epochs", "1")) == 0
+    args = train_args(data, tmp_path / "second", cache, "--num_epochs", "1")
+    code = (f"import sys, json, train_ClassifierHead; code = train_ClassifierHead.main({args!r}); "
+            f"print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] == 'transformers')]))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    code, imported = json.loads(result.stdout.splitlines()[-1])
+    assert code == 0 and imported == []
+    saved = json.loads((tmp_path / "second" / "best.json").read_text())
+    from importlib import metadata
+
+    assert saved["versions"]["transformers"] == metadata.version("transformers")

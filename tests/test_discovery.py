@@ -18,7 +18,7 @@ from deepfake.eval_sets import discover_test_set
 from deepfake.layouts import LayoutError, parse_label_dirs
 from deepfake.manifests import read_manifest
 
-from .conftest import write_images
+from .conftest import make_forensynths, write_images
 
 SCENES = ("city", "interior", "nature", "people")
 
@@ -194,3 +194,14 @@ def test_manifest_with_a_utf8_byte_order_mark_is_read(tmp_path, suffix):
     entries = read_manifest(manifest)
     assert [(Path(e.path).relative_to(tmp_path).as_posix(), e.label) for e in entries] == [
         (path, 1 if label == "fake" else 0) for path, label in rows]
+
+
+def test_training_samples_walk_the_data_set_tree_once(tmp_path, monkeypatch):
+    from deepfake import deepfake_dataset
+
+    root = make_forensynths(tmp_path / "data", n_train=2, n_val=1, n_test=0)
+    walks = []
+    find = deepfake_dataset.find_label_folders
+    monkeypatch.setattr(deepfake_dataset, "find_label_folders", lambda *a, **k: walks.append(1) or find(*a, **k))
+    train, val = deepfake_dataset.training_samples(root, None, 0.1, 0)
+    assert len(walks) == 1 and train and val

@@ -6,18 +6,24 @@ Each difference between reals and fakes that a detector could learn instead of a
 flagged with a one-line explanation. Only file headers are read (Pillow opens lazily, the
 pixels are never decoded); a class with more than ``--max_per_group`` images is sampled, and
 the report says so. ``python -m deepfake audit`` prints it; it also runs, summarised, at the
-top of every training and evaluation run and is saved with its results.
+top of every training and evaluation run and is saved with its results. Given the feature cache
+root, the probes are remembered there (:mod:`deepfake.audit_memo`), so a rerun on unchanged
+files opens none of them; the report is the same either way.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from deepfake.audit_memo import memo_path, memoized_probes
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +85,25 @@ def probe(path: str) -> dict:
         return {"error": str(exc) or type(exc).__name__}
 
 
+def probe_from_json(stored: dict) -> dict:
+    """A probe as :func:`probe` returns it, from its JSON form (raises ``ValueError`` on anything else)."""
+    if "error" in stored:
+        raise ValueError("failed probes are not stored")
+    size = stored["size"]
+    if not (isinstance(stored["format"], str) and isinstance(stored["mode"], str) and len(size) == 2
+            and all(isinstance(v, int) for v in size) and isinstance(stored["exif"], bool)
+            and isinstance(stored["camera"], bool)):
+        raise ValueError("malformed probe record")
+    return {**stored, "size": tuple(size)}
+
+
 def _shares(counter: Counter, n: int) -> dict:
     return {k: v / n for k, v in counter.most_common()} if n else {}
+
+
+def sample_group(paths: list[str], max_per_group: int, rng: random.Random) -> list[str]:
+    """The paths whose headers are read: all of them, or a sorted sample of ``max_per_group``."""
+    return sorted(rng.sample(paths, max_per_group)) if len(paths) > max_per_group else paths
 
 
 def summarize_group(paths: list[str], crop: int, max_per_group: int, rng: random.Random,
@@ -90,7 +113,7 @@ def summarize_group(paths: list[str], crop: int, max_per_group: int, rng: random
     ``seen`` caches probes by path, so reals shared by several domains are read once.
     """
     total = len(paths)
-    chosen = sorted(rng.sample(paths, max_per_group)) if total > max_per_group else paths
+    chosen = sample_group(paths, max_per_group, rng)
     seen = {} if seen is None else seen
     probes = []
     for path in chosen:
@@ -180,40 +203,67 @@ def compare_classes(real: dict, fake: dict, crop: int) -> list[dict]:
     return flags
 
 
+def _memo_identity(groups: dict[tuple[str, int], list[str]], seed: int, max_per_group: int) -> dict:
+    """What decides the sample: the data set's folder, the groups, the seed and the sample size."""
+    ends = [p for paths in groups.values() for p in (paths[0], paths[-1])]  # each group is sorted
+    try:
+        # The common folder of the lexicographically first and last path is that of every path between.
+        root = os.path.abspath(os.path.commonpath(ends))
+    except ValueError:  # absolute and relative paths mixed: relative ones are relative to here
+        root = os.getcwd()
+    return {"root": os.fsdecode(root), "seed": seed, "max_per_group": max_per_group,
+            "groups": sorted([domain, label] for domain, label in groups)}
+
+
 def audit_samples(items: list[tuple[str, str, int]], crop: int = 224, max_per_group: int = DEFAULT_MAX_PER_GROUP,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, cache_root: str | os.PathLike | None = None) -> dict:
     """Audit ``(path, domain, label)`` items: statistics per domain and class, and flags per domain.
 
-    With several domains, all of them pooled are audited too (as ``all``).
+    With several domains, all of them pooled are audited too (as ``all``). ``cache_root``: the
+    feature cache root, where the header probes are remembered between runs (``None``: no memo).
     """
     groups: dict[tuple[str, int], list[str]] = {}
     for path, domain, label in items:
         groups.setdefault((domain, label), []).append(path)
+    for paths in groups.values():
+        paths.sort()
     domains = list(dict.fromkeys(d for _, d, _ in items))
-    report = {"crop": crop, "max_per_group": max_per_group, "seed": seed, "domains": {}, "flags": []}
-    stats_cache: dict[tuple[str, int], dict] = {}
-    probes: dict[str, dict] = {}
+    # Which headers each group reads: (pooled, domain, class name, the group's size, the sample).
+    plan: list[tuple[bool, str, str, int, list[str]]] = []
     for domain in domains:
-        entry = {}
         for label in (0, 1):
-            paths = sorted(groups.get((domain, label), []))
+            paths = groups.get((domain, label), [])
             if paths:
-                stats_cache[(domain, label)] = entry[CLASS_NAMES[label]] = summarize_group(
-                    paths, crop, max_per_group, random.Random(f"{seed}:{domain}:{label}"), probes)
-        report["domains"][domain] = entry
-        if len(entry) == 2:
-            report["flags"].extend({"domain": domain, **f} for f in compare_classes(entry["real"], entry["fake"], crop))
+                plan.append((False, domain, CLASS_NAMES[label], len(paths),
+                             sample_group(paths, max_per_group, random.Random(f"{seed}:{domain}:{label}"))))
     if len(domains) > 1:
-        pooled = {}
         for label in (0, 1):
             paths = sorted({p for (d, lab), ps in groups.items() if lab == label for p in ps})
             if paths:
-                pooled[CLASS_NAMES[label]] = summarize_group(paths, crop, max_per_group,
-                                                             random.Random(f"{seed}:all:{label}"), probes)
+                plan.append((True, "all", CLASS_NAMES[label], len(paths),
+                             sample_group(paths, max_per_group, random.Random(f"{seed}:all:{label}"))))
+    identity = _memo_identity(groups, seed, max_per_group) if cache_root is not None and groups else None
+    memo = memo_path(Path(cache_root), identity) if identity is not None else None
+    # Reals shared by several domains (and the pooled groups) are read once.
+    probes = memoized_probes((p for *_, chosen in plan for p in chosen), probe, memo, identity, probe_from_json)
+
+    report = {"crop": crop, "max_per_group": max_per_group, "seed": seed, "domains": {}, "flags": []}
+    pooled: dict[str, dict] = {}
+    for is_pooled, domain, name, total, chosen in plan:
+        stats = summarize_probes([probes[p] for p in chosen], crop, total)
+        if is_pooled:
+            pooled[name] = stats
+        else:
+            report["domains"].setdefault(domain, {})[name] = stats
+    for domain, entry in report["domains"].items():
+        if len(entry) == 2:
+            report["flags"].extend({"domain": domain, **f} for f in compare_classes(entry["real"], entry["fake"], crop))
+    if len(domains) > 1:
         report["pooled"] = pooled
         if len(pooled) == 2:
             report["flags"].extend({"domain": "all", **f} for f in compare_classes(pooled["real"], pooled["fake"], crop))
-    report["sampled"] = sorted({f"{d}/{CLASS_NAMES[lab]}" for (d, lab), s in stats_cache.items() if s["sampled"]})
+    report["sampled"] = sorted({f"{d}/{name}" for d, entry in report["domains"].items()
+                                for name, s in entry.items() if s["sampled"]})
     return report
 
 

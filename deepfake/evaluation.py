@@ -29,7 +29,7 @@ from deepfake.image_io import walk_images
 from deepfake.layouts import LayoutError, parse_label_dirs
 from deepfake.metrics import common_mean, domain_metrics, threshold_for_fpr
 from deepfake.reports import default_output_dir, prepare_output_dir, write_outputs
-from deepfake.run_helpers import feature_cache, report_skipped, versions
+from deepfake.run_helpers import cache_root, feature_cache, report_skipped, versions
 from deepfake.runtime import choose_device, init_distributed, is_main_process
 from deepfake.scoring import fake_probabilities, table_probabilities
 from deepfake.transforms import Alignment, Perturbation, parse_align
@@ -191,7 +191,8 @@ def _evaluate(args: argparse.Namespace, classifier: DeepfakeClassifier | None) -
     if is_main_process():
         print(summarize(samples))
         audit = audit_samples([(s.path, s.generator, s.label) for s in samples], crop=224,
-                              max_per_group=getattr(args, "audit_max", 2000), seed=args.seed)
+                              max_per_group=getattr(args, "audit_max", 2000), seed=args.seed,
+                              cache_root=cache_root(args))
         print(format_audit(audit, brief=True))
     if classifier is None:
         classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)

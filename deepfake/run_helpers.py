@@ -37,11 +37,18 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers}
 
 
-def feature_cache(args, tower: ImageTower, settings: ExtractionSettings, extra: dict | None = None) -> FeatureCache | None:
-    """The cache for this tower, preprocessing, precision and view (``None`` with ``--no_cache``)."""
+def cache_root(args) -> Path | None:
+    """The feature cache root of a run (``--cache_dir`` or the default), ``None`` with ``--no_cache``."""
     if args.no_cache:
         return None
-    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def feature_cache(args, tower: ImageTower, settings: ExtractionSettings, extra: dict | None = None) -> FeatureCache | None:
+    """The cache for this tower, preprocessing, precision and view (``None`` with ``--no_cache``)."""
+    root = cache_root(args)
+    if root is None:
+        return None
     info = {"tower": tower.cache_identity(), "features": settings.cache_info(), **(extra or {})}
     return FeatureCache(root, info)
 

@@ -42,7 +42,7 @@ from deepfake.heads import block_importance, new_head
 from deepfake.layouts import parse_label_dirs
 from deepfake.losses import supervised_contrastive_loss
 from deepfake.metrics import accuracy_at, average_precision, best_threshold, expected_calibration_error
-from deepfake.run_helpers import feature_cache, report_skipped, versions
+from deepfake.run_helpers import cache_root, feature_cache, report_skipped, versions
 from deepfake.runtime import (
     choose_device,
     init_distributed,
@@ -534,7 +534,8 @@ def _train(args: argparse.Namespace) -> dict:
     if is_main_process():
         print(summarize_training(train_samples, val_samples))
         audit = audit_samples([(s.path, s.category, s.label) for s in train_samples], crop=224,
-                              max_per_group=getattr(args, "audit_max", 2000), seed=args.seed)
+                              max_per_group=getattr(args, "audit_max", 2000), seed=args.seed,
+                              cache_root=cache_root(args))
         print(format_audit(audit, brief=True))
 
     precision = resolve_precision(args.precision or "auto", device)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 from PIL import Image
 
 import deepfake.__main__ as cli
+import test_ClassifierHead
 from deepfake.backbones import Preprocess
 from deepfake.bias_audit import (
     audit_samples,
@@ -21,6 +24,8 @@ from deepfake.bias_audit import (
 )
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.transforms import parse_align, preprocess_image
+
+from .conftest import run_test_script
 
 CROP = Preprocess(mode="crop")
 
@@ -122,3 +127,150 @@ def test_probe_reads_headers_only(tmp_path, monkeypatch):
     assert probes["plain.png"]["exif"] is False and probes["plain.png"]["size"] == (64, 64)
     assert all(probes[name]["camera"] for name in ("tagged.png", "tagged.jpg", "tagged.tif"))
     assert probes["tagged.jpg"]["jpeg_quality"] == 80
+
+
+@pytest.fixture
+def image_opens(monkeypatch):
+    """Every file Pillow opens, in order."""
+    opened = []
+    real_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(str(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    return opened
+
+
+def two_domains(biased) -> list[tuple[str, str, int]]:
+    """The biased set as two domains sharing its reals, so pooled groups and shared paths are audited too."""
+    files = sorted(biased.rglob("*.*"))
+    items = [(str(p), "one", int(p.parent.name == "1_fake")) for p in files]
+    return items + [(str(p), "two", 0) for p in files if p.parent.name == "0_real"]
+
+
+def memo_files(cache) -> list:
+    return sorted((cache / "audit").glob("*.json"))
+
+
+def test_second_audit_of_unchanged_files_opens_no_image_and_reports_the_same(biased, tmp_path, image_opens):
+    items, cache = two_domains(biased), tmp_path / "cache"
+    plain = audit_samples(items, crop=224, max_per_group=4)
+    assert len(image_opens) == len(set(image_opens)) > 8  # samples of 4 in 6 groups; a file is read once
+    first = audit_samples(items, crop=224, max_per_group=4, cache_root=cache)
+    assert len(memo_files(cache)) == 1
+    image_opens.clear()
+    second = audit_samples(items, crop=224, max_per_group=4, cache_root=cache)
+    assert image_opens == []
+    assert json.dumps(second) == json.dumps(first) == json.dumps(plain)
+    # The memo holds raw facts: a run with another crop reuses it and counts against its own crop.
+    other_crop = audit_samples(items, crop=384, max_per_group=4, cache_root=cache)
+    assert image_opens == [] and json.dumps(other_crop) == json.dumps(audit_samples(items, crop=384, max_per_group=4))
+
+
+def test_memo_holds_only_the_sampled_files(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(30):
+        Image.new("RGB", (32, 32)).save(folder / f"{i}.png")
+    items = [(str(p), "d", 0) for p in sorted(folder.iterdir())]
+    report = audit_samples(items, max_per_group=10, cache_root=tmp_path / "cache")
+    (memo,) = memo_files(tmp_path / "cache")
+    assert report["domains"]["d"]["real"]["probed"] == 10 and len(json.loads(memo.read_text())["probes"]) == 10
+
+
+@pytest.mark.parametrize("change", ["content", "mtime"])
+def test_changed_file_is_probed_again_and_its_new_facts_are_used(biased, tmp_path, image_opens, change):
+    items, cache = two_domains(biased), tmp_path / "cache"
+    audit_samples(items, crop=224, cache_root=cache)
+    target = biased / "0_real" / "0.jpg"
+    stamp = target.stat()
+    if change == "content":  # a 128 px PNG under the old name: new size, format, quality and EXIF
+        scene(np.random.default_rng(1), 128).save(target, format="PNG")
+    os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    image_opens.clear()
+    remembered = audit_samples(items, crop=224, cache_root=cache)
+    assert image_opens == [str(target)]
+    fresh = audit_samples(items, crop=224)
+    assert json.dumps(remembered) == json.dumps(fresh)
+    real = remembered["domains"]["one"]["real"]
+    if change == "content":
+        assert real["formats"] == {"JPEG": 5, "PNG": 1} and real["short_side"]["min"] == 128
+    else:
+        assert real["formats"] == {"JPEG": 6}
+    image_opens.clear()
+    audit_samples(items, crop=224, cache_root=cache)
+    assert image_opens == []  # the new stamp was remembered
+
+
+@pytest.mark.parametrize("bad", ["torn", "foreign", "malformed record"])
+def test_corrupt_memo_is_ignored_with_a_warning_naming_the_file_and_rewritten(biased, tmp_path, image_opens,
+                                                                            caplog, bad):
+    items, cache = two_domains(biased), tmp_path / "cache"
+    first = audit_samples(items, crop=224, cache_root=cache)
+    (memo,) = memo_files(cache)
+    text = memo.read_text()
+    doc = json.loads(text)
+    if bad == "torn":
+        memo.write_text(text[: len(text) // 2])
+    elif bad == "foreign":
+        memo.write_text(json.dumps({"some": "other tool"}))
+    else:
+        broken = json.loads(text)
+        next(iter(broken["probes"].values()))[2]["size"] = "large"
+        memo.write_text(json.dumps(broken))
+    image_opens.clear()
+    with caplog.at_level("WARNING", logger="deepfake.audit_memo"):
+        again = audit_samples(items, crop=224, cache_root=cache)
+    assert json.dumps(again) == json.dumps(first) and len(image_opens) == 12
+    assert any(str(memo) in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+    assert json.loads(memo.read_text()) == doc  # rewritten whole
+    image_opens.clear()
+    audit_samples(items, crop=224, cache_root=cache)
+    assert image_opens == []
+
+
+def test_unwritable_cache_root_still_audits(biased, tmp_path, caplog):
+    items = two_domains(biased)
+    cache = tmp_path / "not-a-folder"
+    cache.write_text("a file where the cache root should be\n")  # refuses folders even to root
+    with caplog.at_level("DEBUG", logger="deepfake.audit_memo"):
+        report = audit_samples(items, crop=224, cache_root=cache)
+    assert json.dumps(report) == json.dumps(audit_samples(items, crop=224))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("not written" in r.getMessage() for r in caplog.records)
+
+
+def test_audit_command_remembers_headers_unless_no_cache(biased, tmp_path, image_opens, capsys):
+    cache = tmp_path / "cache"
+    assert cli.main(["audit", str(biased), "--no_cache", "--cache_dir", str(cache)]) == 0
+    assert not cache.exists() and len(image_opens) == 12
+    assert cli.main(["audit", str(biased), "--cache_dir", str(cache)]) == 0
+    assert len(memo_files(cache)) == 1
+    image_opens.clear()
+    assert cli.main(["audit", str(biased), "--cache_dir", str(cache)]) == 0
+    assert image_opens == []
+    image_opens.clear()
+    assert cli.main(["audit", str(biased), "--no_cache", "--cache_dir", str(cache)]) == 0
+    assert len(image_opens) == 12
+    printed = capsys.readouterr().out
+    assert printed == printed[: len(printed) // 4] * 4  # the same report every time
+
+
+def test_training_and_evaluation_keep_the_memo_in_their_feature_cache(trained_run, tmp_path, image_opens):
+    identities = [json.loads(m.read_text())["identity"] for m in memo_files(trained_run["cache"])]
+    assert str(trained_run["data"] / "train") in {i["root"] for i in identities}  # written by the training run
+    assert run_test_script(trained_run, tmp_path / "first", "--no_plots") == 0
+    image_opens.clear()
+    assert run_test_script(trained_run, tmp_path / "second", "--no_plots") == 0
+    assert image_opens == []  # features and header facts both come from the cache
+    first, second = (json.loads((tmp_path / run / "results.json").read_text())["audit"] for run in ("first", "second"))
+    assert first == second and first["domains"]
+    # --no_cache reads and writes nothing there, the memo included.
+    unused = tmp_path / "unused-cache"
+    assert test_ClassifierHead.main(["--checkpoint", str(trained_run["run"]), "--dataset_dir",
+                                     str(trained_run["data"] / "test"), "--output_dir", str(tmp_path / "plain"),
+                                     "--cache_dir", str(unused), "--no_cache", "--no_plots", "--num_workers", "0",
+                                     "--quiet"]) == 0
+    assert not unused.exists()

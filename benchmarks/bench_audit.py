@@ -4,12 +4,15 @@
 
 Writes N photo-sized JPEGs and PNGs to a temporary folder, then times the audit's header
 probe of every file and a full decode of every file (what any pixel statistic would need),
-and prints both rates and their ratio.
+and prints both rates and their ratio. Then the whole audit three ways, side by side: without
+a memo (every run today with ``--no_cache``), with an empty memo (the first run on a data set:
+probes, then writes the memo) and with a filled one (every later run: stats, opens nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -47,15 +50,30 @@ def main(argv: list[str] | None = None) -> int:
         for path in paths:
             load_image(path)
         decode = time.perf_counter() - start
-        start = time.perf_counter()
-        audit_samples([(p, "d", int(p.endswith(".png"))) for p in paths])
-        full = time.perf_counter() - start
+        items = [(p, "d", int(p.endswith(".png"))) for p in paths]
+        cache = Path(tmp) / "cache"
+
+        def timed(cache_root: Path | None) -> float:
+            start = time.perf_counter()
+            audit_samples(items, cache_root=cache_root)
+            return time.perf_counter() - start
+
+        plain = [timed(None)]
+        cold = timed(cache)
+        warm = min(timed(cache) for _ in range(3))
+        plain.append(timed(None))
+        shutil.rmtree(cache)
+        cold = min(cold, timed(cache))
+        full = min(plain)
     n = len(paths)
     print(f"{n} images, {args.size * 3 // 2}x{args.size}")
     print(f"header probe:   {n / header:9.1f} img/s")
     print(f"full decode:    {n / decode:9.1f} img/s")
     print(f"audit (all):    {n / full:9.1f} img/s")
     print(f"header probe is {decode / header:.0f}x faster than decoding")
+    print(f"audit_samples, no memo:      {1000 * full:8.1f} ms")
+    print(f"audit_samples, memo written: {1000 * cold:8.1f} ms")
+    print(f"audit_samples, memo read:    {1000 * warm:8.1f} ms  ({full / warm:.1f}x faster than no memo)")
     return 0
 
 

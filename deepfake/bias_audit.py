@@ -92,7 +92,8 @@ def probe_from_json(stored: dict) -> dict:
     size = stored["size"]
     if not (isinstance(stored["format"], str) and isinstance(stored["mode"], str) and len(size) == 2
             and all(isinstance(v, int) for v in size) and isinstance(stored["exif"], bool)
-            and isinstance(stored["camera"], bool)):
+            and isinstance(stored["camera"], bool) and isinstance(stored.get("jpeg_quality", 0), int)
+            and isinstance(stored.get("jpeg_exact", False), bool)):
         raise ValueError("malformed probe record")
     return {**stored, "size": tuple(size)}
 

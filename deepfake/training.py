@@ -47,10 +47,11 @@ from deepfake.runtime import (
     choose_device,
     init_distributed,
     is_main_process,
+    release_free_heap,
     resolve_precision,
     seed_everything,
 )
-from deepfake.towers import ImageTower, load_tower
+from deepfake.towers import DeferredTower, ImageTower, load_tower
 from deepfake.transforms import BlurJpegAugment, parse_align
 
 log = logging.getLogger(__name__)
@@ -537,6 +538,7 @@ def _train(args: argparse.Namespace) -> dict:
                               max_per_group=getattr(args, "audit_max", 2000), seed=args.seed,
                               cache_root=cache_root(args))
         print(format_audit(audit, brief=True))
+        release_free_heap()  # the audit's parsed headers are gone: hand their pages back before the tables
 
     precision = resolve_precision(args.precision or "auto", device)
     # Named, not built: a run whose features are all cached never reads the weights (nor imports
@@ -603,6 +605,8 @@ def _train(args: argparse.Namespace) -> dict:
             views.append(extract_features(tower, train_set, settings, cache, desc=f"train features (view {view})"))
         val_table = extract_features(tower, val_set, settings, feature_cache(args, tower, settings, aligned),
                                      "val features")
+        if isinstance(tower, DeferredTower):
+            tower.release()  # every feature is in the tables: the head trains without the tower
     extract_seconds = time.perf_counter() - start
     if not is_main_process():
         return {}  # other ranks only helped with extraction (their tables are None)

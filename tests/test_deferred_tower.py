@@ -226,3 +226,34 @@ def test_cache_hit_training_run_of_a_languagebind_tower_imports_no_transformers(
     from importlib import metadata
 
     assert saved["versions"]["transformers"] == metadata.version("transformers")
+
+
+def test_released_tower_is_rebuilt_prepared_the_same_way(towers):
+    tower = prepare_tower(load_tower(towers["languagebind"], defer=True), "fp32", torch.device("cpu"))
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        before = tower(pixels).embeds
+        first = tower.built
+        tower.release()
+        assert tower.built is None
+        after = tower(pixels).embeds
+    assert tower.built is not first and any(isinstance(m, FusedCLIPAttention) for m in tower.built.modules())
+    assert torch.equal(before, after)
+
+
+def test_cached_training_releases_the_tower_before_the_head_trains(tmp_path, monkeypatch):
+    from deepfake import training
+
+    data = make_forensynths(tmp_path / "data", n_train=2, n_val=1, n_test=0)
+    built, held_while_training = [], []
+    fit = training.fit
+
+    def spy(*args, **kwargs):
+        held_while_training.extend(t.built is not None for t in built)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", spy)
+    materialize = DeferredTower.materialize
+    monkeypatch.setattr(DeferredTower, "materialize", lambda self: built.append(self) or materialize(self))
+    assert train_ClassifierHead.main(train_args(data, tmp_path / "run", tmp_path / "cache", "--num_epochs", "1")) == 0
+    assert built and held_while_training == [False] * len(built)

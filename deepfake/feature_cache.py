@@ -70,6 +70,16 @@ def file_stamp(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def absolute_path(path: str) -> str:
+    """``os.path.abspath(path)``, without a new string when ``path`` already is absolute and normal.
+
+    A scan gives such paths; 720k fresh copies of them would be ~70 MB of short-lived strings.
+    """
+    if path.startswith("/") and "//" not in path and "/." not in path and not path.endswith("/"):
+        return path
+    return os.path.abspath(path)
+
+
 def _checksum(data: np.ndarray | bytes) -> str:
     # CRC32 finds torn and flipped bytes at memory speed; nothing here defends against tampering.
     return f"{zlib.crc32(memoryview(data).cast('B')) & 0xFFFFFFFF:08x}"
@@ -265,7 +275,7 @@ class FeatureCache:
         once; the newest record of an image decides.
         """
         rows = rows if rows is not None else CacheRows.empty(len(paths))
-        position = {os.path.abspath(paths[i]): i for i in indices}
+        position = {absolute_path(paths[i]): i for i in indices}
         n = len(paths)
         newest_shard = np.full(n, -1, dtype=np.int32)
         newest = np.zeros((n, 3), dtype=np.int64)  # row, size, mtime of the newest record
@@ -369,10 +379,10 @@ class FeatureCache:
         entries = []
         for row, path in enumerate(paths):
             size, mtime = file_stamp(path) or (-1, -1)
-            entries.append([os.path.abspath(path), size, mtime, row, ""])
+            entries.append([absolute_path(path), size, mtime, row, ""])
         for path, reason in skipped:
             size, mtime = file_stamp(path) or (-1, -1)
-            entries.append([os.path.abspath(path), size, mtime, -1, reason])
+            entries.append([absolute_path(path), size, mtime, -1, reason])
         meta = {
             "entries": json.dumps(entries),
             "created_ns": str(time.time_ns()),

@@ -280,3 +280,11 @@ def test_resolve_keeps_the_newest_valid_record_of_each_image(tmp_path):
     # Rows must hold every block asked for: these shards hold none.
     assert cache.resolve(files, range(4), layers=(3,), limits=limits).unknown() == [0, 1, 3]
     assert cache.count_images() == 2
+
+
+@pytest.mark.parametrize("path", ["/data/a.png", "/data/./a.png", "/data/x/../a.png", "//data/a.png", "/data//a.png",
+                                  "/data/.hidden/a.png", "data/a.png", "./a.png", "/data/dir/"])
+def test_absolute_path_equals_abspath(path):
+    from deepfake.feature_cache import absolute_path
+
+    assert absolute_path(path) == os.path.abspath(path)

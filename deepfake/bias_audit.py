@@ -107,23 +107,6 @@ def sample_group(paths: list[str], max_per_group: int, rng: random.Random) -> li
     return sorted(rng.sample(paths, max_per_group)) if len(paths) > max_per_group else paths
 
 
-def summarize_group(paths: list[str], crop: int, max_per_group: int, rng: random.Random,
-                    seen: dict[str, dict] | None = None) -> dict:
-    """Statistics of one (domain, class) group, from at most ``max_per_group`` headers.
-
-    ``seen`` caches probes by path, so reals shared by several domains are read once.
-    """
-    total = len(paths)
-    chosen = sample_group(paths, max_per_group, rng)
-    seen = {} if seen is None else seen
-    probes = []
-    for path in chosen:
-        if path not in seen:
-            seen[path] = probe(path)
-        probes.append(seen[path])
-    return summarize_probes(probes, crop, total)
-
-
 def summarize_probes(probes: list[dict], crop: int, total: int | None = None) -> dict:
     """Statistics of one group from its probes (``total``: the group's size when the probes are a sample)."""
     total = len(probes) if total is None else total

@@ -59,21 +59,24 @@ class DeferredTower(ImageTower):
                     dtype: torch.dtype | None = None) -> DeferredTower:
         """Apply ``step`` to the tower once built (now, if it is); ``device``/``dtype``: where it leaves it."""
         self._steps.append(step)  # kept: a released tower is rebuilt the same way
-        if self.built is not None:
-            self.built = step(self.built)
-            return self
         if device is not None:
             self._device = torch.device(device)
         if dtype is not None:
             self._dtype = dtype
+        if self.built is not None:
+            self.built = step(self.built)
         return self
 
     def to(self, *args, **kwargs) -> DeferredTower:
-        if self.built is not None:
-            return super().to(*args, **kwargs)
+        # Recorded even once built: a released tower is rebuilt where it was moved.
         device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
         return self.after_build(lambda tower: tower.to(*args, **kwargs), device,
                                 dtype if dtype is not None and dtype.is_floating_point else None)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .half(), .cuda(), .float() ... would act on the built tower without being recorded (or,
+        # before the build, on nothing at all): moves and casts go through .to().
+        raise TypeError(f"{type(self).__name__}: move or cast a deferred tower with .to(device, dtype)")
 
     def fuse_for_inference(self) -> DeferredTower:
         return self.after_build(lambda tower: tower.fuse_for_inference())

@@ -117,13 +117,15 @@ class CacheRows:
 
     @classmethod
     def empty(cls, n: int) -> CacheRows:
+        """Rows for ``n`` samples, none of them known yet."""
         return cls([], np.full(n, UNKNOWN, dtype=np.int32), np.full(n, -1, dtype=np.int32), {})
 
     def unknown(self, indices: Sequence[int] | None = None) -> list[int]:
         """The samples (of ``indices``, or all) the cache has no valid record for."""
         if indices is None:
             return np.flatnonzero(self.shard == UNKNOWN).tolist()
-        return [i for i in indices if self.shard[i] == UNKNOWN]
+        chosen = np.asarray(indices, dtype=np.int64)
+        return chosen[self.shard[chosen] == UNKNOWN].tolist()
 
     def record(self, shard: str, indices: list[int], skipped: list[tuple[int, str]]) -> None:
         """Note a shard just written: ``indices`` are its rows in order, ``skipped`` its skip records."""
@@ -275,7 +277,12 @@ class FeatureCache:
         once; the newest record of an image decides.
         """
         rows = rows if rows is not None else CacheRows.empty(len(paths))
-        position = {absolute_path(paths[i]): i for i in indices}
+        position: dict[str, int] = {}
+        repeats = []  # (sample, first sample of the same file): a list may name a file twice
+        for i in indices:
+            first = position.setdefault(absolute_path(paths[i]), i)
+            if first != i:
+                repeats.append((i, first))
         n = len(paths)
         newest_shard = np.full(n, -1, dtype=np.int32)
         newest = np.zeros((n, 3), dtype=np.int64)  # row, size, mtime of the newest record
@@ -307,6 +314,10 @@ class FeatureCache:
             elif shard_limits[number] == limits and not (retry and reasons[i] in RETRY_ALWAYS):
                 rows.shard[i] = SKIPPED
                 rows.skipped[i] = reasons[i]
+        for i, first in repeats:
+            rows.shard[i], rows.row[i] = rows.shard[first], rows.row[first]
+            if first in rows.skipped:
+                rows.skipped[i] = rows.skipped[first]
         rows.names[:] = list(slot)
         return rows
 

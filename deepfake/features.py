@@ -390,7 +390,8 @@ def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCach
         log.warning("%s: %d images not in the cache after extraction (first: %s); extracting them now",
                     desc, len(late), samples[late[0]].path)
         _extract_missing(tower, dataset, settings, cache, late, 0, desc)
-        cache.resolve([s.path for s in samples], late, settings.layers, limits, rows=rows)
+        # As when first read: a skip retried on every run (permission denied) is a skip here.
+        cache.resolve([s.path for s in samples], late, settings.layers, limits, retry=False, rows=rows)
         still = rows.unknown(late)
         if still:
             raise CacheError(f"feature cache {cache.dir}: {len(still)} images keep changing while they are "

@@ -251,7 +251,7 @@ def test_layer_subset_is_stored_per_block_and_read_only_when_asked(tmp_path, dat
     assert shard.with_suffix(".corrupt").exists()
 
 
-def test_resolve_keeps_the_newest_valid_record_of_each_image(tmp_path):
+def test_resolve_lets_the_newest_record_of_each_image_decide(tmp_path):
     files = []
     for name in "abcd":
         path = tmp_path / f"{name}.png"
@@ -280,6 +280,25 @@ def test_resolve_keeps_the_newest_valid_record_of_each_image(tmp_path):
     # Rows must hold every block asked for: these shards hold none.
     assert cache.resolve(files, range(4), layers=(3,), limits=limits).unknown() == [0, 1, 3]
     assert cache.count_images() == 2
+    # An older record with block 3 does not stand in for a newer one without it.
+    time.sleep(0.01)
+    cache.write_shard([files[2]], one, {3: one}, [], limits=limits)
+    time.sleep(0.01)
+    cache.write_shard([files[2]], one, None, [], limits=limits)
+    assert 2 in cache.resolve(files, range(4), layers=(3,), limits=limits).unknown()
+
+
+def test_a_file_listed_twice_is_found_for_both_samples(tmp_path, data, monkeypatch):
+    _, samples = data
+    tower = load_tower(TOWER)
+    seen = counting(monkeypatch, tower)
+    twice = [*samples, samples[0], samples[3]]
+    cache = cache_for(tmp_path / "cache", tower)
+    first = extract_features(tower, DeepfakeDataset(twice, tower.preprocess), SETTINGS, cache)
+    before = len(seen)
+    again = extract_features(tower, DeepfakeDataset(twice, tower.preprocess), SETTINGS, cache)
+    assert len(seen) == before  # nothing through the tower on the second pass
+    assert torch.equal(again.embeds, first.embeds) and torch.equal(again.embeds[-2], again.embeds[0])
 
 
 @pytest.mark.parametrize("path", ["/data/a.png", "/data/./a.png", "/data/x/../a.png", "//data/a.png", "/data//a.png",
@@ -288,3 +307,34 @@ def test_absolute_path_equals_abspath(path):
     from deepfake.feature_cache import absolute_path
 
     assert absolute_path(path) == os.path.abspath(path)
+
+
+def test_permission_skip_redone_after_a_torn_shard_is_read_as_a_skip(tmp_path, data, monkeypatch):
+    from deepfake.feature_cache import CorruptShard
+    from deepfake.image_io import ImageSkipped
+
+    _, samples = data
+    locked = samples[0].path
+    load = DeepfakeDataset.load
+
+    def refuse(self, i):
+        if self.samples[i].path == locked:
+            raise ImageSkipped(locked, "permission denied")
+        return load(self, i)
+
+    monkeypatch.setattr(DeepfakeDataset, "load", refuse)
+    fill = FeatureCache.fill_embeds
+    torn = []
+
+    def torn_once(self, out, rows):  # the shard is found torn once, as rank 0 may find another rank's
+        if not torn:
+            torn.append(1)
+            raise CorruptShard(self.shard_files()[0])
+        return fill(self, out, rows)
+
+    monkeypatch.setattr(FeatureCache, "fill_embeds", torn_once)
+    tower = load_tower(TOWER)
+    settings = ExtractionSettings(batch_size=4, num_workers=0, shard_size=100, progress=False)
+    table = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), settings,
+                             cache_for(tmp_path / "cache", tower, settings))
+    assert table.skipped == {0: "permission denied"} and bool(table.ok[1:].all())

@@ -257,3 +257,14 @@ def test_cached_training_releases_the_tower_before_the_head_trains(tmp_path, mon
     monkeypatch.setattr(DeferredTower, "materialize", lambda self: built.append(self) or materialize(self))
     assert train_ClassifierHead.main(train_args(data, tmp_path / "run", tmp_path / "cache", "--num_epochs", "1")) == 0
     assert built and held_while_training == [False] * len(built)
+
+
+def test_moves_of_a_built_deferred_tower_survive_a_release(towers):
+    tower = load_tower(towers["languagebind"], defer=True)
+    tower.materialize()
+    tower.to(dtype=torch.bfloat16)
+    tower.release()
+    assert tower.dtype == torch.bfloat16
+    assert tower.materialize().dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="with .to"):
+        tower.half()

@@ -196,7 +196,7 @@ def test_manifest_with_a_utf8_byte_order_mark_is_read(tmp_path, suffix):
         (path, 1 if label == "fake" else 0) for path, label in rows]
 
 
-def test_training_samples_walk_the_data_set_tree_once(tmp_path, monkeypatch):
+def test_training_samples_find_the_label_folders_once(tmp_path, monkeypatch):
     from deepfake import deepfake_dataset
 
     root = make_forensynths(tmp_path / "data", n_train=2, n_val=1, n_test=0)

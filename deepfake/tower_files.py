@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from deepfake.fileio import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -43,14 +48,17 @@ class CheckpointFiles:
     def read_preprocessor(self) -> dict | None:
         return read_json(self.preprocessor) if self.preprocessor is not None else None
 
-    def weights_sha256(self) -> str:
-        """One hash for the weights: the file's, or over the index and every shard's for a sharded checkpoint."""
+    def weights_sha256(self, memo: Path | None = None) -> str:
+        """One hash for the weights: the file's, or over the index and every shard's for a sharded checkpoint.
+
+        ``memo``: a JSON file remembering each file's hash by its stamp (see :func:`remembered_sha256`).
+        """
         if self.index is None and len(self.weights) == 1:
-            return file_sha256(self.weights[0])
+            return remembered_sha256(self.weights[0], memo)
         digest = hashlib.sha256()
         for path in ([self.index] if self.index else []) + sorted(self.weights):
             digest.update(path.name.encode())
-            digest.update(file_sha256(path).encode())
+            digest.update(remembered_sha256(path, memo).encode())
         return digest.hexdigest()
 
 
@@ -170,6 +178,35 @@ def read_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: keys also in another shard: {', '.join(twice[:5])}")
         state.update(part)
     return state
+
+
+def remembered_sha256(path: Path, memo: Path | None) -> str:
+    """``file_sha256(path)``, remembered in the JSON file ``memo`` by (size, mtime_ns, inode).
+
+    A local LanguageBind checkpoint is 1.2 GB: hashing it on every run would cost seconds that a
+    run whose features are all cached otherwise never spends. An unreadable memo is rewritten;
+    an unwritable one only means hashing again next time.
+    """
+    if memo is None:
+        return file_sha256(path)
+    st = os.stat(path)
+    key, stamp = str(Path(path).resolve()), [st.st_size, st.st_mtime_ns, st.st_ino]
+    try:
+        known = json.loads(Path(memo).read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = file_sha256(path)
+    known[key] = {"stamp": stamp, "sha256": digest}
+    try:
+        Path(memo).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(memo), known)
+    except OSError as exc:
+        log.debug("%s: cannot remember the hash of %s (%s)", memo, path, exc)
+    return digest
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

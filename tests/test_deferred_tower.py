@@ -268,3 +268,25 @@ def test_moves_of_a_built_deferred_tower_survive_a_release(towers):
     assert tower.materialize().dtype == torch.bfloat16
     with pytest.raises(TypeError, match="with .to"):
         tower.half()
+
+
+def test_local_weights_are_hashed_once_while_unchanged(tmp_path, monkeypatch):
+    from deepfake import tower_files
+
+    local = tmp_path / "tower"
+    shutil.copytree(TOWER, local)
+    memo = tmp_path / "cache" / "sha256.json"
+    hashed = []
+    real = tower_files.file_sha256
+    monkeypatch.setattr(tower_files, "file_sha256", lambda path, *a: hashed.append(path) or real(path, *a))
+    first = load_tower(str(local), defer=True, hash_memo=memo).identity["weights_sha256"]
+    again = load_tower(str(local), defer=True, hash_memo=memo).identity["weights_sha256"]
+    weights = local / "pytorch_model.bin"
+    assert len(hashed) == 1 and again == first == real(weights)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # same size, new bytes and mtime
+    weights.write_bytes(bytes(data))
+    changed = load_tower(str(local), defer=True, hash_memo=memo).identity["weights_sha256"]
+    assert len(hashed) == 2 and changed != first
+    memo.write_text("{torn")
+    assert load_tower(str(local), defer=True, hash_memo=memo).identity["weights_sha256"] == changed

@@ -244,31 +244,64 @@ def extract_features(
 
     Under torch.distributed (and ``collective``) every rank must call it with the same
     samples; rank 0 gets the table, the other ranks ``None``. ``collective=False`` runs
-    this process alone (rank 0 after the others have left).
+    this process alone (rank 0 after the others have left). With a cache it is
+    :func:`cache_features` then :func:`read_features`.
     """
-    _check_layers(tower, settings)
-    if hasattr(dataset, "decode"):
-        dataset.decode = settings.decode  # the settings name the cache key: the images must follow them
-    rank, world = rank_and_world() if collective else (0, 1)
-    share = range(rank, len(dataset), world)
     if cache is None:
-        table = _compute(tower, dataset, settings, share, desc)
+        _prepare(tower, dataset, settings)
+        rank, world = rank_and_world() if collective else (0, 1)
+        table = _compute(tower, dataset, settings, range(rank, len(dataset), world), desc)
         return _gather(table, world) if world > 1 else table
-    known = _extract_missing(tower, dataset, settings, cache, share, rank, desc)
+    rows = cache_features(tower, dataset, settings, cache, desc, collective)
+    return None if rows is None else read_features(tower, dataset, settings, cache, rows, desc)
+
+
+def cache_features(
+    tower: ImageTower,
+    dataset: DeepfakeDataset,
+    settings: ExtractionSettings,
+    cache: FeatureCache,
+    desc: str = "features",
+    collective: bool = True,
+) -> CacheRows | None:
+    """Put the features of every sample of ``dataset`` in ``cache``, each rank its share.
+
+    Collective like :func:`extract_features`. Rank 0 gets where the features are (for
+    :func:`read_features`) once every rank's shards are on disk; the other ranks ``None``.
+    A run that caches all its sets before reading any holds no table while it extracts.
+    """
+    _prepare(tower, dataset, settings)
+    rank, world = rank_and_world() if collective else (0, 1)
+    known = _extract_missing(tower, dataset, settings, cache, range(rank, len(dataset), world), rank, desc)
     release_free_heap()
     if world > 1:
         barrier()  # every rank's shards are on disk before anyone reads them
         if rank != 0:
             return None
+    return known
+
+
+def read_features(tower: ImageTower, dataset: DeepfakeDataset, settings: ExtractionSettings, cache: FeatureCache,
+                  rows: CacheRows, desc: str = "features") -> FeatureTable:
+    """Rank 0: the table of ``dataset`` from ``cache``; ``rows``: what :func:`cache_features` returned.
+
+    Anything not found (another rank's shard set aside, a file changed meanwhile) is extracted here.
+    """
     for _ in range(3):
         try:
-            return _read_table(tower, dataset, settings, cache, desc, known)
+            return _read_table(tower, dataset, settings, cache, desc, rows)
         except CorruptShard as exc:
             log.warning("%s; extracting its images again", exc)
             cache.drop_shard(exc.path.name)
-            known = CacheRows.empty(len(dataset))
+            rows = CacheRows.empty(len(dataset))
     raise CacheError(f"feature cache {cache.dir}: shards keep failing their checksums; "
                      f"remove this folder and run again")
+
+
+def _prepare(tower: ImageTower, dataset: DeepfakeDataset, settings: ExtractionSettings) -> None:
+    _check_layers(tower, settings)
+    if hasattr(dataset, "decode"):
+        dataset.decode = settings.decode  # the settings name the cache key: the images must follow them
 
 
 def _compute(tower, dataset, settings: ExtractionSettings, indices: Sequence[int], desc: str) -> FeatureTable:

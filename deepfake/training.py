@@ -36,7 +36,15 @@ from deepfake.checkpoint import BEST, save_checkpoint
 from deepfake.deepfake_classifier import fake_probabilities
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, collate, training_samples
 from deepfake.feature_batch import FeatureBatch, table_batch, tower_batch
-from deepfake.features import ExtractionSettings, FeatureTable, extract_features, parse_feature_layers, prepare_tower
+from deepfake.features import (
+    ExtractionSettings,
+    FeatureTable,
+    cache_features,
+    extract_features,
+    parse_feature_layers,
+    prepare_tower,
+    read_features,
+)
 from deepfake.fileio import atomic_save_safetensors, atomic_write_json, removed_if_left_empty
 from deepfake.heads import block_importance, new_head
 from deepfake.layouts import parse_label_dirs
@@ -602,16 +610,24 @@ def _train(args: argparse.Namespace) -> dict:
         source = TowerFeatures(tower, train_set, args.num_workers, head_blocks)
         val_table = None
     else:
-        views = []
+        # Every set is cached before any table is read: no table is held while the tower runs.
+        found = []
         for view in range(n_views):
             train_set.view = view
             extra = {"augment": {**augment.to_dict(), "seed": args.seed, "view": view}} if augment.enabled else {}
             cache = feature_cache(args, tower, settings, {**extra, **aligned})
-            views.append(extract_features(tower, train_set, settings, cache, desc=f"train features (view {view})"))
-        val_table = extract_features(tower, val_set, settings, feature_cache(args, tower, settings, aligned),
-                                     "val features")
+            found.append((cache, cache_features(tower, train_set, settings, cache, f"train features (view {view})")))
+        val_cache = feature_cache(args, tower, settings, aligned)
+        val_found = cache_features(tower, val_set, settings, val_cache, "val features")
         if isinstance(tower, DeferredTower):
-            tower.release()  # every feature is in the tables: the head trains without the tower
+            tower.release()  # every feature is on disk: the head trains without the tower
+            release_free_heap()
+        if is_main_process():
+            views = []
+            for view, (cache, rows) in enumerate(found):
+                train_set.view = view
+                views.append(read_features(tower, train_set, settings, cache, rows, f"train features (view {view})"))
+            val_table = read_features(tower, val_set, settings, val_cache, val_found, "val features")
     extract_seconds = time.perf_counter() - start
     if not is_main_process():
         return {}  # other ranks only helped with extraction (their tables are None)

@@ -290,3 +290,17 @@ def test_local_weights_are_hashed_once_while_unchanged(tmp_path, monkeypatch):
     assert len(hashed) == 2 and changed != first
     memo.write_text("{torn")
     assert load_tower(str(local), defer=True, hash_memo=memo).identity["weights_sha256"] == changed
+
+
+def test_training_caches_every_set_before_it_reads_any_table(tmp_path, monkeypatch):
+    from deepfake import training
+
+    data = make_forensynths(tmp_path / "data", n_train=2, n_val=1, n_test=0)
+    calls = []
+    for name in ("cache_features", "read_features"):
+        real = getattr(training, name)
+        monkeypatch.setattr(training, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    args = train_args(data, tmp_path / "run", tmp_path / "cache", "--num_epochs", "1", "--blur_prob", "0.5",
+                      "--aug_views", "2")
+    assert train_ClassifierHead.main(args) == 0
+    assert calls == ["cache_features"] * 3 + ["read_features"] * 3  # two augmented views and val

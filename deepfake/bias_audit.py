@@ -7,7 +7,7 @@ flagged with a one-line explanation. Only file headers are read (Pillow opens la
 pixels are never decoded); a class with more than ``--max_per_group`` images is sampled, and
 the report says so. ``python -m deepfake audit`` prints it; it also runs, summarised, at the
 top of every training and evaluation run and is saved with its results. Given the feature cache
-root, the probes are remembered there (:mod:`deepfake.audit_memo`), so a rerun on unchanged
+root, the probes are remembered there (:mod:`deepfake.stamp_memo`), so a rerun on unchanged
 files opens none of them; the report is the same either way.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from deepfake.audit_memo import memo_path, memoized_probes
+from deepfake.stamp_memo import memo_path, memoized
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +227,9 @@ def audit_samples(items: list[tuple[str, str, int]], crop: int = 224, max_per_gr
                 plan.append((True, "all", CLASS_NAMES[label], len(paths),
                              sample_group(paths, max_per_group, random.Random(f"{seed}:all:{label}"))))
     identity = _memo_identity(groups, seed, max_per_group) if cache_root is not None and groups else None
-    memo = memo_path(Path(cache_root), identity) if identity is not None else None
+    memo = memo_path(Path(cache_root), "audit", identity) if identity is not None else None
     # Reals shared by several domains (and the pooled groups) are read once.
-    probes = memoized_probes((p for *_, chosen in plan for p in chosen), probe, memo, identity, probe_from_json)
+    probes = memoized((p for *_, chosen in plan for p in chosen), probe, memo, identity, probe_from_json)
 
     report = {"crop": crop, "max_per_group": max_per_group, "seed": seed, "domains": {}, "flags": []}
     pooled: dict[str, dict] = {}

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from deepfake.fileio import atomic_write_json
-
-log = logging.getLogger(__name__)
+from deepfake.stamp_memo import memo_path, memoized
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -48,17 +45,24 @@ class CheckpointFiles:
     def read_preprocessor(self) -> dict | None:
         return read_json(self.preprocessor) if self.preprocessor is not None else None
 
-    def weights_sha256(self, memo: Path | None = None) -> str:
+    def weights_sha256(self, memo_root: Path | None = None) -> str:
         """One hash for the weights: the file's, or over the index and every shard's for a sharded checkpoint.
 
-        ``memo``: a JSON file remembering each file's hash by its stamp (see :func:`remembered_sha256`).
+        ``memo_root``: a cache root where each file's hash is remembered by its stamp
+        (:mod:`deepfake.stamp_memo`): hashing a 1.2 GB checkpoint on every run would cost
+        seconds that a run whose features are all cached otherwise never spends.
         """
+        files = ([self.index] if self.index else []) + sorted(self.weights)
+        identity = {"checkpoint": str(self.directory.resolve())}
+        memo = memo_path(memo_root, "sha256", identity) if memo_root is not None else None
+        hashes = memoized((str(f) for f in files), lambda f: {"sha256": file_sha256(Path(f))}, memo, identity,
+                          _stored_sha256)
         if self.index is None and len(self.weights) == 1:
-            return remembered_sha256(self.weights[0], memo)
+            return hashes[str(self.weights[0])]["sha256"]
         digest = hashlib.sha256()
-        for path in ([self.index] if self.index else []) + sorted(self.weights):
+        for path in files:
             digest.update(path.name.encode())
-            digest.update(remembered_sha256(path, memo).encode())
+            digest.update(hashes[str(path)]["sha256"].encode())
         return digest.hexdigest()
 
 
@@ -180,33 +184,10 @@ def read_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
     return state
 
 
-def remembered_sha256(path: Path, memo: Path | None) -> str:
-    """``file_sha256(path)``, remembered in the JSON file ``memo`` by (size, mtime_ns, inode).
-
-    A local LanguageBind checkpoint is 1.2 GB: hashing it on every run would cost seconds that a
-    run whose features are all cached otherwise never spends. An unreadable memo is rewritten;
-    an unwritable one only means hashing again next time.
-    """
-    if memo is None:
-        return file_sha256(path)
-    st = os.stat(path)
-    key, stamp = str(Path(path).resolve()), [st.st_size, st.st_mtime_ns, st.st_ino]
-    try:
-        known = json.loads(Path(memo).read_text())
-    except (OSError, ValueError):
-        known = {}
-    known = known if isinstance(known, dict) else {}
-    entry = known.get(key)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    digest = file_sha256(path)
-    known[key] = {"stamp": stamp, "sha256": digest}
-    try:
-        Path(memo).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(memo), known)
-    except OSError as exc:
-        log.debug("%s: cannot remember the hash of %s (%s)", memo, path, exc)
-    return digest
+def _stored_sha256(record: dict) -> dict:
+    if not isinstance(record.get("sha256"), str):
+        raise ValueError("malformed hash record")
+    return record
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

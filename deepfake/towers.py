@@ -73,7 +73,7 @@ def load_tower(
     preprocess_mode: str | None = None,
     device: torch.device | str = "cpu",
     defer: bool = False,
-    hash_memo: Path | None = None,
+    memo_root: Path | None = None,
 ) -> ImageTower:
     """Load the frozen tower named by ``model`` (hub id, local directory, or a weight-free name).
 
@@ -81,8 +81,8 @@ def load_tower(
     checked here either way. With ``defer`` a family that can read its tower's shape from the
     config gives a :class:`DeferredTower`, built on its first forward; a problem found only in
     the weights themselves (a missing key, a wrong shape) is then raised at that build.
-    ``hash_memo``: a JSON file remembering the hash of a local directory's weights by their
-    stamps, so that naming the tower does not read them again.
+    ``memo_root``: a cache root where the hash of a local directory's weights is remembered by
+    their stamps (:mod:`deepfake.stamp_memo`), so that naming the tower does not read them again.
     """
     backbone = backbone_for(model, revision)
     if backbone.family != "auto" and family(backbone.family).weightless:
@@ -102,7 +102,7 @@ def load_tower(
     identity = {"model": name, "family": tower_family.name, "revision": files.revision or revision}
     if files.revision is None:
         # A local directory has no commit: its weights' hash identifies it.
-        identity["weights_sha256"] = files.weights_sha256(hash_memo)
+        identity["weights_sha256"] = files.weights_sha256(memo_root)
     if defer and tower_family.shape is not None:
         shape = tower_family.shape(config, str(files.config))
         deferred = DeferredTower(backbone, tower_identity(identity, shape.feature_dim, shape.feature, shape.layer_token),

@@ -554,9 +554,7 @@ def _train(args: argparse.Namespace) -> dict:
     precision = resolve_precision(args.precision or "auto", device)
     # Named, not built: a run whose features are all cached never reads the weights (nor imports
     # the modeling code); the first image through the tower builds it.
-    root = cache_root(args)
-    tower = load_tower(args.model, args.revision, args.preprocess, defer=True,
-                       hash_memo=root / "sha256.json" if root is not None else None)
+    tower = load_tower(args.model, args.revision, args.preprocess, defer=True, memo_root=cache_root(args))
     tower = prepare_tower(tower, precision, device, compile=args.compile)
     head_kind = getattr(args, "head", "mlp")
     blocks = parse_feature_layers(args.feature_layers, int(getattr(tower, "num_layers", 0) or 0))

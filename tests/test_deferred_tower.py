@@ -275,21 +275,22 @@ def test_local_weights_are_hashed_once_while_unchanged(tmp_path, monkeypatch):
 
     local = tmp_path / "tower"
     shutil.copytree(TOWER, local)
-    memo = tmp_path / "cache" / "sha256.json"
+    root = tmp_path / "cache"
     hashed = []
     real = tower_files.file_sha256
     monkeypatch.setattr(tower_files, "file_sha256", lambda path, *a: hashed.append(path) or real(path, *a))
-    first = load_tower(str(local), defer=True, hash_memo=memo).identity["weights_sha256"]
-    again = load_tower(str(local), defer=True, hash_memo=memo).identity["weights_sha256"]
+    first = load_tower(str(local), defer=True, memo_root=root).identity["weights_sha256"]
+    again = load_tower(str(local), defer=True, memo_root=root).identity["weights_sha256"]
     weights = local / "pytorch_model.bin"
     assert len(hashed) == 1 and again == first == real(weights)
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # same size, new bytes and mtime
     weights.write_bytes(bytes(data))
-    changed = load_tower(str(local), defer=True, hash_memo=memo).identity["weights_sha256"]
+    changed = load_tower(str(local), defer=True, memo_root=root).identity["weights_sha256"]
     assert len(hashed) == 2 and changed != first
+    (memo,) = (root / "sha256").glob("*.json")
     memo.write_text("{torn")
-    assert load_tower(str(local), defer=True, hash_memo=memo).identity["weights_sha256"] == changed
+    assert load_tower(str(local), defer=True, memo_root=root).identity["weights_sha256"] == changed
 
 
 def test_training_caches_every_set_before_it_reads_any_table(tmp_path, monkeypatch):

@@ -1,14 +1,15 @@
-"""Memo of the bias audit's header probes, kept beside the feature cache.
+"""Per-file results remembered by the file's ``(size, mtime_ns)`` stamp, beside the feature cache.
 
-The audit reads up to ``max_per_group`` headers per domain and class at the top of every run,
-and the files rarely change between runs. Each probe is remembered with its file's
-``(size, mtime_ns)`` stamp in one JSON file per data set and seed
-(``<cache root>/audit/<key>.json``): a rerun stats the sampled files and opens only those whose
-stamp is new. The memo holds the last audit's sample only (at most ``max_per_group`` records
-per group), never a record per image of the data set. Probes that failed are not remembered,
-so a file made readable again is read again. A memo that does not parse, or belongs to
-another audit, is ignored with a warning and rewritten; a cache root that cannot be read or
-written just means no memo.
+Two things are computed from files at the top of every run although the files rarely change:
+the bias audit's header probes (up to ``max_per_group`` per domain and class) and the hash of a
+local checkpoint's weights (1.2 GB for LanguageBind). Each result is remembered with its file's
+stamp in one JSON file per use and identity (``<cache root>/<kind>/<key>.json``: ``audit`` per
+data set and seed, ``sha256`` per checkpoint folder): a rerun stats the files and reads only
+those whose stamp is new. A memo holds the last call's files only, never a record per image of
+the data set. Results that failed (an ``error`` key) are not remembered, so a file made
+readable again is read again. A memo that does not parse, or belongs to another identity, is
+ignored with a warning and rewritten; a cache root that cannot be read or written just means
+no memo.
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ from deepfake.fileio import atomic_write_text, display_path
 
 log = logging.getLogger(__name__)
 
-MEMO_FORMAT = "deepfake-audit-probes"
+MEMO_FORMAT = "deepfake-stamp-memo"
 MEMO_VERSION = 1
-MEMO_DIR = "audit"
 
 Stamp = tuple[int, int]
 
 
-def memo_path(cache_root: str | os.PathLike, identity: dict) -> Path:
-    """The memo file of the audit described by ``identity`` (data set root, seed, sample size, groups)."""
-    return Path(cache_root) / MEMO_DIR / f"{cache_key(identity)}.json"
+def memo_path(cache_root: str | os.PathLike, kind: str, identity: dict) -> Path:
+    """The memo file of ``kind`` (``audit``, ``sha256``) for ``identity`` (what the results depend on)."""
+    return Path(cache_root) / kind / f"{cache_key(identity)}.json"
 
 
 def _canonical(identity: dict) -> dict:
@@ -52,21 +52,21 @@ def read_memo(path: Path, identity: dict, decode: Callable[[dict], dict]) -> tup
     except FileNotFoundError:
         return {}, False
     except OSError as exc:
-        log.debug("audit memo %s not read: %s", display_path(path), exc)
+        log.debug("memo %s not read: %s", display_path(path), exc)
         return {}, False
     try:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") != MEMO_FORMAT or data.get("version") != MEMO_VERSION:
             raise ValueError(f"not a version-{MEMO_VERSION} {MEMO_FORMAT} file")
         if data.get("identity") != _canonical(identity):
-            raise ValueError("it belongs to another data set or seed")
+            raise ValueError("it belongs to another data set, seed or checkpoint")
         records = {}
         for file, (size, mtime_ns, probed) in data["probes"].items():
             if not (isinstance(size, int) and isinstance(mtime_ns, int) and isinstance(probed, dict)):
                 raise ValueError(f"bad record for {display_path(file)}")
             records[file] = ((size, mtime_ns), decode(probed))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.warning("%s: audit memo ignored and rewritten (%s)", display_path(path), exc)
+        log.warning("%s: memo ignored and rewritten (%s)", display_path(path), exc)
         return {}, True
     return records, False
 
@@ -78,13 +78,13 @@ def write_memo(path: Path, identity: dict, records: dict[str, tuple[Stamp, dict]
     try:
         atomic_write_text(path, json.dumps(data, separators=(",", ":")) + "\n")
     except OSError as exc:
-        log.debug("audit memo %s not written: %s", display_path(path), exc)
+        log.debug("memo %s not written: %s", display_path(path), exc)
         return False
     return True
 
 
-def memoized_probes(paths: Iterable[str], probe: Callable[[str], dict], memo: Path | None = None,
-                    identity: dict | None = None, decode: Callable[[dict], dict] = dict) -> dict[str, dict]:
+def memoized(paths: Iterable[str], probe: Callable[[str], dict], memo: Path | None = None,
+             identity: dict | None = None, decode: Callable[[dict], dict] = dict) -> dict[str, dict]:
     """``probe(path)`` of every path, reusing the memo's result where the file's stamp is unchanged.
 
     The memo is rewritten (with this call's paths only) when anything new was probed or the
@@ -111,7 +111,7 @@ def memoized_probes(paths: Iterable[str], probe: Callable[[str], dict], memo: Pa
             kept[file] = (stamp, probed)
             rewrite = True
     if memo is not None:
-        log.debug("bias audit: %d of %d headers from the memo %s", reused, len(results), display_path(memo))
+        log.debug("%d of %d results from the memo %s", reused, len(results), display_path(memo))
         if rewrite:
             write_memo(memo, identity, kept)
     return results

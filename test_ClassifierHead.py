@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from deepfake import test_cli
+from deepfake.cli import test as test_cli
 
 
 def main(argv: list[str] | None = None) -> int:

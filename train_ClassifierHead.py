@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from deepfake import train_cli
+from deepfake.cli import train as train_cli
 
 
 def main(argv: list[str] | None = None) -> int:

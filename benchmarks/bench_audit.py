@@ -23,8 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfake.bias_audit import audit_samples, probe  # noqa: E402
-from deepfake.image_io import load_image  # noqa: E402
+from deepfake.data.audit import audit_samples, probe  # noqa: E402
+from deepfake.data.image_io import load_image  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

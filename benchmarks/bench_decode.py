@@ -20,7 +20,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfake.backbones import Preprocess  # noqa: E402
+from deepfake.data.preprocess import Preprocess  # noqa: E402
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample  # noqa: E402
 
 

@@ -7,7 +7,7 @@ gelu, projection 768) with random weights, which costs the same compute as the r
 Measured side by side in one run:
 - naive: fp32, one image at a time, each through the LanguageBind transform;
 - project: the extraction path (DataLoader decoding and preprocessing, batched, --precision
-  auto: bf16 where the CPU or GPU has it, blocks fused for inference by deepfake/fast_clip.py);
+  auto: bf16 where the CPU or GPU has it, blocks fused for inference by deepfake/towers/fast_clip.py);
 - roofline: a bf16 and an fp32 GEMM of the tower's largest shape; the tower's FLOPs per
   image are computed from its config.
 Prints, last: speed-up over naive and % of the bf16 roofline.
@@ -28,14 +28,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfake.backbones import backbone_for  # noqa: E402
-from deepfake.clip_weights import vision_config_from  # noqa: E402
+from deepfake.data.image_io import load_image  # noqa: E402
+from deepfake.data.preprocess import preprocess_image  # noqa: E402
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample  # noqa: E402
-from deepfake.features import ExtractionSettings, iterate_tower, prepare_tower  # noqa: E402
-from deepfake.image_io import load_image  # noqa: E402
-from deepfake.runtime import DTYPES, choose_device, resolve_precision  # noqa: E402
-from deepfake.tower_clip import build_clip_tower  # noqa: E402
-from deepfake.transforms import preprocess_image  # noqa: E402
+from deepfake.features.extraction import ExtractionSettings, iterate_tower, prepare_tower  # noqa: E402
+from deepfake.towers.backbones import backbone_for  # noqa: E402
+from deepfake.towers.clip_tower import build_clip_tower  # noqa: E402
+from deepfake.towers.clip_weights import vision_config_from  # noqa: E402
+from deepfake.utils.runtime import DTYPES, choose_device, resolve_precision  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "images" / "languagebind_image_config.json"
 

@@ -53,7 +53,7 @@ import train_ClassifierHead
 # Code is not data: the tower families are imported lazily on the first load, and the modeling
 # code when a run builds its tower, so import what this run will import before the baseline is read.
 import importlib
-from deepfake.tower_registry import families
+from deepfake.towers.registry import families
 families()
 for module in {preload!r}:
     importlib.import_module(module)

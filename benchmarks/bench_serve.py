@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_train import make_images, make_tower  # noqa: E402
 
 import train_ClassifierHead  # noqa: E402
-from deepfake.serve import build_parser, build_server  # noqa: E402
+from deepfake.serving.server import build_server  # noqa: E402
 
 
 def post(url: str, path: Path) -> dict:
@@ -40,8 +40,7 @@ def post(url: str, path: Path) -> dict:
 
 
 def burst(run: Path, images: list[Path], max_batch: int) -> tuple[float, dict]:
-    args = build_parser().parse_args(["--checkpoint", str(run), "--port", "0", "--max_batch", str(max_batch)])
-    server = build_server(args)
+    server = build_server(str(run), port=0, max_batch=max_batch)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -5,7 +5,7 @@
 
 On the offline synthetic benchmark with the tiny fixture tower (about a minute on 2 CPU cores):
 
-    python -m deepfake.synthetic --out data/synthetic
+    python -m deepfake.cli.synthetic --out data/synthetic
     python benchmarks/compare_heads.py --dataset_dir data/synthetic --model tests/languagebind-tiny/lora0
 
 Prints one per-generator table with a column group (acc, AP) per head and the number of
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfake.head_comparison import main  # noqa: E402
+from deepfake.cli.compare_heads import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

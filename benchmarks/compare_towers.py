@@ -26,14 +26,16 @@ import io
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfake.cli_args import setup_logging, test_parser, train_parser  # noqa: E402
-from deepfake.evaluation import evaluate  # noqa: E402
-from deepfake.fileio import atomic_write_json, atomic_write_text  # noqa: E402
-from deepfake.training import train  # noqa: E402
+from deepfake.cli.args import setup_logging, train_config, train_parser  # noqa: E402
+from deepfake.config import DataConfig, EvalConfig, RuntimeConfig, TrainConfig  # noqa: E402
+from deepfake.evaluation.run import evaluate  # noqa: E402
+from deepfake.training.run import train  # noqa: E402
+from deepfake.utils.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 log = logging.getLogger("compare_towers")
 
@@ -95,8 +97,8 @@ def format_markdown(table: list[dict], labels: list[str]) -> str:
 
 def build_demo(root: Path, seed: int) -> tuple[list[str], Path, Path]:
     """Tiny towers of every family and a photo-sized synthetic benchmark under ``root``."""
-    from deepfake.synthetic import generate
-    from deepfake.tiny_towers import save_tower
+    from deepfake.data.synthetic import generate
+    from deepfake.towers.tiny import save_tower
 
     models = ["spectrum", "spectrum-crop256", "spectrum-window512"]
     for kind in DEMO_KINDS:
@@ -109,9 +111,10 @@ def build_demo(root: Path, seed: int) -> tuple[list[str], Path, Path]:
     return models, data, data / "test"
 
 
-def compare(models: list[str], dataset_dir: Path, test_root: Path, out: Path, cache_dir: Path,
-            seed: int, num_epochs: int, extra: list[str], overwrite: bool, quiet: bool) -> dict:
-    """Train and evaluate one head per tower; returns {"table", "towers"} and writes the outputs."""
+def compare(models: list[str], base: TrainConfig, test_root: Path, out: Path, extra: list[str]) -> dict:
+    """Train (``base``, one run per tower) and evaluate one head per tower; returns {"table", "towers"} and writes
+    the outputs. ``extra``: the training flags given beyond the defaults, recorded with the results."""
+    dataset_dir, seed, num_epochs = base.data.dataset_dir, base.seed, base.schedule.num_epochs
     labels: list[str] = []
     results: dict[str, dict] = {}
     towers: dict[str, dict] = {}
@@ -121,17 +124,14 @@ def compare(models: list[str], dataset_dir: Path, test_root: Path, out: Path, ca
             raise ValueError(f"two towers named {label!r}; give them folders with different names")
         labels.append(label)
         run_dir, eval_dir = out / "runs" / label, out / "eval" / label
-        common = ["--cache_dir", str(cache_dir), *(["--quiet"] if quiet else [])]
         start = time.perf_counter()
         # Each tower's own tables stay in its eval folder; the console gets the one comparison table.
         with contextlib.redirect_stdout(io.StringIO()):
-            summary = train(train_parser().parse_args([
-                "--dataset_dir", str(dataset_dir), "--output_dir", str(run_dir), "--model", model, "--seed", str(seed),
-                "--num_epochs", str(num_epochs), *(["--overwrite"] if overwrite else []), *common, *extra]))
+            summary = train(replace(base, output_dir=str(run_dir), tower=replace(base.tower, model=model)))
             train_seconds = time.perf_counter() - start
-            results[label] = evaluate(test_parser().parse_args([
-                "--checkpoint", str(run_dir), "--dataset_dir", str(test_root), "--output_dir", str(eval_dir),
-                "--no_plots", *(["--overwrite"] if overwrite else []), *common]))
+            results[label] = evaluate(EvalConfig(
+                checkpoint=str(run_dir), data=DataConfig(dataset_dir=str(test_root)), output_dir=str(eval_dir),
+                no_plots=True, overwrite=base.overwrite, cache=base.cache, runtime=RuntimeConfig(quiet=base.runtime.quiet)))
         tower = results[label]["tower"]
         towers[label] = {"model": model, "tower": tower, "preprocess": results[label]["preprocess"],
                          "best_val_ap": summary.get("best_val_ap"), "train_seconds": round(train_seconds, 2)}
@@ -188,8 +188,12 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("--models, --dataset_dir and --test_root are required (or --demo)")
             models = [m.strip() for m in args.models.split(",") if m.strip()]
             dataset_dir, test_root = Path(args.dataset_dir), Path(args.test_root)
-        compare(models, dataset_dir, test_root, out, cache_dir, args.seed, num_epochs, extra,
-                args.overwrite or args.demo, args.quiet)
+        # The extra flags are train_ClassifierHead.py's: its parser reads them, into the one config every tower shares.
+        base = train_config(train_parser().parse_args([
+            "--dataset_dir", str(dataset_dir), "--output_dir", str(out / "runs"), "--seed", str(args.seed),
+            "--num_epochs", str(num_epochs), "--cache_dir", str(cache_dir), *(["--quiet"] if args.quiet else []),
+            *(["--overwrite"] if args.overwrite or args.demo else []), *extra]))
+        compare(models, base, test_root, out, extra)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

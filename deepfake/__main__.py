@@ -11,14 +11,14 @@ import importlib.util
 import sys
 
 COMMANDS = {
-    "train": "deepfake.train_cli",
-    "test": "deepfake.test_cli",
-    "predict": "deepfake.predict",
-    "demo": "deepfake.demo",
-    "serve": "deepfake.serve",
-    "push": "deepfake.push",
-    "audit": "deepfake.audit",
-    "split": "deepfake.split",
+    "train": "deepfake.cli.train",
+    "test": "deepfake.cli.test",
+    "predict": "deepfake.cli.predict",
+    "demo": "deepfake.cli.demo",
+    "serve": "deepfake.cli.serve",
+    "push": "deepfake.cli.push",
+    "audit": "deepfake.cli.audit",
+    "split": "deepfake.cli.split",
 }
 
 

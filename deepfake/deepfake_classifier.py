@@ -4,7 +4,7 @@
 
 with ``D`` read from the tower's config (768 for LanguageBind_Image): the default ``mlp``
 head. Other kinds (``layers``: per-block CLS tokens with learned block importance,
-``linear``: a linear probe) live in :mod:`deepfake.heads`. Class 1 is "fake".
+``linear``: a linear probe) live in :mod:`deepfake.model.heads`. Class 1 is "fake".
 
     >>> from deepfake import DeepfakeClassifier
     >>> clf = DeepfakeClassifier.from_pretrained("runs/progan")
@@ -26,16 +26,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from deepfake.backbones import Preprocess
-from deepfake.calibration import read_calibration
-from deepfake.checkpoint import CheckpointRefused, load_checkpoint
-from deepfake.feature_batch import tower_batch
-from deepfake.features import prepare_tower
-from deepfake.heads import HEAD_DROPOUT, HEAD_HIDDEN, MLPHead, head_from_config
-from deepfake.hub import fetch_head, is_repo_id, push_head, save_head_folder
-from deepfake.runtime import choose_device, resolve_precision
-from deepfake.scoring import Prediction, batch_probabilities, fake_probabilities, score
-from deepfake.towers import ImageTower, load_tower
+from deepfake.config import HEAD_DROPOUT, HEAD_HIDDEN
+from deepfake.data.preprocess import Preprocess
+from deepfake.features.batch import tower_batch
+from deepfake.features.extraction import prepare_tower
+from deepfake.model.calibration import read_calibration
+from deepfake.model.checkpoint import CheckpointRefused, load_checkpoint
+from deepfake.model.heads import head_from_config
+from deepfake.model.hub import fetch_head, is_repo_id, push_head, save_head_folder
+from deepfake.model.scoring import Prediction, batch_probabilities, fake_probabilities, score
+from deepfake.towers.base import ImageTower
+from deepfake.towers.loading import load_tower
+from deepfake.utils.runtime import choose_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,10 @@ __all__ = ["DeepfakeClassifier", "batch_probabilities", "build_head", "fake_prob
            "resolve_threshold"]
 THRESHOLD_NAMES = ("val", "calibrated")
 
-def build_head(in_dim: int, hidden: int = HEAD_HIDDEN, dropout: float = HEAD_DROPOUT, num_classes: int = 2) -> MLPHead:
+def build_head(in_dim: int, hidden: int = HEAD_HIDDEN, dropout: float = HEAD_DROPOUT, num_classes: int = 2) -> nn.Module:
     """The classifier head: Linear(in_dim, hidden) -> ReLU -> Dropout -> Linear(hidden, num_classes)."""
-    return MLPHead(in_dim, hidden, dropout, num_classes)
+    return head_from_config({"kind": "mlp", "in_dim": in_dim, "hidden": hidden, "dropout": dropout,
+                             "num_classes": num_classes})
 
 
 def head_config(head: nn.Module) -> dict:
@@ -212,7 +215,7 @@ class DeepfakeClassifier(nn.Module):
         threshold: str | float | None = None,
         max_pixels: int | None = None,
     ) -> Prediction | list[Prediction]:
-        """Score one path or PIL image (one :class:`~deepfake.scoring.Prediction`) or a list (a list, skips included).
+        """Score one path or PIL image (one :class:`~deepfake.model.scoring.Prediction`) or a list (a list, skips included).
 
         ``threshold``: ``val``, ``calibrated``, a number, or ``None`` for :meth:`decision_threshold`'s default.
         """

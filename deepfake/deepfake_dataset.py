@@ -21,11 +21,13 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from deepfake.backbones import Preprocess
-from deepfake.image_io import DEFAULT_MAX_PIXELS, ImageSkipped, load_image, reduce_to_short_side, to_rgb
-from deepfake.layouts import LabelledFolder, LayoutError, describe, find_label_folders, list_folder_images
-from deepfake.manifests import is_manifest, read_manifest
-from deepfake.transforms import Alignment, BlurJpegAugment, Perturbation, preprocess_image, short_side_shape
+from deepfake.config import DEFAULT_MAX_PIXELS
+from deepfake.data.alignment import Alignment
+from deepfake.data.image_io import ImageSkipped, load_image, reduce_to_short_side, to_rgb
+from deepfake.data.layouts import LabelledFolder, LayoutError, describe, find_label_folders, list_folder_images
+from deepfake.data.manifests import is_manifest, read_manifest
+from deepfake.data.perturbations import BlurJpegAugment, Perturbation
+from deepfake.data.preprocess import Preprocess, preprocess_image, short_side_shape
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def training_samples(
 ) -> tuple[list[Sample], list[Sample]]:
     """(train, val) samples: the ``train``/``val`` splits when present, else a stratified hold-out.
 
-    ``dataset_dir`` is a folder (any layout of :mod:`deepfake.layouts`) or a CSV / JSON Lines manifest.
+    ``dataset_dir`` is a folder (any layout of :mod:`deepfake.data.layouts`) or a CSV / JSON Lines manifest.
     """
     root = Path(dataset_dir)
     folders = None

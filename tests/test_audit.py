@@ -13,8 +13,8 @@ from PIL import Image
 
 import deepfake.__main__ as cli
 import test_ClassifierHead
-from deepfake.backbones import Preprocess
-from deepfake.bias_audit import (
+from deepfake.data.alignment import parse_align
+from deepfake.data.audit import (
     audit_samples,
     compare_classes,
     estimate_jpeg_quality,
@@ -22,8 +22,8 @@ from deepfake.bias_audit import (
     probe_image,
     summarize_probes,
 )
+from deepfake.data.preprocess import Preprocess, preprocess_image
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.transforms import parse_align, preprocess_image
 
 from .conftest import run_test_script
 
@@ -221,7 +221,7 @@ def test_corrupt_memo_is_ignored_with_a_warning_naming_the_file_and_rewritten(bi
         next(iter(broken["probes"].values()))[2]["size"] = "large"
         memo.write_text(json.dumps(broken))
     image_opens.clear()
-    with caplog.at_level("WARNING", logger="deepfake.stamp_memo"):
+    with caplog.at_level("WARNING", logger="deepfake.utils.stamp_memo"):
         again = audit_samples(items, crop=224, cache_root=cache)
     assert json.dumps(again) == json.dumps(first) and len(image_opens) == 12
     assert any(str(memo) in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
@@ -235,7 +235,7 @@ def test_unwritable_cache_root_still_audits(biased, tmp_path, caplog):
     items = two_domains(biased)
     cache = tmp_path / "not-a-folder"
     cache.write_text("a file where the cache root should be\n")  # refuses folders even to root
-    with caplog.at_level("DEBUG", logger="deepfake.stamp_memo"):
+    with caplog.at_level("DEBUG", logger="deepfake.utils.stamp_memo"):
         report = audit_samples(items, crop=224, cache_root=cache)
     assert json.dumps(report) == json.dumps(audit_samples(items, crop=224))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

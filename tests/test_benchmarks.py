@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 import test_ClassifierHead
-from deepfake.benchmark_files import available_presets, load_benchmark, parse_benchmark, resolve_benchmark
-from deepfake.eval_sets import check_pairing, discover_test_set
-from deepfake.evaluation import domain_rows
-from deepfake.layouts import LayoutError
+from deepfake.data.benchmarks import available_presets, load_benchmark, parse_benchmark, resolve_benchmark
+from deepfake.data.layouts import LayoutError
+from deepfake.data.test_sets import check_pairing, discover_test_set
+from deepfake.evaluation.domains import domain_rows
 
 from .conftest import write_images
 

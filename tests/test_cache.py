@@ -10,9 +10,9 @@ import torch
 import torch.multiprocessing as mp
 
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, scan_categories
-from deepfake.feature_cache import FeatureCache
-from deepfake.features import ExtractionSettings, extract_features
-from deepfake.towers import load_tower
+from deepfake.features.cache import FeatureCache
+from deepfake.features.extraction import ExtractionSettings, extract_features
+from deepfake.towers.loading import load_tower
 
 from .conftest import FIXTURE, TOWER, make_forensynths
 
@@ -174,7 +174,7 @@ def _distributed_worker(rank: int, world: int, port: int, root: str, cache_root:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
-    from deepfake.runtime import init_distributed
+    from deepfake.utils.runtime import init_distributed
 
     init_distributed(torch.device("cpu"))
     tower = load_tower(TOWER)
@@ -205,7 +205,7 @@ def test_torch_distributed_extraction_matches_single_process(tmp_path, data):
 
 
 def test_parse_feature_layers():
-    from deepfake.features import parse_feature_layers
+    from deepfake.features.extraction import parse_feature_layers
 
     assert parse_feature_layers("none", 24) == [] and parse_feature_layers("all", 3) == [0, 1, 2, 3]
     assert parse_feature_layers("24,8, 16,20,8", 24) == [8, 16, 20, 24]
@@ -218,7 +218,7 @@ def test_parse_feature_layers():
 def test_layer_subset_is_stored_per_block_and_read_only_when_asked(tmp_path, data, monkeypatch):
     from safetensors import safe_open
 
-    from deepfake.feature_cache import CacheError
+    from deepfake.features.cache import CacheError
 
     _, samples = data
     tower = load_tower(TOWER)
@@ -304,14 +304,14 @@ def test_a_file_listed_twice_is_found_for_both_samples(tmp_path, data, monkeypat
 @pytest.mark.parametrize("path", ["/data/a.png", "/data/./a.png", "/data/x/../a.png", "//data/a.png", "/data//a.png",
                                   "/data/.hidden/a.png", "data/a.png", "./a.png", "/data/dir/"])
 def test_absolute_path_equals_abspath(path):
-    from deepfake.feature_cache import absolute_path
+    from deepfake.features.cache import absolute_path
 
     assert absolute_path(path) == os.path.abspath(path)
 
 
 def test_permission_skip_redone_after_a_torn_shard_is_read_as_a_skip(tmp_path, data, monkeypatch):
-    from deepfake.feature_cache import CorruptShard
-    from deepfake.image_io import ImageSkipped
+    from deepfake.data.image_io import ImageSkipped
+    from deepfake.features.cache import CorruptShard
 
     _, samples = data
     locked = samples[0].path

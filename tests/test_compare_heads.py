@@ -9,7 +9,7 @@ import pytest
 import test_ClassifierHead
 from benchmarks.compare_heads import main as compare_main
 from deepfake import DeepfakeClassifier
-from deepfake.synthetic import FAMILIES, generate
+from deepfake.data.synthetic import FAMILIES, generate
 
 from .conftest import TOWER
 

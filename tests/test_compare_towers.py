@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from deepfake.tiny_towers import save_tower
+from deepfake.towers.tiny import save_tower
 
 from .conftest import CATEGORIES, make_forensynths
 

@@ -20,13 +20,13 @@ import torch
 from safetensors.torch import load_file
 
 import train_ClassifierHead
-from deepfake import tower_registry
-from deepfake.deferred_tower import DeferredTower
-from deepfake.fast_clip import FusedCLIPAttention
-from deepfake.features import prepare_tower
-from deepfake.tiny_towers import KINDS, save_tower
-from deepfake.tower_files import CheckpointError
-from deepfake.towers import load_tower
+from deepfake.features.extraction import prepare_tower
+from deepfake.towers import registry as tower_registry
+from deepfake.towers.deferred import DeferredTower
+from deepfake.towers.fast_clip import FusedCLIPAttention
+from deepfake.towers.loading import load_tower
+from deepfake.towers.tiny import KINDS, save_tower
+from deepfake.towers.weights import WeightsError
 
 from .conftest import TOWER, make_forensynths, train_args
 
@@ -90,7 +90,7 @@ def test_headless_siglip_is_named_by_its_mean_token(towers):
 
 def test_families_and_a_deferred_load_import_no_transformers_modeling_code():
     code = (f"import sys, json; import deepfake; from deepfake import tower_registry; tower_registry.families(); "
-            f"from deepfake.towers import load_tower; t = load_tower({TOWER!r}, defer=True); t.cache_identity(); "
+            f"from deepfake.towers.loading import load_tower; t = load_tower({TOWER!r}, defer=True); t.cache_identity(); "
             f"print(json.dumps(sorted(m for m in sys.modules if m in {list(MODELING)!r})))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -154,12 +154,12 @@ def test_build_refuses_a_tower_whose_shape_differs_from_the_config(towers, monke
 def test_checkpoint_file_errors_are_raised_at_load_time_even_deferred(towers, tmp_path):
     broken = shutil.copytree(towers["dinov2"], tmp_path / "no-weights")
     (broken / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no weights"):
+    with pytest.raises(WeightsError, match="no weights"):
         load_tower(str(broken), defer=True)
     unknown = shutil.copytree(towers["dinov2"], tmp_path / "unknown")
     config = json.loads((unknown / "config.json").read_text())
     (unknown / "config.json").write_text(json.dumps({**config, "model_type": "vit_mae"}))
-    with pytest.raises(CheckpointError, match="model_type 'vit_mae'"):
+    with pytest.raises(WeightsError, match="model_type 'vit_mae'"):
         load_tower(str(unknown), defer=True)
 
 
@@ -168,7 +168,7 @@ def test_weights_of_the_wrong_shape_are_a_checkpoint_error_at_the_build(towers, 
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, "intermediate_size": 41}))
     tower = load_tower(str(directory), defer=True)
-    with pytest.raises(CheckpointError, match=re.escape(str(directory))):
+    with pytest.raises(WeightsError, match=re.escape(str(directory))):
         tower.materialize()
 
 
@@ -242,7 +242,7 @@ def test_released_tower_is_rebuilt_prepared_the_same_way(towers):
 
 
 def test_cached_training_releases_the_tower_before_the_head_trains(tmp_path, monkeypatch):
-    from deepfake import training
+    from deepfake.training import run as training
 
     data = make_forensynths(tmp_path / "data", n_train=2, n_val=1, n_test=0)
     built, held_while_training = [], []
@@ -271,7 +271,7 @@ def test_moves_of_a_built_deferred_tower_survive_a_release(towers):
 
 
 def test_local_weights_are_hashed_once_while_unchanged(tmp_path, monkeypatch):
-    from deepfake import tower_files
+    from deepfake.towers import weights as tower_files
 
     local = tmp_path / "tower"
     shutil.copytree(TOWER, local)
@@ -294,7 +294,7 @@ def test_local_weights_are_hashed_once_while_unchanged(tmp_path, monkeypatch):
 
 
 def test_training_caches_every_set_before_it_reads_any_table(tmp_path, monkeypatch):
-    from deepfake import training
+    from deepfake.training import run as training
 
     data = make_forensynths(tmp_path / "data", n_train=2, n_val=1, n_test=0)
     calls = []

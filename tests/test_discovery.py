@@ -13,10 +13,10 @@ import pytest
 
 import deepfake.__main__ as cli
 import test_ClassifierHead
+from deepfake.data.layouts import LayoutError, parse_label_dirs
+from deepfake.data.manifests import read_manifest
+from deepfake.data.test_sets import discover_test_set
 from deepfake.deepfake_dataset import training_samples
-from deepfake.eval_sets import discover_test_set
-from deepfake.layouts import LayoutError, parse_label_dirs
-from deepfake.manifests import read_manifest
 
 from .conftest import make_forensynths, write_images
 

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 import test_ClassifierHead
 import train_ClassifierHead
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, scan_categories
-from deepfake.feature_cache import FeatureCache
-from deepfake.features import ExtractionSettings, extract_features
-from deepfake.towers import load_tower
+from deepfake.features.cache import FeatureCache
+from deepfake.features.extraction import ExtractionSettings, extract_features
+from deepfake.towers.loading import load_tower
 
 from .conftest import TOWER, make_forensynths, train_args
 
@@ -37,7 +37,7 @@ def join_group(rank: int, world: int, port: int) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
-    from deepfake.runtime import init_distributed
+    from deepfake.utils.runtime import init_distributed
 
     init_distributed(torch.device("cpu"))
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from deepfake.backbones import Preprocess
+from deepfake.data.perturbations import Perturbation
+from deepfake.data.preprocess import Preprocess
+from deepfake.data.test_sets import discover_test_set
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.evaluation import discover_test_set
-from deepfake.metrics import (
+from deepfake.evaluation.metrics import (
     accuracy_at,
     average_precision,
     best_threshold,
@@ -24,7 +25,6 @@ from deepfake.metrics import (
     mean_row,
     roc_auc,
 )
-from deepfake.transforms import Perturbation
 
 from .conftest import labelled_image, run_test_script, write_images
 
@@ -193,7 +193,7 @@ def test_average_precision_and_auc_equal_sklearn_with_ties(seed):
 @pytest.fixture
 def as_rank_1(monkeypatch):
     """Evaluation as torchrun's rank 1 sees it: rank 1 only once the process group is joined."""
-    import deepfake.evaluation as evaluation
+    import deepfake.evaluation.run as evaluation
 
     joined = {"group": False}
     audited = []

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import CLIPVisionConfig
 
-from deepfake import fast_clip
-from deepfake.backbones import backbone_for
-from deepfake.fast_clip import FrozenLinear, FusedCLIPAttention, FusedCLIPMLP, chunked_attention
-from deepfake.features import prepare_tower
-from deepfake.runtime import cpu_has_bf16
-from deepfake.tower_clip import build_clip_tower
-from deepfake.towers import load_tower
+from deepfake.features.extraction import prepare_tower
+from deepfake.towers import fast_clip
+from deepfake.towers.backbones import backbone_for
+from deepfake.towers.clip_tower import build_clip_tower
+from deepfake.towers.fast_clip import FrozenLinear, FusedCLIPAttention, FusedCLIPMLP, chunked_attention
+from deepfake.towers.loading import load_tower
+from deepfake.utils.runtime import cpu_has_bf16
 
 from .conftest import FIXTURE
 

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 import train_ClassifierHead
+from deepfake.data.image_io import load_image
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.feature_cache import FeatureCache
-from deepfake.features import ExtractionSettings, extract_features
-from deepfake.image_io import load_image
-from deepfake.towers import load_tower
+from deepfake.features.cache import FeatureCache
+from deepfake.features.extraction import ExtractionSettings, extract_features
+from deepfake.towers.loading import load_tower
 
 from .conftest import TOWER, make_forensynths, train_args
 

@@ -13,14 +13,19 @@ from safetensors.torch import load_file
 
 import train_ClassifierHead
 from deepfake import DeepfakeClassifier
-from deepfake.checkpoint import CheckpointRefused
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.feature_batch import FeatureBatch, table_batch
-from deepfake.features import FeatureTable, MemoryLayers, parse_feature_layers
-from deepfake.heads import HEADS, LayersHead, LinearHead, MLPHead, block_importance, head_from_config
-from deepfake.losses import supervised_contrastive_loss
-from deepfake.towers import CLIPTower
-from deepfake.training import CachedFeatures, TrainOptions, fit, validation_metrics
+from deepfake.features.batch import FeatureBatch, table_batch
+from deepfake.features.extraction import FeatureTable, MemoryLayers, parse_feature_layers
+from deepfake.model.checkpoint import CheckpointRefused
+from deepfake.model.heads import block_importance, head_from_config, head_kinds
+from deepfake.model.heads.layers import LayersHead
+from deepfake.model.heads.linear import LinearHead
+from deepfake.model.heads.mlp import MLPHead
+from deepfake.model.losses import supervised_contrastive_loss
+from deepfake.towers.clip_tower import CLIPTower
+from deepfake.training.loop import fit, validation_metrics
+from deepfake.training.schedule import TrainOptions
+from deepfake.training.sources import CachedFeatures
 
 from .conftest import run_test_script, train_args
 
@@ -57,7 +62,7 @@ def test_forward_shape_and_parameter_count_match_the_formula(kind):
 
 
 def test_registry_knows_every_kind_and_old_configs_mean_mlp():
-    assert set(HEADS) == {"mlp", "layers", "linear"}
+    assert set(head_kinds()) == {"mlp", "layers", "linear"}
     old = {"in_dim": 32, "hidden": 256, "dropout": 0.1, "num_classes": 2}  # written before kinds existed
     head = head_from_config(old)
     assert isinstance(head, MLPHead) and set(head.state_dict()) == {"0.weight", "0.bias", "3.weight", "3.bias"}

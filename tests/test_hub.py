@@ -15,8 +15,8 @@ import pytest
 
 from deepfake import DeepfakeClassifier
 from deepfake.__main__ import main as deepfake_main
-from deepfake.checkpoint import CheckpointRefused
-from deepfake.hub import head_config_for_sharing, is_repo_id
+from deepfake.model.checkpoint import CheckpointRefused
+from deepfake.model.hub import head_config_for_sharing, is_repo_id
 
 from .conftest import FIXTURE
 

@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 
 import deepfake.deepfake_dataset as deepfake_dataset
+from deepfake.config import DEFAULT_MAX_PIXELS
+from deepfake.data.image_io import ImageSkipped, load_image
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.feature_cache import FeatureCache
-from deepfake.features import ExtractionSettings, extract_features
-from deepfake.image_io import DEFAULT_MAX_PIXELS, ImageSkipped, load_image
-from deepfake.towers import load_tower
+from deepfake.features.cache import FeatureCache
+from deepfake.features.extraction import ExtractionSettings, extract_features
+from deepfake.towers.loading import load_tower
 
 from .conftest import TOWER, labelled_image
 
@@ -56,7 +57,7 @@ def test_extreme_aspect_ratio_png_is_skipped_and_the_run_goes_on(tmp_path, tower
 
 def test_import_leaves_pillow_bomb_limit_unchanged():
     code = ("import PIL.Image as I; before = I.MAX_IMAGE_PIXELS; "
-            "import deepfake, deepfake.image_io, deepfake.predict, deepfake.training, deepfake.evaluation; "
+            "import deepfake, deepfake.data.image_io, deepfake.cli.predict, deepfake.training.run, deepfake.evaluation.run; "
             "print(before, I.MAX_IMAGE_PIXELS)")
     before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                    check=True).stdout.split()

@@ -13,9 +13,10 @@ import torch
 import test_ClassifierHead
 import train_ClassifierHead
 from deepfake.deepfake_dataset import DeepfakeDataset, scan_categories
-from deepfake.feature_cache import FeatureCache
-from deepfake.features import ExtractionInterrupted, ExtractionSettings, extract_features
-from deepfake.towers import CLIPTower, load_tower
+from deepfake.features.cache import FeatureCache
+from deepfake.features.extraction import ExtractionInterrupted, ExtractionSettings, extract_features
+from deepfake.towers.clip_tower import CLIPTower
+from deepfake.towers.loading import load_tower
 
 from .conftest import TOWER, make_forensynths, train_args
 

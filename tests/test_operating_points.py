@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 import test_ClassifierHead
 from deepfake import DeepfakeClassifier
-from deepfake.calibration import calibration_record, read_calibration, write_calibration
-from deepfake.checkpoint import FORMAT
+from deepfake.model.calibration import calibration_record, read_calibration, write_calibration
+from deepfake.model.checkpoint import FORMAT
 
 from .conftest import run_test_script, write_images
 

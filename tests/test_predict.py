@@ -18,10 +18,9 @@ from PIL import Image
 
 from deepfake import DeepfakeClassifier
 from deepfake.__main__ import main as deepfake_main
-from deepfake.backbones import Preprocess
-from deepfake.checkpoint import CheckpointRefused
-from deepfake.image_io import load_image
-from deepfake.transforms import preprocess_image
+from deepfake.data.image_io import load_image
+from deepfake.data.preprocess import Preprocess, preprocess_image
+from deepfake.model.checkpoint import CheckpointRefused
 
 from .conftest import labelled_image, run_test_script
 
@@ -204,7 +203,8 @@ def test_tiles_score_large_images(trained_run, classifier, tmp_path):
 
 
 def test_head_scores_a_row_identically_whatever_rows_come_with_it():
-    from deepfake.deepfake_classifier import build_head, fake_probabilities
+    from deepfake.deepfake_classifier import build_head
+    from deepfake.model.scoring import fake_probabilities
 
     torch.manual_seed(0)
     head = build_head(768)

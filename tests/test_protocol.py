@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake.backbones import Preprocess
+from deepfake.data.perturbations import Perturbation, gaussian_blur
+from deepfake.data.preprocess import Preprocess
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.metrics import best_threshold, threshold_for_fpr, tpr_at_fpr, ufd_threshold
-from deepfake.transforms import Perturbation, gaussian_blur
+from deepfake.evaluation.metrics import best_threshold, threshold_for_fpr, tpr_at_fpr, ufd_threshold
 
 CROP = Preprocess(mode="crop")
 

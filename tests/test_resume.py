@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import deepfake.training as training
+import deepfake.training.run as training
 import train_ClassifierHead
-from deepfake.towers import CLIPTower
+from deepfake.towers.clip_tower import CLIPTower
 
 from .conftest import make_forensynths, train_args
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from deepfake import runtime
 from deepfake.deepfake_dataset import DeepfakeDataset, scan_categories
-from deepfake.feature_cache import FeatureCache
-from deepfake.features import ExtractionSettings, extract_features
-from deepfake.towers import load_tower
+from deepfake.features.cache import FeatureCache
+from deepfake.features.extraction import ExtractionSettings, extract_features
+from deepfake.towers.loading import load_tower
+from deepfake.utils import runtime
 
 from .conftest import TOWER, make_forensynths
 

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepfake.spectrum import highpass_residual, radial_profile, spectral_profile
-from deepfake.towers import load_tower
-from deepfake.transforms import pil_to_tensor, preprocess_image
+from deepfake.data.preprocess import pil_to_tensor, preprocess_image
+from deepfake.towers.families.spectrum import highpass_residual, radial_profile, spectral_profile
+from deepfake.towers.loading import load_tower
 
 
 def _image(h: int, w: int, seed: int = 0) -> Image.Image:

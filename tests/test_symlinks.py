@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from deepfake.evaluation import discover_test_set
-from deepfake.image_io import walk_images
+from deepfake.data.image_io import walk_images
+from deepfake.data.test_sets import discover_test_set
 
 from .conftest import make_forensynths
 

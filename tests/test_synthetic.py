@@ -12,11 +12,11 @@ import torch
 import test_ClassifierHead
 import train_ClassifierHead
 from deepfake import DeepfakeClassifier
-from deepfake.backbones import backbone_for
-from deepfake.demo import main as demo_main
-from deepfake.spectrum import SpectrumTower
-from deepfake.synthetic import CATEGORIES, FAMILIES, GRAIN, fake_image, generate, real_image
-from deepfake.transforms import center_crop
+from deepfake.cli.demo import main as demo_main
+from deepfake.data.preprocess import center_crop
+from deepfake.data.synthetic import CATEGORIES, FAMILIES, GRAIN, fake_image, generate, real_image
+from deepfake.towers.backbones import backbone_for
+from deepfake.towers.families.spectrum import SpectrumTower
 
 
 def _digest(root) -> str:

@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepfake.clip_weights import CheckpointError
-from deepfake.features import prepare_tower
-from deepfake.image_io import load_image
-from deepfake.towers import load_tower
-from deepfake.transforms import preprocess_image
+from deepfake.data.image_io import load_image
+from deepfake.data.preprocess import preprocess_image
+from deepfake.features.extraction import prepare_tower
+from deepfake.towers.loading import load_tower
+from deepfake.towers.weights import WeightsError
 
 from .conftest import FIXTURE
 
@@ -111,7 +111,7 @@ def test_transformers_clip_checkpoint_loads_through_model_flag(tmp_path):
 def test_unknown_config_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
     torch.save({}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="model_type 'bert'"):
+    with pytest.raises(WeightsError, match="model_type 'bert'"):
         load_tower(str(tmp_path))
 
 
@@ -120,7 +120,7 @@ def test_missing_tower_key_is_named(tmp_path):
     state = torch.load(FIXTURE / "lora0" / "pytorch_model.bin", weights_only=True)
     del state["vision_model.post_layernorm.weight"]
     torch.save(state, tmp_path / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="missing tower keys: vision_model.post_layernorm.weight"):
+    with pytest.raises(WeightsError, match="missing tower keys: vision_model.post_layernorm.weight"):
         load_tower(str(tmp_path))
 
 
@@ -129,12 +129,12 @@ def test_unexpected_key_is_named(tmp_path):
     state = torch.load(FIXTURE / "lora0" / "pytorch_model.bin", weights_only=True)
     state["vision_model.extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="unexpected keys: vision_model.extra.weight"):
+    with pytest.raises(WeightsError, match="unexpected keys: vision_model.extra.weight"):
         load_tower(str(tmp_path))
 
 
 def test_not_a_directory_nor_hub_id():
-    with pytest.raises(CheckpointError, match="not a checkpoint directory nor a hub id"):
+    with pytest.raises(WeightsError, match="not a checkpoint directory nor a hub id"):
         load_tower("./no/such/dir")
 
 
@@ -153,7 +153,7 @@ def test_hub_id_resolves_from_offline_cache(tmp_path):
     (repo / "refs" / "main").write_text(commit)
     for name in ("config.json", "pytorch_model.bin"):
         shutil.copy(FIXTURE / "lora0" / name, snapshot / name)
-    code = ("from deepfake.towers import load_tower; t = load_tower('LanguageBind/LanguageBind_Image'); "
+    code = ("from deepfake.towers.loading import load_tower; t = load_tower('LanguageBind/LanguageBind_Image'); "
             "print(t.identity['revision'], t.feature_dim)")
     result = _run_offline(code, tmp_path / "hub")
     assert result.returncode == 0, result.stderr
@@ -161,7 +161,7 @@ def test_hub_id_resolves_from_offline_cache(tmp_path):
 
 
 def test_offline_cache_miss_is_a_clear_error(tmp_path):
-    code = "from deepfake.towers import load_tower; load_tower('LanguageBind/LanguageBind_Image')"
+    code = "from deepfake.towers.loading import load_tower; load_tower('LanguageBind/LanguageBind_Image')"
     result = _run_offline(code, tmp_path / "empty-hub")
     assert result.returncode != 0
     assert "HF_HUB_OFFLINE is set" in result.stderr

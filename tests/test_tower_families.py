@@ -22,11 +22,11 @@ from PIL import Image
 import test_ClassifierHead
 import train_ClassifierHead
 from deepfake import DeepfakeClassifier
-from deepfake.clip_weights import CheckpointError
-from deepfake.tiny_towers import EXPECTED_PREPROCESS, FAMILY_OF, KINDS, PROCESSORS, build_model, save_tower
-from deepfake.tower_registry import families, supported_model_types
-from deepfake.towers import load_tower
-from deepfake.transforms import preprocess_image
+from deepfake.data.preprocess import preprocess_image
+from deepfake.towers.loading import load_tower
+from deepfake.towers.registry import families, supported_model_types
+from deepfake.towers.tiny import EXPECTED_PREPROCESS, FAMILY_OF, KINDS, PROCESSORS, build_model, save_tower
+from deepfake.towers.weights import WeightsError
 
 from .conftest import make_forensynths
 
@@ -134,7 +134,7 @@ def test_train_test_predict_run_on_every_family(zoo, kind, tmp_path):
 def test_unknown_model_type_is_refused_listing_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit_mae", "hidden_size": 8}))
     torch.save({}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="model_type 'vit_mae'") as err:
+    with pytest.raises(WeightsError, match="model_type 'vit_mae'") as err:
         load_tower(str(tmp_path))
     for model_type in ("LanguageBindImage", "clip", "siglip", "siglip2", "dinov2", "dinov2_with_registers",
                        "dinov3_vit"):
@@ -156,7 +156,7 @@ def test_missing_weight_in_a_sharded_checkpoint_is_named(zoo, tmp_path):
     state = load_file(str(directory / shard))
     del state["layernorm.weight"]
     save_file(state, str(directory / shard), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match="missing tower keys: layernorm.weight"):
+    with pytest.raises(WeightsError, match="missing tower keys: layernorm.weight"):
         load_tower(str(directory))
 
 
@@ -164,7 +164,7 @@ def test_missing_shard_is_named(zoo, tmp_path):
     directory = shutil.copytree(zoo / "siglip-sharded", tmp_path / "broken")
     shard = sorted(directory.glob("model-*.safetensors"))[0]
     shard.unlink()
-    with pytest.raises(CheckpointError, match=f"shard\\(s\\) missing .*{shard.name}"):
+    with pytest.raises(WeightsError, match=f"shard\\(s\\) missing .*{shard.name}"):
         load_tower(str(directory))
 
 
@@ -174,7 +174,7 @@ def test_sharded_hub_checkpoint_loads_from_the_offline_cache(zoo, tmp_path):
     shutil.copytree(zoo / "dinov2-sharded", repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    code = ("from deepfake.towers import load_tower; t = load_tower('facebook/dinov2-large'); "
+    code = ("from deepfake.towers.loading import load_tower; t = load_tower('facebook/dinov2-large'); "
             "print(t.identity['revision'], t.identity['family'], t.feature_dim, t.preprocess.resize_size)")
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home"),
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"}

@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 import train_ClassifierHead
-from deepfake.backbones import Preprocess
+from deepfake.data.layouts import LayoutError
+from deepfake.data.perturbations import BlurJpegAugment
+from deepfake.data.preprocess import Preprocess
 from deepfake.deepfake_dataset import DeepfakeDataset, scan_categories, stratified_split, training_samples
-from deepfake.features import FeatureTable
-from deepfake.layouts import LayoutError
-from deepfake.tower_clip import CLIPTower
-from deepfake.training import CachedFeatures
-from deepfake.transforms import BlurJpegAugment
+from deepfake.features.extraction import FeatureTable
+from deepfake.towers.clip_tower import CLIPTower
+from deepfake.training.sources import CachedFeatures
 
 from .conftest import CATEGORIES, make_forensynths, train_args, write_images
 
@@ -227,7 +227,7 @@ def test_cached_views_skip_a_row_that_any_view_could_not_read():
 
 
 def test_a_run_folder_without_best_resolves_to_epoch_1000_not_999(tmp_path):
-    from deepfake.checkpoint import resolve_checkpoint_path
+    from deepfake.model.checkpoint import resolve_checkpoint_path
 
     for epoch in (2, 999, 1000):
         (tmp_path / f"epoch_{epoch:03d}.safetensors").write_bytes(b"")

@@ -1,0 +1,149 @@
+"""Score your own images: ``deepfake predict PATH... --checkpoint RUN``.
+
+Files, folders (recursive) and glob patterns. Every readable image gets P(fake) and a
+label at the decision threshold (default: the checkpoint's validation threshold); every
+other file is listed with the reason it was skipped. ``--checkpoint`` takes a run
+directory, a checkpoint file, a saved head folder or a hub repo id. Exit status: 0 when
+something was scored, 1 when nothing was (or, with ``--strict``, when anything was
+skipped), 2 on a usage or checkpoint error.
+
+The scores come from the same code path as ``test_ClassifierHead.py`` (deepfake.model.scoring):
+the shared loader, the tower's batched feature pass, the head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from deepfake.cli.args import add_runtime_args, parse_threshold, setup_logging
+from deepfake.data.image_io import expand_inputs
+from deepfake.deepfake_classifier import DeepfakeClassifier
+from deepfake.model.checkpoint import CheckpointRefused
+from deepfake.model.scoring import DEFAULT_MAX_TILES, FLAT_FIELDS, Prediction, score
+from deepfake.towers.weights import WeightsError
+from deepfake.utils.fileio import atomic_write_text, display_path
+from deepfake.utils.runtime import init_distributed
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
+
+
+def output_format(path: str | Path) -> str:
+    """``csv``, ``json`` or ``jsonl`` from the file's extension; anything else is refused."""
+    fmt = OUTPUT_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown output format {Path(path).suffix or '(no extension)'!r}; "
+                         f"use {', '.join(OUTPUT_FORMATS)}")
+    return fmt
+
+
+def prediction_record(p: Prediction) -> dict:
+    """The JSON form of one prediction (``tiles`` only when tiles were scored)."""
+    record = asdict(p)
+    if record["tiles"] is None:
+        record.pop("tiles")
+    return record
+
+
+def write_predictions(path: Path, predictions: list[Prediction], threshold: float, checkpoint: str) -> None:
+    """Write ``.csv`` (flat columns), ``.json`` (one document) or ``.jsonl`` (a line each), atomically."""
+    fmt = output_format(path)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(FLAT_FIELDS), lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        for p in predictions:
+            writer.writerow({k: ("" if v is None else v) for k, v in asdict(p).items()})
+        atomic_write_text(path, buffer.getvalue())
+    elif fmt == "json":
+        doc = {"checkpoint": checkpoint, "threshold": threshold, "predictions": [prediction_record(p) for p in predictions]}
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    else:
+        atomic_write_text(path, "".join(json.dumps(prediction_record(p)) + "\n" for p in predictions))
+
+
+def format_predictions(predictions: list[Prediction], threshold: float) -> str:
+    width = min(80, max([len(display_path(p.path)) for p in predictions] + [4]))
+    tiles = any(p.tile_probability is not None for p in predictions)
+    head = f"{'path'.ljust(width)}  P(fake)  label" + ("  P(fake) tiles" if tiles else "")
+    lines = [head, "-" * len(head)]
+    for p in predictions:
+        name = display_path(p.path)
+        name = name if len(name) <= width else "..." + name[-(width - 3):]
+        if p.probability is None:
+            lines.append(f"{name.ljust(width)}  skipped: {p.skipped}")
+        else:
+            row = f"{name.ljust(width)}  {p.probability:7.4f}  {p.label:5s}"
+            if tiles and p.tile_probability is not None:
+                row += f"  {p.tile_probability:14.4f}"
+            lines.append(row)
+    lines.append(f"threshold {threshold:g}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deepfake predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory (uses best), checkpoint file, saved head folder or hub repo id")
+    p.add_argument("--output", default=None, help="also write the results: .csv, .json or .jsonl (by extension)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--threshold", type=parse_threshold, default=None,
+                   help="decision threshold: val (the checkpoint's validation threshold, the default), "
+                        "calibrated (when the checkpoint has one) or a number in [0, 1]")
+    p.add_argument("--tiles", type=int, nargs="?", const=DEFAULT_MAX_TILES, default=0,
+                   help=f"also score the mean of up to N 224px crops (default N={DEFAULT_MAX_TILES})")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any file was skipped")
+    add_runtime_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    if args.output:
+        try:
+            output_format(args.output)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        if Path(args.output).exists() and not args.overwrite:
+            log.error("%s: exists; pass --overwrite to replace it", args.output)
+            return 2
+    try:
+        classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
+        threshold = classifier.decision_threshold(args.threshold)
+    except (CheckpointRefused, WeightsError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    # Under torchrun every rank scores a share of the files; rank 0 prints and writes.
+    init_distributed(classifier.tower.device)
+    files, missing = expand_inputs(args.paths)
+    predictions = score(classifier, files, batch_size=args.batch_size, num_workers=args.num_workers,
+                        tiles=args.tiles, threshold=threshold, max_pixels=args.max_pixels,
+                        progress=not args.quiet, collective=True, decode=args.decode) if files else []
+    if predictions is None:
+        return 0
+    predictions += [Prediction(path, None, None, None, reason) for path, reason in missing]
+    print(format_predictions(predictions, threshold))
+    scored = sum(p.probability is not None for p in predictions)
+    skipped = len(predictions) - scored
+    print(f"scored {scored}, skipped {skipped}")
+    if args.output:
+        write_predictions(Path(args.output), predictions, threshold, classifier.config.get("checkpoint", ""))
+    if scored == 0 or (args.strict and skipped):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

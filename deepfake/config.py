@@ -1,0 +1,255 @@
+"""Typed configs: what a training run, an evaluation or a head comparison is made of.
+
+Every default lives here, once: the command-line parsers read theirs from these classes
+(``deepfake/cli/args.py``), and a test checks that they agree. Library functions take these
+frozen dataclasses or plain values, never the parsed command line, so a run is as easy to
+start from Python as from the command line::
+
+    from deepfake import TrainConfig, DataConfig, train
+    train(TrainConfig(data=DataConfig(dataset_dir="data/progan", categories="car,cat"), output_dir="runs/x"))
+
+A field is named after its command-line flag (``metadata["flag"]`` where the two differ), so
+:func:`to_flags` gives back the flat ``{flag: value}`` record a checkpoint keeps as ``train_args``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "LanguageBind/LanguageBind_Image"
+# Pillow's own bomb limit (its default ``Image.MAX_IMAGE_PIXELS``, ~89.5 MP): above any
+# camera or generator output the field uses (a 50 MP photo passes), and a decompression
+# bomb is refused before it is decoded. Decoding that many pixels takes ~270 MB as uint8
+# and ~1 GB as the float tensor the exact transform resizes.
+DEFAULT_MAX_PIXELS = 89_478_485
+# The card's head: Linear(D, 256) -> ReLU -> Dropout(0.1) -> Linear(256, 2).
+HEAD_HIDDEN = 256
+HEAD_DROPOUT = 0.1
+DEFAULT_SEED = 512
+
+
+def default_workers() -> int:
+    """Decoding workers that leave the tower its cores: none on a 2-core machine, up to 8 on big ones."""
+    return min(8, max(0, (os.cpu_count() or 1) - 2))
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how fast the tower runs, and how much is said about it."""
+
+    device: str | None = None  # None: cuda when available, else cpu
+    precision: str | None = None  # None: auto for training, the checkpoint's for test and predict
+    batch_size: int = 64
+    num_workers: int = field(default_factory=default_workers)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode: str | None = None  # None: exact for training, the checkpoint's for test and predict
+    quiet: bool = False
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """Which frozen tower, and how images are prepared for it (None: the tower's record)."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    preprocess: str | None = None
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Where features are cached once, so later epochs and runs never run the tower again."""
+
+    cache_dir: str | None = None  # None: $DEEPFAKE_CACHE or ~/.cache/deepfake/features
+    no_cache: bool = False
+    compile: bool = False
+
+    def root(self) -> Path | None:
+        """The cache root (``None`` with ``no_cache``)."""
+        if self.no_cache:
+            return None
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+
+def default_cache_dir() -> Path:
+    """``$DEEPFAKE_CACHE``, else ``$XDG_CACHE_HOME/deepfake/features`` (``~/.cache`` by default)."""
+    if os.environ.get("DEEPFAKE_CACHE"):
+        return Path(os.environ["DEEPFAKE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deepfake" / "features"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which labelled images, and how a real/fake bias is removed before the tower."""
+
+    dataset_dir: str = ""
+    categories: str | tuple[str, ...] | None = None  # "car,cat" or ("car", "cat"); None: all found
+    label_dirs: tuple[str, ...] | None = None  # ("real=camera,photos", "fake=generated")
+    align: tuple[str, ...] | None = None  # ("size:256", "jpeg:95")
+    audit_max: int = 2000  # headers the bias audit reads per domain and class
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The head trained on the tower's features."""
+
+    kind: str = field(default="mlp", metadata={"flag": "head"})
+    proj_dim: int = HEAD_HIDDEN  # layers head: shared projection width
+    importance: str = "block"  # layers head: one weight per block, or per block and feature
+
+    def sizes(self) -> dict:
+        """The size options of this kind that a run records (none for mlp and linear)."""
+        return {"proj_dim": self.proj_dim, "importance": self.importance} if self.kind == "layers" else {}
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How the head is optimised: epochs, rate and its schedule, early stopping, retention, loss."""
+
+    num_epochs: int = 10
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_milestones: tuple[int, ...] | None = None  # step: default half and three quarters of the run
+    lr_gamma: float = 0.1
+    patience: int = 0
+    keep_last: int = 0
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.07
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """CNNDetection's blur + JPEG augmentation, cached as ``aug_views`` views per image."""
+
+    blur_prob: float = 0.0
+    blur_sigma: float = 3.0
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 100)
+    aug_views: int = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: ``train(TrainConfig(...))`` or ``train_ClassifierHead.py``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    output_dir: str = ""
+    seed: int = DEFAULT_SEED
+    val_ratio: float = 0.1
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    extract_batch_size: int | None = None  # None: runtime.batch_size
+    feature_layers: str = "none"
+    head: HeadConfig = field(default_factory=HeadConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    overwrite: bool = False
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class PerturbConfig:
+    """Test-time degradations (blur, JPEG, resize, in that order), one level or a sweep."""
+
+    jpeg_quality: int | None = None
+    gaussian_sigma: float | None = None
+    resize_scale: float | None = None
+    robustness: bool = False
+    sweep_jpeg: tuple[int, ...] | None = None
+    sweep_sigma: tuple[float, ...] | None = None
+    sweep_resize: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation: ``evaluate(EvalConfig(...))`` or ``test_ClassifierHead.py``."""
+
+    checkpoint: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    benchmark: str | None = None
+    real_root: str | None = None
+    allow_one_class: bool = False
+    generators: str | tuple[str, ...] | None = None
+    output: str | None = None
+    output_dir: str | None = None  # None: CHECKPOINT_RUN/eval_DATASET
+    overwrite: bool = False
+    threshold: str | float | None = None  # "val", "calibrated" or a number; None: the checkpoint's
+    max_sample: int | None = None
+    seed: int = DEFAULT_SEED
+    calibrate_real: str | None = None
+    target_fpr: float = 0.05
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    feature_layers: str = "none"
+    no_plots: bool = False
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Every head kind trained on one feature cache and compared per generator."""
+
+    dataset_dir: str = ""
+    test_dir: str | None = None  # None: DATASET/test
+    output_dir: str = "runs/compare_heads"
+    overwrite: bool = False
+    heads: str | tuple[str, ...] | None = None  # None: every kind, mlp first
+    feature_layers: str = "all"
+    categories: str | tuple[str, ...] | None = None
+    val_ratio: float = 0.1
+    num_epochs: int = 20
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    patience: int = 0
+    contrastive_weight: float = 0.0
+    proj_dim: int = HEAD_HIDDEN
+    seed: int = DEFAULT_SEED
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """The command-line destination a config field stands for."""
+    return f.metadata.get("flag", f.name)
+
+
+def to_flags(config: Any) -> dict:
+    """The flat ``{flag: value}`` record of a config (nested configs flattened)."""
+    flat: dict = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(to_flags(value))
+        else:
+            flat[flag_name(f)] = value
+    return flat
+
+
+def flag_defaults(cls: type) -> dict:
+    """``{flag: default}`` of a config class, nested configs flattened."""
+    return to_flags(cls())
+
+
+def from_flags(cls: type, values: dict) -> Any:
+    """Build ``cls`` from a flat ``{flag: value}`` mapping (missing flags keep their defaults).
+
+    Lists become tuples: a config is frozen, and JSON records it the same either way.
+    """
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            kwargs[f.name] = from_flags(f.default_factory, values)
+        elif flag_name(f) in values:
+            value = values[flag_name(f)]
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
+

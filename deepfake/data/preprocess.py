@@ -1,0 +1,176 @@
+"""How an image becomes the tensor a tower sees: the :class:`Preprocess` record and its transform (torch + Pillow).
+
+The ``resize`` mode is LanguageBind's transform exactly: RGB uint8 -> [0, 1] -> short side
+to 224 (bicubic, antialiased; long side ``int(224 * long / short)``) -> center crop with
+offsets ``round((h - 224) / 2)`` -> normalise with the OpenAI CLIP mean and std. ``squash``
+resizes to a square (SigLIP, DINOv3), ``crop`` only crops, ``window`` keeps native pixels
+(see :func:`native_window`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Preprocessing modes.
+# - "resize": short side to `resize_size` (default `size`; bicubic, antialiased), center crop
+#   `size`: the LanguageBind / CLIP / DINOv2 transform.
+# - "squash": resize to `size` x `size` without keeping the aspect ratio: SigLIP's and DINOv3's.
+# - "crop": center crop `size` without resizing, zero padding smaller images: the
+#   UniversalFakeDetect test protocol, which keeps the generator's pixel grid intact.
+# - "window": native pixels, the largest centred square up to `size`, never resized; a fourth
+#   channel marks which pixels are the image.
+# - "tiles": native pixels, `grid` x `grid` tiles of `size` spread evenly over the whole image
+#   (overlapping on small images), as gray planes [grid * grid, size, size]: the spectral
+#   baseline at photo sizes.
+PREPROCESS_MODES = ("resize", "squash", "crop", "window", "tiles")
+NATIVE_MODES = ("window", "tiles")
+# What --preprocess may ask for: the tower's own resize transform, or the unresized crop.
+CLI_PREPROCESS_MODES = ("resize", "crop")
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB image becomes the tensor a tower sees."""
+
+    mode: str = "resize"
+    size: int = 224
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    interpolation: str = "bicubic"
+    resize_size: int | None = None  # "resize": short side before the crop (None: `size`)
+    grid: int | None = None  # "tiles": tiles per side
+
+    def __post_init__(self) -> None:
+        if self.mode not in PREPROCESS_MODES:
+            raise ValueError(f"unknown preprocessing mode {self.mode!r}; choose one of {PREPROCESS_MODES}")
+        if self.mode == "tiles" and not (self.grid and self.grid >= 1):
+            raise ValueError("tiles preprocessing needs grid >= 1 (tiles per side)")
+
+    def to_dict(self) -> dict:
+        data = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        for key in ("resize_size", "grid"):
+            if data[key] is None:
+                # Absent rather than null: records written before the field existed keep their cache keys.
+                del data[key]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocess:
+        return cls(
+            mode=data["mode"],
+            size=int(data["size"]),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            interpolation=data.get("interpolation", "bicubic"),
+            resize_size=int(data["resize_size"]) if data.get("resize_size") is not None else None,
+            grid=int(data["grid"]) if data.get("grid") is not None else None,
+        )
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor [3, H, W] in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def short_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing the short side to ``size`` (torchvision's ``Resize(size)``)."""
+    short, long = (h, w) if h <= w else (w, h)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if h <= w else (new_long, new_short)
+
+
+def resize_short_side(x: torch.Tensor, size: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """Resize [3, H, W] so the short side is ``size``, as torchvision's ``Resize(size)`` does."""
+    h, w = x.shape[-2:]
+    new_h, new_w = short_side_shape(h, w, size)
+    if (new_h, new_w) == (h, w):
+        return x
+    antialias = interpolation in ("bilinear", "bicubic")
+    out = F.interpolate(x[None], size=(new_h, new_w), mode=interpolation, antialias=antialias, align_corners=False)
+    return out[0]
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Center crop [3, H, W] to ``size`` x ``size``, zero-padding a smaller image first."""
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        pad_h, pad_w = max(size - h, 0), max(size - w, 0)
+        # Same split as torchvision's CenterCrop padding: the extra pixel goes right/bottom.
+        x = F.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2), value=0.0)
+        h, w = x.shape[-2:]
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
+def resize_square(x: torch.Tensor, size: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """Resize [3, H, W] to ``size`` x ``size``, aspect ratio not kept (transformers' ``size={height, width}``)."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    antialias = interpolation in ("bilinear", "bicubic")
+    out = F.interpolate(x[None], size=(size, size), mode=interpolation, antialias=antialias, align_corners=False)
+    return out[0]
+
+
+def native_window(x: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """The largest centred square of [3, H, W] up to ``size``, unresized and normalised, as [4, size, size].
+
+    Images smaller than ``size`` give a smaller square; it sits in the top-left corner and the
+    fourth channel is 1 on its pixels and 0 elsewhere, so every image of a batch has one shape
+    while the tower still analyses exactly the image's own pixels.
+    """
+    side = min(size, *x.shape[-2:])
+    out = x.new_zeros(4, size, size)
+    out[:3, :side, :side] = normalize(center_crop(x, side).contiguous(), mean, std)
+    out[3, :side, :side] = 1.0
+    return out
+
+
+def tile_grid(x: torch.Tensor, size: int, grid: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``grid`` x ``grid`` unresized tiles of ``size`` spread evenly over [3, H, W], as gray [grid * grid, size, size].
+
+    Tiles overlap on images smaller than ``grid * size`` and leave even gaps on larger ones, so
+    every image gives the same shape and the tiles always span the whole frame; an image smaller
+    than one tile is zero-padded as ``crop`` does. Gray (the channel mean after normalising)
+    because the spectral analysis needs no colour and a photo's tiles stay small in memory.
+    """
+    h, w = x.shape[-2:]
+    tops = np.linspace(0, max(h - size, 0), grid).round().astype(int)
+    lefts = np.linspace(0, max(w - size, 0), grid).round().astype(int)
+    tiles = [center_crop(x[:, top : top + size, left : left + size], size) for top in tops for left in lefts]
+    return normalize(torch.stack(tiles).contiguous(), mean, std).mean(dim=1)
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(x - mean) / std over the channel axis of [..., 3, H, W]."""
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
+    """RGB PIL image -> normalised tensor [3, size, size] for a tower.
+
+    ``window`` gives [4, size, size] and ``tiles`` [grid * grid, size, size] (see their functions).
+    """
+    x = pil_to_tensor(image)
+    if spec.mode == "window":
+        return native_window(x, spec.size, spec.mean, spec.std)
+    if spec.mode == "tiles":
+        return tile_grid(x, spec.size, spec.grid, spec.mean, spec.std)
+    if spec.mode == "resize":
+        x = resize_short_side(x, spec.resize_size or spec.size, spec.interpolation)
+    elif spec.mode == "squash":
+        x = resize_square(x, spec.size, spec.interpolation)
+    x = center_crop(x, spec.size)
+    return normalize(x.contiguous(), spec.mean, spec.std)

@@ -1,0 +1,51 @@
+"""Per-domain rows and the means over them, as the field reports a detector: per generator, then per category."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deepfake.data.test_sets import TestSample
+from deepfake.evaluation.metrics import common_mean, domain_metrics
+
+MEAN_KEYS = ["real_acc", "fake_acc", "acc", "ap", "auc", "tpr_at_fpr1", "tpr_at_fpr5", "best_acc", "ufd_acc",
+             "val_threshold_acc", "ece"]
+
+
+def _mean_row(name: str, rows: list[dict], family: str = "") -> dict:
+    keys = [k for k in MEAN_KEYS if any(r.get(k) is not None for r in rows)]
+    means, covers = common_mean(rows, keys)
+    covered = [r for r in rows if r["domain"] in covers]
+    label = name if len(covers) == len(rows) else f"{name} ({len(covers)} of {len(rows)})"
+    return {"domain": label, "generator": "", "category": "", "family": family, "kind": "mean",
+            "n_real": int(sum(r["n_real"] for r in covered)), "n_fake": int(sum(r["n_fake"] for r in covered)),
+            **{k: means.get(k) for k in MEAN_KEYS}, "covers": covers,
+            "not_covered": [r["domain"] for r in rows if r["domain"] not in covers]}
+
+
+def domain_rows(samples: list[TestSample], probs: np.ndarray, ok: np.ndarray, threshold: float,
+                val_threshold: float | None) -> tuple[list[dict], dict, list[dict]]:
+    """Rows per generator (its categories after it), the overall mean row and one mean row per family.
+
+    Every mean covers the domains where all its columns are defined (both classes present), and
+    says which: one-class domains are shown with the metrics they define and left out of means.
+    """
+    labels = np.array([s.label for s in samples])
+    generators = np.array([s.generator for s in samples])
+    category_of = np.array([s.category for s in samples])
+    family_of = {s.generator: s.family for s in samples}
+    rows, generator_rows = [], []
+    for generator in dict.fromkeys(s.generator for s in samples):
+        in_gen = (generators == generator) & ok
+        row = {"domain": generator, "generator": generator, "category": "", "family": family_of[generator],
+               "kind": "domain", **domain_metrics(labels[in_gen], probs[in_gen], threshold, val_threshold)}
+        rows.append(row)
+        generator_rows.append(row)
+        for category in dict.fromkeys(s.category for s in samples if s.generator == generator and s.category):
+            sel = in_gen & (category_of == category)
+            rows.append({"domain": f"{generator}/{category}", "generator": generator, "category": category,
+                         "family": family_of[generator], "kind": "category",
+                         **domain_metrics(labels[sel], probs[sel], threshold, val_threshold)})
+    families = list(dict.fromkeys(r["family"] for r in generator_rows if r["family"]))
+    family_means = [_mean_row(f"mean {family}", [r for r in generator_rows if r["family"] == family], family)
+                    for family in families] if len(families) > 1 else []
+    return rows, _mean_row("mean", generator_rows), family_means

@@ -1,0 +1,202 @@
+"""Evaluation outputs: console table, results.json/.csv/.md, scores.csv and PNG plots.
+
+Every number in results.json is a function of scores.csv (path, generator, category,
+label, probability per perturbation level), so anyone can recompute or re-threshold it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from deepfake.evaluation.plots import write_plots
+from deepfake.utils.fileio import atomic_write_json, atomic_write_text, display_path, refuse_overwrite
+from deepfake.utils.text import pct
+
+log = logging.getLogger(__name__)
+
+RESULT_FILES = ("results.json", "results.csv", "results.md", "scores.csv")
+COLUMNS = [  # key, header, kind
+    ("n_real", "n_real", "int"),
+    ("n_fake", "n_fake", "int"),
+    ("real_acc", "real_acc", "pct"),
+    ("fake_acc", "fake_acc", "pct"),
+    ("acc", "acc", "pct"),
+    ("ap", "AP", "pct"),
+    ("auc", "AUC", "pct"),
+    ("tpr_at_fpr1", "TPR@1%", "pct"),
+    ("tpr_at_fpr5", "TPR@5%", "pct"),
+    ("best_acc", "max_acc", "pct"),
+    ("best_threshold", "max_thr", "thr"),
+    ("ufd_acc", "ufd_acc", "pct"),
+    ("val_threshold_acc", "val_thr_acc", "pct"),
+    ("ece", "ECE", "thr"),
+]
+CSV_FIELDS = ["level", "domain", "generator", "category", "family", "kind", "threshold"] + [c[0] for c in COLUMNS]
+LEGEND = ("max_acc: accuracy at the threshold that maximises it on these very labels (the exact maximiser, an upper "
+          "bound that no deployed detector reaches); ufd_acc: UniversalFakeDetect's validate.py procedure for the same "
+          "idea, comparable with its paper; TPR@k%: fakes caught at the threshold letting k% of the reals through.")
+
+
+def default_output_dir(checkpoint: str, dataset_dir: str) -> Path:
+    """``RUN/eval_DATASET``: the results folder beside the checkpoint's run."""
+    path = Path(checkpoint)
+    run_dir = path if path.is_dir() else path.parent
+    return run_dir / f"eval_{Path(dataset_dir).resolve().name}"
+
+
+def prepare_output_dir(checkpoint: str, dataset_dir: str, output_dir: str | None, output: str | None,
+                       overwrite: bool) -> Path:
+    """The results folder; refuses to write over earlier results without ``overwrite``."""
+    out = Path(output_dir) if output_dir else default_output_dir(checkpoint, dataset_dir)
+    extra = [output] if output and Path(output).exists() else []
+    refuse_overwrite(out, RESULT_FILES, overwrite, extra=extra)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if kind == "int":
+        return str(int(value))
+    if kind == "pct":
+        return pct(value)
+    return f"{value:.3f}"
+
+
+def ordered_rows(level: dict) -> list[dict]:
+    """Rows in reading order: each family's domains (categories after their domain) and its mean, then the mean."""
+    family_means = level.get("family_means") or []
+    if not family_means:
+        return level["rows"] + [level["mean"]]
+    out = []
+    for fm in family_means:
+        out.extend(r for r in level["rows"] if r.get("family") == fm["family"])
+        out.append(fm)
+    out.extend(r for r in level["rows"] if r.get("family") not in {fm["family"] for fm in family_means})
+    return out + [level["mean"]]
+
+
+def coverage_notes(level: dict) -> list[str]:
+    """One line per mean that leaves domains out, naming them."""
+    notes = []
+    for row in (level.get("family_means") or []) + [level["mean"]]:
+        if row.get("not_covered"):
+            notes.append(f"{row['domain']}: over {', '.join(row['covers']) or 'no domain'}; left out (one class, "
+                         f"metrics undefined): {', '.join(row['not_covered'])}")
+    return notes
+
+
+def format_table(level: dict, markdown: bool = False) -> str:
+    """One aligned table: a row per domain (categories indented), family means, the mean row last."""
+    header = ["domain"] + [c[1] for c in COLUMNS]
+    body, means = [], []
+    for row in ordered_rows(level):
+        name = row["domain"]
+        if row.get("category") and not markdown:
+            name = "  " + row["category"]
+        body.append([name] + [_fmt(row.get(key), kind) for key, _, kind in COLUMNS])
+        means.append(row.get("kind") == "mean")
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(COLUMNS)) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    def line(cells):
+        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
+    rule = "-" * len(line(header))
+    out = [line(header), rule]
+    for cells, is_mean in zip(body, means):
+        if is_mean:
+            out.append(rule)
+        out.append(line(cells))
+    return "\n".join(out)
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN -> None, numpy scalars -> Python numbers."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def json_safe(obj):
+    """JSON-safe copy of a results document (NaN -> null, numpy numbers -> Python numbers)."""
+    return _clean(obj)
+
+
+def _csv_text(rows: list[dict], fields: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_outputs(results: dict, samples: list, out: Path, output: str | None = None, plots: bool = True) -> None:
+    """Print the tables and write every result file (each atomically)."""
+    levels = results["levels"]
+    md_parts = [f"Checkpoint: `{results['checkpoint']}`  \nTower: `{results['tower'].get('model')}`, "
+                f"preprocessing `{results['preprocess']['mode']}`, threshold {results['threshold']}\n"]
+    csv_rows, score_rows = [], []
+    for level in levels:
+        print(f"\n== {level['label']} ==")
+        print(format_table(level))
+        notes = coverage_notes(level)
+        for note in notes:
+            print(note)
+        md_notes = "".join(f"\n- {n}" for n in notes)
+        md_parts.append(f"### {level['label']}\n\n{format_table(level, markdown=True)}\n{md_notes}\n")
+        for row in ordered_rows(level):
+            csv_rows.append({"level": level["label"], "threshold": results["threshold"],
+                             **{k: ("" if v is None else v) for k, v in row.items() if not isinstance(v, list)}})
+        skipped = {r["path"]: r["reason"] for r in level["skipped"]}
+        for sample, prob in zip(samples, level["probabilities"]):
+            score_rows.append({
+                "level": level["label"], "path": sample.path, "generator": sample.generator,
+                "category": sample.category, "label": sample.label,
+                "probability": "" if np.isnan(prob) else repr(float(prob)), "skipped": skipped.get(sample.path, ""),
+            })
+        n_skipped = len(level["skipped"])
+        if n_skipped:
+            print(f"{n_skipped} file(s) could not be read and are not counted (see scores.csv)")
+    importance = results.get("block_importance")
+    if importance:
+        print("\n" + format_importance(importance))
+        image = "" if not plots else "![block importance](importance.png)\n\n"
+        md_parts.insert(2, f"### Block importance (learned by the layers head)\n\n{image}"
+                           f"{format_importance(importance, markdown=True)}\n")
+    print(LEGEND)
+    md_parts.append(LEGEND + "\n")
+    doc = _clean({**results, "levels": [{k: v for k, v in lv.items() if k != "probabilities"} for lv in levels]})
+    atomic_write_json(out / "results.json", doc)
+    atomic_write_text(out / "results.csv", _csv_text(csv_rows, CSV_FIELDS))
+    atomic_write_text(out / "results.md", "\n".join(md_parts))
+    atomic_write_text(out / "scores.csv", _csv_text(
+        score_rows, ["level", "path", "generator", "category", "label", "probability", "skipped"]))
+    if output:
+        atomic_write_json(output, doc)
+    if plots:
+        write_plots(levels, samples, out, results.get("block_importance"), threshold=results["threshold"])
+    print(f"\nresults in {display_path(out)}")
+
+
+def format_importance(importance: dict, markdown: bool = False) -> str:
+    """The layers head's share per block, as a table (block, importance in %)."""
+    pairs = list(zip(importance["blocks"], importance["importance"]))
+    if markdown:
+        return "\n".join(["| block | importance |", "|---:|---:|"] + [f"| {b} | {100 * w:.2f} |" for b, w in pairs])
+    top = max(pairs, key=lambda p: p[1])[0]
+    return "block importance: " + "  ".join(f"{b}:{100 * w:.1f}%" for b, w in pairs) + f"  (most: block {top})"

@@ -1,0 +1,270 @@
+"""Evaluate a trained head the way the field reports it: per generator, per category, under degradations.
+
+The test set is a folder in any layout of :mod:`deepfake.data.test_sets`, a manifest, or a
+benchmark file / preset (:mod:`deepfake.data.benchmarks`) naming each domain's fake and real
+folders as published. The domains and counts found, and the bias audit of the images, are
+printed before any work starts. The model is loaded once; each perturbation level is one pass
+of the tower (through the feature cache) over the distinct images, then every metric is a
+function of the per-image scores, which are saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deepfake.config import EvalConfig, PerturbConfig
+from deepfake.data.alignment import Alignment, parse_align
+from deepfake.data.audit import audit_samples, format_audit
+from deepfake.data.benchmarks import load_benchmark, resolve_benchmark
+from deepfake.data.image_io import walk_images
+from deepfake.data.layouts import LayoutError, parse_label_dirs
+from deepfake.data.perturbations import Perturbation
+from deepfake.data.test_sets import TestSample, check_pairing, discover_test_set, filter_samples, subsample, summarize
+from deepfake.deepfake_classifier import DeepfakeClassifier
+from deepfake.deepfake_dataset import DeepfakeDataset, Sample
+from deepfake.evaluation.domains import domain_rows
+from deepfake.evaluation.metrics import threshold_for_fpr
+from deepfake.evaluation.reports import default_output_dir, prepare_output_dir, write_outputs
+from deepfake.features.extraction import (
+    ExtractionSettings,
+    extract_features,
+    feature_cache,
+    parse_feature_layers,
+    report_skipped,
+)
+from deepfake.model.calibration import calibration_record, write_calibration
+from deepfake.model.scoring import fake_probabilities, table_probabilities
+from deepfake.utils.fileio import removed_if_left_empty
+from deepfake.utils.runtime import choose_device, init_distributed, is_main_process, versions
+from deepfake.utils.text import split_list
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SWEEP_JPEG = (95, 75, 50, 30)
+DEFAULT_SWEEP_SIGMA = (1.0, 2.0, 3.0)
+
+__all__ = ["TestSample", "discover_test_set", "evaluate", "subsample"]
+
+
+def sweep_levels(perturb: PerturbConfig) -> list[Perturbation]:
+    """The perturbation levels to evaluate: one (given flags), or the robustness sweep."""
+    single = Perturbation(perturb.jpeg_quality, perturb.gaussian_sigma, perturb.resize_scale)
+    if not perturb.robustness:
+        return [single]
+    levels = [Perturbation()]
+    levels += [Perturbation(jpeg_quality=q) for q in (perturb.sweep_jpeg or DEFAULT_SWEEP_JPEG)]
+    levels += [Perturbation(gaussian_sigma=s) for s in (perturb.sweep_sigma or DEFAULT_SWEEP_SIGMA)]
+    levels += [Perturbation(resize_scale=f) for f in (perturb.sweep_resize or ())]
+    return levels
+
+
+def gather_test_set(config: EvalConfig) -> tuple[list[TestSample], dict]:
+    """The test samples the config names (benchmark, manifest or folder) and what was found."""
+    generators, categories = split_list(config.generators), split_list(config.data.categories)
+    labels = parse_label_dirs(list(config.data.label_dirs) if config.data.label_dirs else None)
+    root = config.data.dataset_dir
+    if not config.benchmark:
+        if config.real_root:
+            raise LayoutError("--real_root pairs reals with a benchmark's fakes; it needs --benchmark")
+        return discover_test_set(root, generators, categories, labels, config.allow_one_class), {}
+    bench = load_benchmark(config.benchmark)
+    resolved = resolve_benchmark(bench, root, config.real_root, generators)
+    where = f"benchmark {bench.name} under {root}"
+    if resolved.missing:
+        print(f"{where}: {len(resolved.missing)} domain(s) or folder(s) not found, evaluated without them:")
+        for line in resolved.missing:
+            print(f"  missing {line}")
+    if not resolved.samples:
+        raise LayoutError(f"{where}: none of the benchmark's folders were found (expected data root: "
+                          f"{bench.data_root or 'see the benchmark file'})")
+    samples = filter_samples(resolved.samples, where, None, categories)
+    check_pairing(samples, where, config.allow_one_class)
+    return samples, {"benchmark": bench.to_dict(), "present": resolved.present, "missing": resolved.missing}
+
+
+def calibrate(classifier: DeepfakeClassifier, real_dir: str, target_fpr: float, settings: ExtractionSettings,
+              cache_root: Path | None, max_pixels: int, align: Alignment) -> dict | None:
+    """The threshold that calls ``target_fpr`` of the known-real images in ``real_dir`` fake (``None`` off rank 0)."""
+    files = walk_images(real_dir)
+    if not files:
+        raise LayoutError(f"{real_dir}: no images to calibrate on (--calibrate_real)")
+    samples = [Sample(p, 0, "calibration") for p in files]
+    tower = classifier.tower
+    dataset = DeepfakeDataset(samples, tower.preprocess, max_pixels=max_pixels, align=align)
+    extra = {"align": align.to_dict()} if align.enabled else {}
+    table = extract_features(tower, dataset, settings, feature_cache(cache_root, tower, settings, extra),
+                             desc="calibration features")
+    if table is None:
+        return None  # another rank's share is done; rank 0 calibrates
+    scores = fake_probabilities(classifier.head, table, table.ok.nonzero().flatten())
+    if len(scores) == 0:
+        raise LayoutError(f"{real_dir}: none of its {len(files)} images could be read (--calibrate_real)")
+    threshold = threshold_for_fpr(scores, target_fpr)
+    return calibration_record(real_dir, threshold, target_fpr, scores, len(files) - len(scores))
+
+
+def resolve_threshold_source(requested: str | float | None, classifier: DeepfakeClassifier,
+                             calibration: dict | None) -> tuple[float, str, dict | None]:
+    """The threshold of the acc columns, where it came from, and the calibration record behind it (if any).
+
+    ``calibration`` is the one just fitted on ``--calibrate_real``; ``--threshold calibrated``
+    without it takes the checkpoint's stored operating point (and raises when there is none).
+    """
+    if requested == "calibrated":
+        if calibration is not None:
+            return calibration["threshold"], "calibration", calibration
+        threshold = classifier.decision_threshold("calibrated")
+        stored = {k: v for k, v in classifier.config["calibration"].items()
+                  if k not in ("format", "tower", "preprocess", "align")}
+        return threshold, "checkpoint calibration", stored
+    if requested is not None:
+        return classifier.decision_threshold(requested), "--threshold", calibration
+    if calibration is not None:
+        return calibration["threshold"], "calibration", calibration
+    return classifier.threshold, "checkpoint", None
+
+
+@dataclass
+class _Setting:
+    """What every perturbation level of one evaluation shares."""
+
+    config: EvalConfig
+    classifier: DeepfakeClassifier
+    samples: list[TestSample]
+    align: Alignment
+    settings: ExtractionSettings
+    decode: str
+    threshold: float | None
+    val_threshold: float | None
+
+
+def evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None = None) -> dict:
+    """Run one evaluation; returns the results document.
+
+    Under torchrun every rank extracts its share of the features; rank 0 computes the
+    metrics and writes the results (the other ranks return ``{}``).
+    """
+    out = Path(config.output_dir) if config.output_dir else default_output_dir(config.checkpoint, config.data.dataset_dir)
+    with removed_if_left_empty(out):
+        return _evaluate(config, classifier)
+
+
+def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict:
+    align = parse_align(list(config.data.align) if config.data.align else None)
+    samples, found = gather_test_set(config)
+    samples, counts = subsample(samples, config.max_sample, config.seed)
+    out_dir = prepare_output_dir(config.checkpoint, config.data.dataset_dir, config.output_dir, config.output,
+                                 config.overwrite)
+    # Join torchrun's process group first: which rank is the main one decides who prints and audits.
+    init_distributed(classifier.tower.device if classifier is not None else choose_device(config.runtime.device))
+    if classifier is None:
+        classifier = DeepfakeClassifier.from_pretrained(config.checkpoint, device=config.runtime.device,
+                                                        precision=config.runtime.precision)
+    audit = None
+    if is_main_process():
+        print(summarize(samples))
+        # The audit counts images smaller than what the head's tower takes in.
+        audit = audit_samples([(s.path, s.generator, s.label) for s in samples], crop=classifier.preprocess.size,
+                              max_per_group=config.data.audit_max, seed=config.seed, cache_root=config.cache.root())
+        print(format_audit(audit, brief=True))
+    setting, calibration, (threshold_source, threshold_calibration) = _prepare(config, classifier, samples, align)
+    levels = [level for perturb in sweep_levels(config.perturb) if (level := _score_level(setting, perturb))]
+    if not is_main_process():
+        return {}
+    tower = classifier.tower
+    results = {
+        "checkpoint": classifier.config.get("checkpoint"),
+        "tower": tower.identity,
+        "preprocess": tower.preprocess.to_dict(),
+        "precision": classifier.config["precision"],
+        "head": classifier.config.get("head"),
+        "block_importance": classifier.config.get("block_importance"),
+        "dataset_dir": str(config.data.dataset_dir),
+        **found,
+        "threshold": setting.threshold,
+        "threshold_source": threshold_source,
+        "val_threshold": setting.val_threshold,
+        "calibration": threshold_calibration,
+        "align": align.to_dict(),
+        "perturbation_order": Perturbation.ORDER,
+        "max_sample": config.max_sample,
+        "seed": config.seed,
+        "sample_counts": counts,
+        "audit": audit,
+        "versions": versions(),
+        "levels": levels,
+    }
+    write_outputs(results, samples, out_dir, config.output, plots=not config.no_plots)
+    if calibration is not None:
+        write_calibration(out_dir, classifier.config.get("checkpoint"), calibration, results, config.overwrite)
+    return results
+
+
+def _prepare(config: EvalConfig, classifier: DeepfakeClassifier, samples: list[TestSample],
+             align: Alignment) -> tuple[_Setting, dict | None, tuple]:
+    """Feature settings, the optional calibration on known reals, and the threshold of the acc columns."""
+    trained_align = classifier.config.get("align") or {}
+    if (trained_align.get("jpeg_quality"), trained_align.get("size")) != (align.jpeg_quality, align.size):
+        log.warning("the head was trained with --align %s and is evaluated with --align %s; pass the same "
+                     "--align to test it on images prepared as its training images were",
+                     Alignment(trained_align.get("jpeg_quality"), trained_align.get("size")).label(), align.label())
+    # The head was trained on features of one decode path; test on the same unless told otherwise.
+    tower = classifier.tower
+    # The head's blocks, plus any asked for so that several heads share one cache of these images.
+    extra_blocks = parse_feature_layers(config.feature_layers or "none", int(getattr(tower, "num_layers", 0) or 0))
+    settings = ExtractionSettings.for_run(config.runtime, classifier.config["precision"],
+                                          sorted(set(classifier.blocks) | set(extra_blocks)),
+                                          decode=classifier.config.get("features", {}).get("decode"))
+    decode = settings.decode
+    calibration = None
+    if config.calibrate_real:
+        calibration = calibrate(classifier, config.calibrate_real, config.target_fpr, settings, config.cache.root(),
+                                config.runtime.max_pixels, align)
+    if calibration is not None:
+        print(f"calibrated threshold {calibration['threshold']:.6g}: FPR {100 * calibration['achieved_fpr']:.2f}% "
+              f"on {calibration['n_images']} known-real images (target {100 * config.target_fpr:g}%)")
+    threshold, source = None, (None, None)
+    # Off rank 0 a --calibrate_real fit is None (rank 0 fits it) and the threshold is never used;
+    # without one every rank resolves it, so a missing stored calibration stops them all alike.
+    if is_main_process() or not config.calibrate_real:
+        threshold, *source = resolve_threshold_source(config.threshold, classifier, calibration)
+    setting = _Setting(config, classifier, samples, align, settings, decode, threshold,
+                       classifier.config.get("val_threshold"))
+    return setting, calibration, tuple(source)
+
+
+def _score_level(setting: _Setting, perturb: Perturbation) -> dict | None:
+    """One perturbation level: features of every distinct image (cached), then each domain's metrics.
+
+    ``None`` off rank 0, whose share of the features is done (rank 0 scores).
+    """
+    samples, tower, align = setting.samples, setting.classifier.tower, setting.align
+    start = time.perf_counter()
+    # Each distinct image goes through the tower once, however many domains share it (UFD's LAION reals).
+    unique = list(dict.fromkeys(s.path for s in samples))
+    row_of = {p: i for i, p in enumerate(unique)}
+    take = np.array([row_of[s.path] for s in samples], dtype=np.int64)
+    labels_of = {s.path: s.label for s in samples}
+    as_samples = [Sample(p, labels_of[p], "test") for p in unique]
+    dataset = DeepfakeDataset(as_samples, tower.preprocess, perturb=None if perturb.is_identity else perturb,
+                              max_pixels=setting.config.runtime.max_pixels, align=align, decode=setting.decode)
+    extra = {} if perturb.is_identity else {"perturbation": {**perturb.to_dict(), "order": Perturbation.ORDER}}
+    if align.enabled:
+        extra["align"] = align.to_dict()
+    cache = feature_cache(setting.config.cache.root(), tower, setting.settings, extra)
+    table = extract_features(tower, dataset, setting.settings, cache, desc=f"test features ({perturb.label()})")
+    if table is None:
+        return None
+    probs, ok = table_probabilities(setting.classifier.head, table)[take], table.ok.numpy()[take]
+    rows, mean, family_means = domain_rows(samples, probs, ok, setting.threshold, setting.val_threshold)
+    skipped = report_skipped(f"test set ({perturb.label()})", as_samples, table.skipped)
+    return {
+        "perturbation": perturb.to_dict(), "label": perturb.label(), "rows": rows, "mean": mean,
+        "family_means": family_means, "skipped": skipped,
+        "seconds": time.perf_counter() - start, "probabilities": probs,
+    }

@@ -1,0 +1,485 @@
+"""Run the frozen tower over a data set once: batched, streamed, cached, and split across ranks.
+
+``extract_features`` returns a :class:`FeatureTable` with one row per sample, in the
+store dtype (fp16). With a :class:`~deepfake.features.cache.FeatureCache` only the images it
+lacks go through the tower. Under ``torchrun`` the share of every rank is a pure function
+of (rank, world size, the ordered sample list): rank ``r`` owns samples ``r, r + world, ...``
+and extracts those of them the cache lacks, so shares never overlap and never leave a hole,
+whatever each rank saw of the cache and whenever it got there. A barrier then waits for
+every rank's shards, and rank 0 alone reads the table; the other ranks get ``None``.
+
+Per-layer CLS tokens (``--feature_layers``) are stored one tensor per block and read on
+demand from memory-mapped shards through :meth:`FeatureTable.layer_rows`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from deepfake.config import RuntimeConfig
+from deepfake.deepfake_dataset import DeepfakeDataset, collate
+from deepfake.features.cache import (
+    STORE_DTYPE,
+    CacheError,
+    CacheRows,
+    CorruptShard,
+    FeatureCache,
+    ShardMaps,
+    layer_tensor,
+)
+from deepfake.towers.base import ImageTower
+from deepfake.towers.deferred import DeferredTower
+from deepfake.utils.fileio import display_path
+from deepfake.utils.runtime import DTYPES, barrier, rank_and_world, release_free_heap, terminate_as_interrupt
+from deepfake.utils.text import parse_list
+
+log = logging.getLogger(__name__)
+
+
+def parse_feature_layers(spec: str, num_layers: int) -> list[int]:
+    """``none`` -> [], ``all`` -> 0..num_layers, ``"8,16,20,24"`` -> those blocks (checked, sorted).
+
+    Block 0 is the embedding output, block i the CLS token after transformer block i.
+    """
+    text = (spec or "none").strip().lower()
+    if text in ("none", ""):
+        return []
+    if text == "all":
+        return list(range(num_layers + 1))
+    try:
+        blocks = sorted(set(parse_list(text, int)))
+    except ValueError:
+        raise ValueError(f"--feature_layers {spec!r}: expected none, all, or block numbers like 8,16,20,24") from None
+    bad = [b for b in blocks if not 0 <= b <= num_layers]
+    if bad:
+        raise ValueError(f"--feature_layers {spec!r}: block(s) {bad} out of range; this tower has blocks "
+                         f"0..{num_layers} (0 = embedding output)")
+    return blocks
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """How the tower is run: batch size, loader workers, precision, which blocks' CLS tokens to keep."""
+
+    batch_size: int = 32
+    num_workers: int = 0
+    precision: str = "fp32"
+    layers: tuple[int, ...] = ()
+    shard_size: int = 1024
+    progress: bool = True
+    decode: str = "exact"
+
+    def cache_info(self) -> dict:
+        # Batch size and workers do not change the features; precision and the decode path do.
+        # Per-layer tokens live beside the embeds in the same key, each shard saying which
+        # blocks it holds. The exact decode path is the default and adds nothing to the key.
+        info = {"precision": self.precision, "feature_kind": "embeds",
+                "store_dtype": str(STORE_DTYPE).replace("torch.", "")}
+        if self.decode != "exact":
+            info["decode"] = self.decode
+        return info
+
+    @classmethod
+    def for_run(cls, runtime: RuntimeConfig, precision: str, layers=(), decode: str | None = None,
+                batch_size: int | None = None) -> ExtractionSettings:
+        """The settings of a run: its runtime config, the resolved precision, the blocks to keep, and the
+        decode path (``runtime.decode`` first, else ``decode``, else exact)."""
+        return cls(batch_size=batch_size or runtime.batch_size, num_workers=runtime.num_workers, precision=precision,
+                   layers=tuple(layers), progress=not runtime.quiet, decode=runtime.decode or decode or "exact")
+
+
+class MappedLayers:
+    """Per-layer rows read from memory-mapped shards: nothing is loaded until asked for."""
+
+    def __init__(self, cache: FeatureCache, rows: CacheRows, layer_ids: list[int], hidden: int):
+        self.names = rows.names
+        self.shard_of = rows.shard  # negative: no feature row (skipped)
+        self.row_of = rows.row
+        self.layer_ids = layer_ids
+        self.hidden = hidden
+        self.maps: ShardMaps = cache.maps()
+
+    def rows(self, idx: np.ndarray) -> torch.Tensor:
+        out = np.zeros((len(idx), len(self.layer_ids), self.hidden), dtype=np.float32)
+        shards = self.shard_of[idx]
+        for shard in np.unique(shards):
+            if shard < 0:
+                continue
+            sel = np.nonzero(shards == shard)[0]
+            src = self.row_of[idx[sel]]
+            name = self.names[shard]
+            for j, block in enumerate(self.layer_ids):
+                try:
+                    out[sel, j] = self.maps.tensor(name, layer_tensor(block))[src]
+                except CorruptShard as exc:
+                    FeatureCache._set_aside(exc.path)
+                    raise CacheError(f"{exc}; it was set aside: run the same command again to extract "
+                                     f"its images again") from exc
+        return torch.from_numpy(out)
+
+
+class MemoryLayers:
+    """Per-layer rows held in memory (runs without a cache), one fp16 tensor per block."""
+
+    def __init__(self, n: int, layer_ids: list[int], hidden: int):
+        self.layer_ids = layer_ids
+        self.tensors = {b: torch.zeros(n, hidden, dtype=STORE_DTYPE) for b in layer_ids}
+
+    def rows(self, idx: np.ndarray) -> torch.Tensor:
+        take = torch.from_numpy(idx)
+        return torch.stack([self.tensors[b][take].float() for b in self.layer_ids], dim=1)
+
+
+@dataclass
+class FeatureTable:
+    """Features of ``n`` samples; rows of skipped samples are zero and ``ok`` is False.
+
+    ``embeds`` is [n, D] in the store dtype (fp16): call ``.float()`` on the batches you use.
+    Per-layer CLS tokens of the blocks in ``layer_ids`` come from :meth:`layer_rows`.
+    """
+
+    embeds: torch.Tensor
+    ok: torch.Tensor
+    skipped: dict[int, str] = field(default_factory=dict)
+    layer_ids: list[int] = field(default_factory=list)
+    layer_source: MappedLayers | MemoryLayers | None = field(default=None, repr=False)
+
+    def layer_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """float32 [len(idx), len(layer_ids), hidden]: the per-layer CLS tokens of rows ``idx``."""
+        if self.layer_source is None:
+            raise ValueError("no per-layer features in this table; extract them with --feature_layers")
+        return self.layer_source.rows(np.asarray(torch.as_tensor(idx, dtype=torch.long).cpu().numpy()))
+
+
+def prepare_tower(tower: ImageTower, precision: str, device: torch.device, compile: bool = False) -> ImageTower:
+    """Move the tower to ``device`` in the precision it will run in (weights cast once, not per batch).
+
+    Its blocks are then either fused for inference or, with ``compile``, handed unchanged to
+    ``torch.compile``, which makes its own fusions (and cannot lower ours). A tower not built
+    yet (:class:`~deepfake.towers.deferred.DeferredTower`) is not built here: the step is applied
+    when it is, and until then the tower reports ``device`` and the precision's dtype.
+    """
+    if isinstance(tower, DeferredTower) and not tower.is_built:
+        return tower.after_build(lambda built: prepare_tower(built, precision, device, compile),
+                                 device, DTYPES[precision])
+    tower = tower.to(device=device, dtype=DTYPES[precision])
+    if compile:
+        tower.model = torch.compile(tower.model)
+        return tower
+    return tower.fuse_for_inference()
+
+
+def iterate_tower(
+    tower: ImageTower,
+    dataset: DeepfakeDataset,
+    indices: list[int],
+    settings: ExtractionSettings,
+    desc: str = "features",
+):
+    """Yield (sample indices, embeds, {block: CLS tokens} or None, [(index, reason)] skipped) per batch."""
+    subset = torch.utils.data.Subset(dataset, indices)
+    device = tower.device
+    loader = DataLoader(
+        subset,
+        batch_size=settings.batch_size,
+        shuffle=False,
+        num_workers=settings.num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        # Workers draw their seed from this generator, not the global RNG, so runs stay repeatable.
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=False,
+    )
+    # Progress goes to stderr, and only to a terminal (disable=None): piped output stays clean.
+    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=None if settings.progress else True, leave=False)
+    start = time.perf_counter()
+    blocks = list(settings.layers)
+    n_scored = n_skipped = 0
+    for batch in loader:
+        positions = batch["indices"].tolist()  # the dataset's own indices (Subset passes them through)
+        skipped = batch["skipped"]
+        embeds = layers = None
+        if positions:
+            # Inference mode only around the tower: it is thread state and must not leak past the yield.
+            with torch.inference_mode():
+                out = tower(batch["pixel_values"].to(device, non_blocking=True), layers=bool(blocks))
+                embeds = out.embeds.float().cpu()
+                if blocks:
+                    picked = out.layers[:, blocks].float().cpu()
+                    layers = {b: picked[:, j] for j, b in enumerate(blocks)}
+        bar.update(len(positions) + len(skipped))
+        n_scored += len(positions)
+        n_skipped += len(skipped)
+        yield positions, embeds, layers, skipped
+    bar.close()
+    elapsed = time.perf_counter() - start
+    if n_scored:
+        log.info("%s: %d images through the tower in %.1fs (%.1f img/s)%s", desc, n_scored, elapsed,
+                 n_scored / max(elapsed, 1e-9), f", {n_skipped} unreadable" if n_skipped else "")
+    elif n_skipped:
+        log.info("%s: none of %d images could be read", desc, n_skipped)
+
+
+def _check_layers(tower: ImageTower, settings: ExtractionSettings) -> None:
+    if settings.layers and not getattr(tower, "num_layers", 0):
+        raise ValueError(f"{tower.backbone.name}: this tower has no transformer blocks; --feature_layers needs one")
+
+
+def loader_limits(dataset: DeepfakeDataset) -> str:
+    """The loader settings a skip depends on (a skip made under other limits is retried)."""
+    return json.dumps({"max_pixels": getattr(dataset, "max_pixels", None)}, sort_keys=True)
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during extraction, after the images done so far were saved."""
+
+
+def extract_features(
+    tower: ImageTower,
+    dataset: DeepfakeDataset,
+    settings: ExtractionSettings,
+    cache: FeatureCache | None = None,
+    desc: str = "features",
+    collective: bool = True,
+) -> FeatureTable | None:
+    """Features for every sample of ``dataset`` (rounded to the cache's fp16 either way).
+
+    Under torch.distributed (and ``collective``) every rank must call it with the same
+    samples; rank 0 gets the table, the other ranks ``None``. ``collective=False`` runs
+    this process alone (rank 0 after the others have left). With a cache it is
+    :func:`cache_features` then :func:`read_features`.
+    """
+    if cache is None:
+        _prepare(tower, dataset, settings)
+        rank, world = rank_and_world() if collective else (0, 1)
+        table = _compute(tower, dataset, settings, range(rank, len(dataset), world), desc)
+        return _gather(table, world) if world > 1 else table
+    rows = cache_features(tower, dataset, settings, cache, desc, collective)
+    return None if rows is None else read_features(tower, dataset, settings, cache, rows, desc)
+
+
+def cache_features(
+    tower: ImageTower,
+    dataset: DeepfakeDataset,
+    settings: ExtractionSettings,
+    cache: FeatureCache,
+    desc: str = "features",
+    collective: bool = True,
+) -> CacheRows | None:
+    """Put the features of every sample of ``dataset`` in ``cache``, each rank its share.
+
+    Collective like :func:`extract_features`. Rank 0 gets where the features are (for
+    :func:`read_features`) once every rank's shards are on disk; the other ranks ``None``.
+    A run that caches all its sets before reading any holds no table while it extracts.
+    """
+    _prepare(tower, dataset, settings)
+    rank, world = rank_and_world() if collective else (0, 1)
+    known = _extract_missing(tower, dataset, settings, cache, range(rank, len(dataset), world), rank, desc)
+    release_free_heap()
+    if world > 1:
+        barrier()  # every rank's shards are on disk before anyone reads them
+        if rank != 0:
+            return None
+    return known
+
+
+def read_features(tower: ImageTower, dataset: DeepfakeDataset, settings: ExtractionSettings, cache: FeatureCache,
+                  rows: CacheRows, desc: str = "features") -> FeatureTable:
+    """Rank 0: the table of ``dataset`` from ``cache``; ``rows``: what :func:`cache_features` returned.
+
+    Anything not found (another rank's shard set aside, a file changed meanwhile) is extracted here.
+    """
+    for _ in range(3):
+        try:
+            return _read_table(tower, dataset, settings, cache, desc, rows)
+        except CorruptShard as exc:
+            log.warning("%s; extracting its images again", exc)
+            cache.drop_shard(exc.path.name)
+            rows = CacheRows.empty(len(dataset))
+    raise CacheError(f"feature cache {cache.dir}: shards keep failing their checksums; "
+                     f"remove this folder and run again")
+
+
+def _prepare(tower: ImageTower, dataset: DeepfakeDataset, settings: ExtractionSettings) -> None:
+    _check_layers(tower, settings)
+    if hasattr(dataset, "decode"):
+        dataset.decode = settings.decode  # the settings name the cache key: the images must follow them
+
+
+def _compute(tower, dataset, settings: ExtractionSettings, indices: Sequence[int], desc: str) -> FeatureTable:
+    """Features without a cache, for ``indices`` (other rows stay empty)."""
+    n = len(dataset)
+    blocks = list(settings.layers)
+    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
+                         layer_ids=blocks)
+    if blocks:
+        table.layer_source = MemoryLayers(n, blocks, tower.hidden_size)
+    for idx, embeds, layers, skipped in iterate_tower(tower, dataset, indices, settings, desc):
+        if idx:
+            rows = torch.tensor(idx)
+            # Round exactly as the cache stores them, so cached and uncached runs see equal features.
+            table.embeds[rows] = embeds.to(STORE_DTYPE)
+            for block, value in (layers or {}).items():
+                table.layer_source.tensors[block][rows] = value.to(STORE_DTYPE)
+            table.ok[rows] = True
+        table.skipped.update(dict(skipped))
+    return table
+
+
+def _gather(table: FeatureTable, world: int) -> FeatureTable | None:
+    """Merge every rank's rows into rank 0's table (ranks own disjoint rows)."""
+    rank = dist.get_rank()
+    mine = table.ok.nonzero().flatten()
+    part = {"rows": mine, "embeds": table.embeds[mine], "skipped": table.skipped,
+            "layers": {b: t[mine] for b, t in table.layer_source.tensors.items()} if table.layer_source else {}}
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    if rank != 0:
+        return None
+    for other in parts[1:]:
+        table.embeds[other["rows"]] = other["embeds"]
+        table.ok[other["rows"]] = True
+        table.skipped.update(other["skipped"])
+        for block, value in other["layers"].items():
+            table.layer_source.tensors[block][other["rows"]] = value
+    return table
+
+
+class _ShardWriter:
+    """Extracted features gathered until a shard is full, then written (and recorded) as one shard."""
+
+    def __init__(self, cache: FeatureCache, samples: list, rank: int, limits, known: CacheRows):
+        self.cache, self.samples, self.rank, self.limits, self.known = cache, samples, rank, limits, known
+        self.idx: list[int] = []
+        self.embeds: list[torch.Tensor] = []
+        self.layers: list[dict] = []
+        self.skipped: list[tuple[int, str]] = []
+        self.done = 0
+
+    def __len__(self) -> int:
+        return len(self.idx) + len(self.skipped)
+
+    def add(self, idx, embeds, layers, skipped) -> None:
+        self.idx.extend(idx)
+        if embeds is not None:
+            self.embeds.append(embeds)
+        if layers is not None:
+            self.layers.append(layers)
+        self.skipped.extend(skipped)
+
+    def _record(self, i: int) -> dict:
+        s = self.samples[i]
+        return {"label": s.label, "category": s.category, "split": getattr(s, "split", "")}
+
+    def flush(self) -> None:
+        if self.idx or self.skipped:
+            layers = None
+            if self.layers:
+                layers = {b: torch.cat([part[b] for part in self.layers]) for b in self.layers[0]}
+            written = self.cache.write_shard(
+                [self.samples[i].path for i in self.idx],
+                torch.cat(self.embeds) if self.embeds else None,
+                layers,
+                [(self.samples[i].path, reason) for i, reason in self.skipped],
+                rank=self.rank,
+                limits=self.limits,
+                records=[self._record(i) for i in self.idx] + [self._record(i) for i, _ in self.skipped],
+            )
+            self.known.record(written.name, self.idx, self.skipped)
+            self.done += len(self)
+        for part in (self.idx, self.embeds, self.layers, self.skipped):
+            part.clear()
+
+
+def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, indices: Sequence[int],
+                     rank: int, desc: str) -> CacheRows:
+    """Extract the samples of ``indices`` that the cache lacks into this rank's shards.
+
+    Returns where the features of ``indices`` are: the records found valid, then the rows and
+    skips written here (other samples are ``UNKNOWN``), so that the reader need not look them
+    up (and stat their files) a second time.
+    """
+    limits = loader_limits(dataset)
+    paths = [s.path for s in dataset.samples]
+    known = cache.resolve(paths, indices, settings.layers, limits)
+    del paths
+    missing = known.unknown(indices)
+    if not missing:
+        return known
+    log.info("%s: %d of %d images not cached (rank %d extracts them)", desc, len(missing), len(indices), rank)
+    writer = _ShardWriter(cache, dataset.samples, rank, limits, known)
+    try:
+        with terminate_as_interrupt():
+            for batch in iterate_tower(tower, dataset, missing, settings, desc):
+                writer.add(*batch)
+                if len(writer) >= settings.shard_size:
+                    writer.flush()
+            writer.flush()
+    except KeyboardInterrupt:
+        # Keep every finished batch: the next run extracts only the rest.
+        writer.flush()
+        raise ExtractionInterrupted(
+            f"interrupted: {writer.done} of {len(missing)} images of {desc} are saved in the feature cache "
+            f"{cache.dir}"
+        ) from None
+    return known
+
+
+def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCache, desc: str,
+                rows: CacheRows) -> FeatureTable:
+    """Rank 0: the table of every sample, from the shards (anything still missing is extracted here)."""
+    samples = dataset.samples
+    limits = loader_limits(dataset)
+    unknown = rows.unknown()
+    if unknown:
+        cache.resolve([s.path for s in samples], unknown, settings.layers, limits, retry=False, rows=rows)
+    late = rows.unknown(unknown)
+    if late:
+        # Files changed during the run, or a shard was set aside: do them here, alone.
+        log.warning("%s: %d images not in the cache after extraction (first: %s); extracting them now",
+                    desc, len(late), samples[late[0]].path)
+        _extract_missing(tower, dataset, settings, cache, late, 0, desc)
+        # As when first read: a skip retried on every run (permission denied) is a skip here.
+        cache.resolve([s.path for s in samples], late, settings.layers, limits, retry=False, rows=rows)
+        still = rows.unknown(late)
+        if still:
+            raise CacheError(f"feature cache {cache.dir}: {len(still)} images keep changing while they are "
+                             f"extracted (first: {samples[still[0]].path}); run again once they are stable")
+    n = len(samples)
+    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
+                         layer_ids=list(settings.layers))
+    table.skipped.update(rows.skipped)
+    table.ok = cache.fill_embeds(table.embeds, rows)
+    if settings.layers:
+        table.layer_source = MappedLayers(cache, rows, list(settings.layers), tower.hidden_size)
+    return table
+
+
+def feature_cache(root: Path | None, tower: ImageTower, settings: ExtractionSettings,
+                  extra: dict | None = None) -> FeatureCache | None:
+    """The cache under ``root`` for this tower, preprocessing, precision and view (``None``: no cache)."""
+    if root is None:
+        return None
+    info = {"tower": tower.cache_identity(), "features": settings.cache_info(), **(extra or {})}
+    return FeatureCache(root, info)
+
+
+def report_skipped(what: str, samples: list, skipped: dict[int, str]) -> list[dict]:
+    """Log files that could not be read; they are left out and listed, never silently counted."""
+    records = [{"path": samples[i].path, "reason": r} for i, r in sorted(skipped.items())]
+    if records:
+        log.warning("%s: %d file(s) skipped and left out:", what, len(records))
+        for r in records[:20]:
+            log.warning("  %s: %s", display_path(r["path"]), r["reason"])
+    return records

@@ -1,0 +1,90 @@
+"""Operating points for deployment: a threshold calibrated on known-real images of the target domain.
+
+``test_ClassifierHead.py --calibrate_real DIR --target_fpr 0.05`` scores the images in DIR and
+sets the threshold that calls that share of them fake. It is written into the evaluation's
+``results.json`` and ``calibration.json``, and beside the checkpoint as
+``<checkpoint>.calibration.json``, where :func:`read_calibration` (and ``predict``) find it.
+The record holds the sha256 of the weights it was fitted on: a head retrained into the same
+run directory does not inherit the old head's operating point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deepfake.model.checkpoint import resolve_checkpoint_path
+from deepfake.utils.fileio import atomic_write_json
+from deepfake.utils.hashing import file_sha256
+
+log = logging.getLogger(__name__)
+
+FORMAT = "deepfake-calibration/1"
+
+
+def calibration_record(real_dir: str, threshold: float, target_fpr: float, scores: np.ndarray,
+                       n_unreadable: int = 0) -> dict:
+    """What a calibration found: the threshold and the FPR it gives on the calibration images."""
+    scores = np.asarray(scores, dtype=np.float64)
+    false_positives = int(np.sum(scores > threshold))
+    return {"real_dir": str(real_dir), "threshold": float(threshold), "target_fpr": float(target_fpr),
+            "achieved_fpr": false_positives / len(scores), "n_false_positives": false_positives,
+            "n_images": int(len(scores)), "n_unreadable": int(n_unreadable)}
+
+
+def sidecar_path(checkpoint: str | os.PathLike) -> Path:
+    """``runs/x/best.safetensors`` -> ``runs/x/best.calibration.json``."""
+    path = Path(checkpoint)
+    return path.with_name(path.stem + ".calibration.json")
+
+
+
+def write_calibration(out_dir: Path, checkpoint: str | None, calibration: dict, results: dict,
+                      overwrite: bool = False) -> list[Path]:
+    """Write ``calibration.json`` into ``out_dir`` and beside the checkpoint (never over another one unasked)."""
+    doc = {"format": FORMAT, "checkpoint": checkpoint,
+           "weights_sha256": file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else None,
+           **calibration, "tower": results.get("tower"), "preprocess": results.get("preprocess"),
+           "align": results.get("align")}
+    written = [atomic_write_json(Path(out_dir) / "calibration.json", doc)]
+    if checkpoint:
+        side = sidecar_path(checkpoint)
+        if side.exists() and not overwrite:
+            log.warning("%s: an earlier calibration is there and was kept; pass --overwrite to replace it "
+                        "(this one is in %s)", side, written[0])
+        else:
+            written.append(atomic_write_json(side, doc))
+    return written
+
+
+def read_calibration(path: str | os.PathLike) -> dict | None:
+    """The calibration of a checkpoint (its file or run directory), or read from a calibration/results JSON.
+
+    A checkpoint's sidecar counts only when it was fitted on these very weights (same sha256);
+    one left from an earlier head in the same place is ignored with a warning.
+    """
+    path = Path(path)
+    weights = None
+    if path.is_dir():
+        weights = resolve_checkpoint_path(path)
+    elif path.suffix != ".json" or not path.name.endswith(("calibration.json", "results.json")):
+        weights = path
+    if weights is not None:
+        path = sidecar_path(weights)
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("format") != FORMAT:
+        return doc.get("calibration")  # a results.json
+    if weights is not None and Path(weights).is_file():
+        fitted_on = doc.get("weights_sha256")
+        if fitted_on != file_sha256(weights):
+            why = (f"records no weights hash to tie it to {weights}" if fitted_on is None
+                   else f"was fitted on other weights than {weights} (sha256 differs)")
+            log.warning("%s: calibration ignored: it %s; run --calibrate_real again for this head", path, why)
+            return None
+    return doc

@@ -1,0 +1,95 @@
+"""Classifier heads on frozen tower features, looked up by kind.
+
+    mlp     Linear(D, 256) -> ReLU -> Dropout(0.1) -> Linear(256, 2) on the final embedding
+            (the default, and every checkpoint without a ``kind``)
+    layers  the CLS token of each chosen block -> one shared projection -> a learned softmax
+            importance over blocks (RINE's Trainable Importance Estimator) -> weighted sum ->
+            the same 256-unit MLP
+    linear  Linear(D, 2) on the final embedding (UniversalFakeDetect's linear probe)
+
+A head's ``config()`` holds its kind and sizes; ``head_from_config`` rebuilds it, so a
+checkpoint (weights + that dict) always loads into the head that wrote it. Every head takes a
+:class:`~deepfake.features.batch.FeatureBatch` (a plain tensor is read as the final embedding)
+and names the blocks it reads in ``blocks``.
+
+Each kind is one module of this package whose class registers itself with ``@register_head``;
+the registry imports every module here on first lookup, so adding a kind is one new file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from deepfake.features.batch import FeatureBatch
+
+DEFAULT_KIND = "mlp"
+
+HEADS: dict[str, type[nn.Module]] = {}
+_loaded = False
+
+
+def register_head(kind: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a head available as ``--head kind``."""
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        cls.kind = kind
+        HEADS[kind] = cls
+        return cls
+
+    return add
+
+
+def _load_all() -> dict[str, type[nn.Module]]:
+    global _loaded
+    if not _loaded:
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            importlib.import_module(f"{__name__}.{info.name}")
+        _loaded = True
+    return HEADS
+
+
+def final_embedding(batch: FeatureBatch | torch.Tensor) -> torch.Tensor:
+    """The final embedding of a batch (a plain tensor is one)."""
+    return batch.embeds if isinstance(batch, FeatureBatch) else batch
+
+
+def head_kinds() -> list[str]:
+    return sorted(_load_all())
+
+
+def required_head_fields(cfg: dict) -> tuple[str, ...]:
+    """The fields a head config of its kind cannot be built without (none known for an unknown kind:
+    building it then fails with the list of known kinds)."""
+    head = _load_all().get(cfg.get("kind", DEFAULT_KIND))
+    return tuple(getattr(head, "required", ())) if head else ()
+
+
+def head_from_config(cfg: dict) -> nn.Module:
+    """The head a checkpoint's ``config["head"]`` describes (no ``kind``: the original MLP)."""
+    kind = cfg.get("kind", DEFAULT_KIND)
+    if kind not in _load_all():
+        raise ValueError(f"unknown head kind {kind!r}; known kinds: {', '.join(head_kinds())}")
+    return HEADS[kind].from_config(cfg)
+
+
+def new_head(kind: str, tower, blocks: list[int] | tuple[int, ...] = (), **sizes) -> nn.Module:
+    """A fresh head of ``kind`` sized from ``tower`` (its feature dim, hidden size) and ``blocks``."""
+    if kind not in _load_all():
+        raise ValueError(f"unknown head kind {kind!r}; known kinds: {', '.join(head_kinds())}")
+    head = head_from_config(HEADS[kind].config_for(tower, tuple(blocks), **sizes))
+    problem = head.check_tower(tower)
+    if problem:
+        raise ValueError(f"--head {kind}: {problem}")
+    return head
+
+
+def block_importance(head: nn.Module) -> dict | None:
+    """``{"blocks": [...], "importance": [...]}`` for a head that weighs blocks, else ``None``."""
+    if not hasattr(head, "importance"):
+        return None
+    return {"blocks": list(head.blocks), "importance": [float(v) for v in head.importance().cpu()]}

@@ -1,0 +1,46 @@
+"""UniversalFakeDetect's linear probe: Linear(D, 2) on the final embedding."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deepfake.features.batch import FeatureBatch
+from deepfake.model.heads import final_embedding, register_head
+
+
+@register_head("linear")
+class LinearHead(nn.Module):
+    """A linear probe on the final embedding; two logits, so P(fake) = sigmoid of one linear score."""
+
+    kind = "linear"
+    blocks: tuple[int, ...] = ()
+    required = ("in_dim",)
+
+    def __init__(self, in_dim: int, num_classes: int = 2):
+        super().__init__()
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, batch: FeatureBatch | torch.Tensor) -> torch.Tensor:
+        return self.fc(final_embedding(batch))
+
+    def forward_with_embedding(self, batch: FeatureBatch | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = final_embedding(batch)
+        return self.fc(x), x
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "in_dim": self.fc.in_features, "num_classes": self.fc.out_features}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> LinearHead:
+        return cls(int(cfg["in_dim"]), int(cfg.get("num_classes", 2)))
+
+    def check_tower(self, tower) -> str | None:
+        if self.fc.in_features != tower.feature_dim:
+            return f"head expects {self.fc.in_features}-dim features, tower gives {tower.feature_dim}"
+        return None
+
+    @classmethod
+    def config_for(cls, tower, blocks: tuple[int, ...] = (), **sizes) -> dict:
+        """The config of a fresh head on ``tower``'s final embedding."""
+        return {"kind": cls.kind, "in_dim": tower.feature_dim, **sizes}

@@ -1,0 +1,269 @@
+"""Heads as Hugging Face model repos: ``model.safetensors`` + ``config.json`` + a model card.
+
+A pretrained-head folder (what :meth:`DeepfakeClassifier.save_pretrained` writes and what a
+hub repo holds) is only the head: the tower is named in ``config.json`` (id and revision or
+weight hash) and loaded from its own source, as the field ships detectors. Hub repos are
+fetched with ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE=1`` and tokens honoured);
+nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from deepfake.model.checkpoint import FORMAT, PRETRAINED_CONFIG, PRETRAINED_WEIGHTS, CheckpointRefused
+from deepfake.utils.fileio import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from deepfake.utils.text import pct as percent
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = PRETRAINED_WEIGHTS
+CONFIG_NAME = PRETRAINED_CONFIG
+CARD_NAME = "README.md"
+HUB_FILES = (WEIGHTS_NAME, CONFIG_NAME)
+# Keys the loader adds to a config at run time; they describe one session, not the head.
+RUNTIME_KEYS = ("checkpoint", "precision")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Keys of train_args that hold local paths; a shared config keeps only their base names.
+_PATH_SUFFIXES = ("_dir", "_root", "_manifest", "_path", "_file")
+_LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
+
+
+def is_repo_id(text: str) -> bool:
+    """``org/name`` (optionally ``org/name@revision``) that cannot be read as a local path.
+
+    Local readings win: an existing path, one starting with ``./``, ``../``, ``/`` or ``~``, or
+    one whose first component exists here (``runs/typo`` beside a ``runs`` folder) is never
+    sent to the hub.
+    """
+    text = str(text)
+    name = text.split("@", 1)[0]
+    if not _REPO_ID.match(name) or text.startswith(_LOCAL_PREFIXES):
+        return False
+    return not os.path.exists(text) and not os.path.exists(name.split("/", 1)[0])
+
+
+def fetch_head(repo: str, revision: str | None = None) -> Path:
+    """The local path of a hub repo's head weights, downloaded into (or read from) the hub cache."""
+    from huggingface_hub import hf_hub_download
+
+    if "@" in repo and revision is None:
+        repo, revision = repo.split("@", 1)
+    paths = []
+    for name in HUB_FILES:
+        try:
+            paths.append(Path(hf_hub_download(repo_id=repo, filename=name, revision=revision)))
+        except Exception as exc:  # network, auth, missing file, offline cache miss: all end the same way
+            offline = " (HF_HUB_OFFLINE is set and it is not in the hub cache)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            raise CheckpointRefused(f"no such local directory {repo}, and not fetchable as hub repo "
+                                    f"{repo}{offline}: {name}: {exc}") from exc
+    return paths[0]
+
+
+def _base_name(path: str) -> str:
+    """``/data/users/me/GenImage/`` -> ``GenImage``: the data set's name without where it lies."""
+    return os.path.basename(os.path.normpath(os.path.expanduser(path))) or path
+
+
+def _is_path_key(key: str) -> bool:
+    return key.endswith(_PATH_SUFFIXES)
+
+
+def head_config_for_sharing(config: dict) -> dict:
+    """The checkpoint config without session keys and without local paths (a shared repo may be public).
+
+    Path-valued training options and the calibration folder keep only their base names, so a
+    reader still sees which data set and options made the head, not the machine's layout.
+    """
+    shared = {k: v for k, v in config.items() if k not in RUNTIME_KEYS and k != "format"}
+    if isinstance(shared.get("train_args"), dict):
+        train_args = dict(shared["train_args"])
+        for key, value in train_args.items():
+            if isinstance(value, str) and (_is_path_key(key) or key == "model" and not is_repo_id(value)):
+                train_args[key] = _base_name(value)
+        shared["train_args"] = train_args
+    if isinstance(shared.get("calibration"), dict):
+        calibration = {k: v for k, v in shared["calibration"].items() if k != "checkpoint"}
+        if isinstance(calibration.get("real_dir"), str):
+            calibration["real_dir"] = _base_name(calibration["real_dir"])
+        shared["calibration"] = calibration
+    return shared
+
+
+def save_head_folder(directory: str | os.PathLike, head_state: dict[str, torch.Tensor], config: dict,
+                     run_summary: dict | None = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` (model card) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = head_config_for_sharing(config)
+    state = {k: v.detach().cpu().contiguous() for k, v in head_state.items()}
+    atomic_save_safetensors(directory / WEIGHTS_NAME, state, {"format": FORMAT})
+    atomic_write_json(directory / CONFIG_NAME, {"format": FORMAT, **config})
+    atomic_write_text(directory / CARD_NAME, model_card(config, run_summary))
+    return directory
+
+
+def upload_head_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
+                       commit_message: str = "Upload deepfake detector head") -> str:
+    """Create ``repo_id`` when needed and upload the head files of ``folder``; returns the commit URL."""
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                             allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME])
+    return str(getattr(info, "commit_url", info))
+
+
+def push_head(head_state: dict[str, torch.Tensor], config: dict, repo_id: str, run_summary: dict | None = None,
+              **kwargs) -> str:
+    """Write the head folder to a temporary directory and upload it to ``repo_id``."""
+    with tempfile.TemporaryDirectory(prefix="deepfake-push-") as tmp:
+        save_head_folder(tmp, head_state, config, run_summary)
+        return upload_head_folder(tmp, repo_id, **kwargs)
+
+
+# --- the model card --------------------------------------------------------------------
+
+
+def _num(value, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return percent(value, 2, "%") if pct else f"{value:.4f}"
+
+
+def model_card(config: dict, run_summary: dict | None = None) -> str:
+    """A model card (hub README.md) written from the checkpoint config: every number is the run's own."""
+    model = config.get("tower", {}).get("model", "unknown")
+    lines = [*_card_front(model), *_card_tower(config), *_card_training(config, run_summary), *_card_metrics(config),
+             *_card_limits(config)]
+    return "\n".join(lines)
+
+
+def _card_front(model: str) -> list[str]:
+    """The hub metadata, what the head is, and how to use it."""
+    base = [f"base_model: {model}"] if is_repo_id(model) and "/" in model else []
+    return [
+        "---",
+        "library_name: deepfake",
+        "pipeline_tag: image-classification",
+        "tags:",
+        "- deepfake-detection",
+        "- ai-generated-image-detection",
+        "- image-forensics",
+        *base,
+        "---",
+        "",
+        "# Deepfake detector head",
+        "",
+        f"A small classifier head on the frozen `{model}` image tower: it gives P(fake), the probability "
+        "that an image was generated by a model rather than taken by a camera. This repository holds only "
+        "the head; the tower is loaded from its own source.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from deepfake import DeepfakeClassifier",
+        "clf = DeepfakeClassifier.from_pretrained(\"REPO_ID\")",
+        "print(clf.predict(\"photo.jpg\").probability)",
+        "```",
+        "",
+        "or `deepfake predict photo.jpg --checkpoint REPO_ID`.",
+        "",
+    ]
+
+
+def _card_tower(config: dict) -> list[str]:
+    """The tower the head is only valid with, and how images are prepared for it."""
+    tower, pre, head = config.get("tower", {}), config.get("preprocess", {}), config.get("head", {})
+    model = tower.get("model", "unknown")
+    tower_pin = tower.get("revision") or (f"weights sha256 {tower['weights_sha256']}" if tower.get("weights_sha256") else "")
+    head_desc = ", ".join(f"{k} {v}" for k, v in head.items())
+    return [
+        "## Tower and preprocessing",
+        "",
+        f"- tower: `{model}` ({tower.get('family', 'unknown family')}), {tower_pin or 'unpinned'}, "
+        f"feature dimension {tower.get('feature_dim', head.get('in_dim', 'n/a'))}",
+        f"- preprocessing: mode `{pre.get('mode')}`, size {pre.get('size')}, interpolation "
+        f"`{pre.get('interpolation')}`, mean {pre.get('mean')}, std {pre.get('std')}",
+        f"- features: {json.dumps(config.get('features', {}))}",
+        f"- head: {head_desc}",
+        "",
+    ]
+
+
+def _card_training(config: dict, run_summary: dict | None) -> list[str]:
+    """The data and recipe that trained the head."""
+    train_args = config.get("train_args", {})
+    lines = [
+        "## Training data",
+        "",
+        f"- data set: `{train_args.get('dataset_dir', 'n/a')}`",
+        f"- categories: {', '.join(config.get('categories', [])) or 'n/a'}",
+    ]
+    if run_summary:
+        lines.append(f"- images: {run_summary.get('n_train', 'n/a')} training, {run_summary.get('n_val', 'n/a')} validation")
+    aug = {k: train_args[k] for k in ("blur_prob", "jpeg_prob", "aug_views") if k in train_args}
+    return lines + [
+        f"- epochs: {train_args.get('num_epochs', 'n/a')} (this head: epoch {config.get('epoch', 'n/a')}), "
+        f"learning rate {train_args.get('learning_rate', 'n/a')}, batch size {train_args.get('batch_size', 'n/a')}, "
+        f"seed {config.get('seed', 'n/a')}",
+        f"- augmentation: {json.dumps(aug) if aug else 'n/a'}",
+        "",
+    ]
+
+
+def _card_metrics(config: dict) -> list[str]:
+    """Validation metrics, the default threshold and any calibrated operating point."""
+    metrics, calibration = config.get("metrics", {}), config.get("calibration") or {}
+    return [
+        "## Validation metrics",
+        "",
+        "| metric | value |",
+        "| --- | ---: |",
+        f"| accuracy at 0.5 | {_num(metrics.get('val_acc'), pct=True)} |",
+        f"| average precision | {_num(metrics.get('val_ap'), pct=True)} |",
+        f"| best-threshold accuracy | {_num(metrics.get('val_best_acc'), pct=True)} |",
+        f"| loss | {_num(metrics.get('val_loss'))} |",
+        f"| expected calibration error | {_num(metrics.get('val_ece'))} |",
+        "",
+        "## Threshold and calibration",
+        "",
+        f"- default threshold of `deepfake predict`: the validation threshold, {_num(config.get('val_threshold'))} "
+        "(maximises validation accuracy); `--threshold 0.5` gives the field's fixed threshold "
+        f"({_num(config.get('threshold'))} is the checkpoint's reporting threshold)",
+        f"- calibration: expected calibration error {_num(metrics.get('val_ece'))} on the validation set"
+        + (f"; operating point {_num(calibration.get('threshold'))} (`--threshold calibrated`): "
+           f"false-positive rate {_num(calibration.get('achieved_fpr'), pct=True)} on {calibration.get('n_images', 'n/a')} "
+           f"known-real images of `{calibration.get('real_dir', 'n/a')}` (target "
+           f"{_num(calibration.get('target_fpr'), pct=True)})"
+           if calibration.get("threshold") is not None else "; no operating point calibrated on known-real images"),
+        "",
+    ]
+
+
+def _card_limits(config: dict) -> list[str]:
+    """What the head is for, what it is not, and the software that made it."""
+    return [
+        "## Intended use and limits",
+        "",
+        "- Intended for research on AI-generated image detection and as one signal for people who "
+        "check images (editors, moderators, fact-checkers), never as sole proof that an image is or is not generated.",
+        "- Scores are only as good as the training data: generators, content and post-processing "
+        "(JPEG, resizing, screenshots, social-media recompression) unlike the training set lower accuracy, "
+        "and a threshold learned on one generator rarely transfers to others.",
+        "- Validation numbers come from the same distribution as the training data; "
+        "evaluate on your own held-out generators before relying on it.",
+        "- The head is only valid with the exact tower and preprocessing above; the loader refuses other towers.",
+        "",
+        f"Software: {json.dumps(config.get('versions', {}))}",
+        "",
+    ]

@@ -89,7 +89,8 @@ def test_headless_siglip_is_named_by_its_mean_token(towers):
 
 
 def test_families_and_a_deferred_load_import_no_transformers_modeling_code():
-    code = (f"import sys, json; import deepfake; from deepfake import tower_registry; tower_registry.families(); "
+    code = (f"import sys, json; import deepfake; from deepfake.towers import registry as tower_registry; "
+            f"tower_registry.families(); "
             f"from deepfake.towers.loading import load_tower; t = load_tower({TOWER!r}, defer=True); t.cache_identity(); "
             f"print(json.dumps(sorted(m for m in sys.modules if m in {list(MODELING)!r})))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

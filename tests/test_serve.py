@@ -211,8 +211,8 @@ def _browser():
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        print("selenium is not installed (pip install -e ".[dev]")")
-        pytest.skip("selenium is not installed (pip install -e ".[dev]")")
+        print("selenium is not installed (pip install -e .[dev])")
+        pytest.skip("selenium is not installed (pip install -e .[dev])")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from deepfake.__main__ import COMMANDS, usage
+from deepfake.cli.commands import COMMANDS, usage
 
 WIDTH = "100"
 # Commands run as scripts or modules rather than as ``deepfake COMMAND``.

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from deepfake.config import AugmentConfig
+
 
 def jpeg_compress(image: Image.Image, quality: int) -> Image.Image:
     """Re-encode as JPEG at ``quality`` (Pillow, 4:2:0 as cameras and the field's scripts use).
@@ -102,14 +104,17 @@ class Perturbation:
         return "+".join(parts) or "clean"
 
 
+_AUGMENT = AugmentConfig()  # the defaults live in the config
+
+
 @dataclass(frozen=True)
 class BlurJpegAugment:
     """CNNDetection's training augmentation: blur with prob p (sigma ~ U[0, s]), then JPEG with prob p."""
 
-    blur_prob: float = 0.0
-    blur_sigma: float = 3.0
-    jpeg_prob: float = 0.0
-    jpeg_quality: tuple[int, int] = (30, 100)
+    blur_prob: float = _AUGMENT.blur_prob
+    blur_sigma: float = _AUGMENT.blur_sigma
+    jpeg_prob: float = _AUGMENT.jpeg_prob
+    jpeg_quality: tuple[int, int] = _AUGMENT.jpeg_quality
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,1 @@
+"""The trainable part and what it is saved as: heads (one module per kind), checkpoints, calibration, scoring, the hub."""

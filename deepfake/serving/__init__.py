@@ -1,0 +1,1 @@
+"""``deepfake serve``: the web page and JSON API around one loaded detector."""

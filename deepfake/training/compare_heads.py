@@ -1,16 +1,6 @@
-"""Train every head kind on the same cached features and compare them per generator.
+"""Every head kind trained on one feature cache and compared per generator: ``compare_heads(config)``.
 
-    python benchmarks/compare_heads.py --dataset_dir data/progan --model LanguageBind/LanguageBind_Image \
-        --test_dir data/test --output_dir runs/compare_heads
-
-The tower runs once per image (train, val and test, with the CLS token of every chosen
-block), through the feature cache that ``train_ClassifierHead.py`` and
-``test_ClassifierHead.py`` use. Each head kind then trains from those features with the same
-seed, split, batches and options; its best epoch (val AP) is saved as an ordinary checkpoint
-under ``OUTPUT/<kind>/`` and scored on the test set. Printed and saved (results.md,
-results.json): one per-generator table with a column group (acc, AP) per head, the tower
-passes counted during the run, and the layers head's learned block importance
-(``importance.png``).
+What it prints and writes, and its command line, are in :mod:`deepfake.cli.compare_heads`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Plain helpers every layer may use: atomic file writes, devices and torchrun, hashes and file stamps, memos, text."""

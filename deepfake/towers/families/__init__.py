@@ -1,0 +1,1 @@
+"""One module per tower family; each registers itself, and only ``deepfake.towers.registry`` imports them."""

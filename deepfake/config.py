@@ -29,6 +29,9 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # The card's head: Linear(D, 256) -> ReLU -> Dropout(0.1) -> Linear(256, 2).
 HEAD_HIDDEN = 256
 HEAD_DROPOUT = 0.1
+# RINE's head (--head rine): its projections' depth and every Dropout's p, as RINE trains it.
+RINE_NPROJ = 4
+RINE_DROPOUT = 0.5
 DEFAULT_SEED = 512
 
 
@@ -99,12 +102,17 @@ class HeadConfig:
     """The head trained on the tower's features."""
 
     kind: str = field(default="mlp", metadata={"flag": "head"})
-    proj_dim: int = HEAD_HIDDEN  # layers head: shared projection width
+    proj_dim: int = HEAD_HIDDEN  # layers and rine heads: projection width
     importance: str = "block"  # layers head: one weight per block, or per block and feature
+    nproj: int = RINE_NPROJ  # rine head: [Linear, ReLU, Dropout] stages in each of its two projections
 
     def sizes(self) -> dict:
         """The size options of this kind that a run records (none for mlp and linear)."""
-        return {"proj_dim": self.proj_dim, "importance": self.importance} if self.kind == "layers" else {}
+        if self.kind == "layers":
+            return {"proj_dim": self.proj_dim, "importance": self.importance}
+        if self.kind == "rine":
+            return {"proj_dim": self.proj_dim, "nproj": self.nproj}
+        return {}
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,10 @@ class EvalConfig:
     output_dir: str | None = None  # None: CHECKPOINT_RUN/eval_DATASET
     overwrite: bool = False
     threshold: str | float | None = None  # "val", "calibrated" or a number; None: the checkpoint's
-    max_sample: int | None = None
+    # A published test protocol (ufd, cnndetection, aigcdetect: deepfake/data/protocols.py): its
+    # preprocessing, sampling and blur; None: the tower's own preprocessing, every image.
+    protocol: str | None = None
+    max_sample: int | None = None  # None: every image (with --protocol ufd: UFD's 1000)
     seed: int = DEFAULT_SEED
     calibrate_real: str | None = None
     target_fpr: float = 0.05

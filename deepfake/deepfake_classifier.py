@@ -4,13 +4,16 @@
 
 with ``D`` read from the tower's config (768 for LanguageBind_Image): the default ``mlp``
 head. Other kinds (``layers``: per-block CLS tokens with learned block importance,
-``linear``: a linear probe) live in :mod:`deepfake.model.heads`. Class 1 is "fake".
+``linear``: a linear probe, ``rine``: RINE's head) live in :mod:`deepfake.model.heads`. Class 1
+is "fake".
 
     >>> from deepfake import DeepfakeClassifier
     >>> clf = DeepfakeClassifier.from_pretrained("runs/progan")
     >>> clf.predict("photo.jpg").probability
     >>> clf.save_pretrained("my-head")          # model.safetensors + config.json + README.md
     >>> clf = DeepfakeClassifier.from_pretrained("org/deepfake-head")   # a hub repo
+    >>> head = DeepfakeClassifier.from_pretrained("runs/ufd", tower=False)   # the head alone
+    >>> head.probability_from_features(features)   # P(fake) of cached or external tower features
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ from torch import nn
 
 from deepfake.config import HEAD_DROPOUT, HEAD_HIDDEN
 from deepfake.data.preprocess import Preprocess
-from deepfake.features.batch import tower_batch
+from deepfake.features.batch import FeatureBatch, tower_batch
 from deepfake.features.extraction import prepare_tower
 from deepfake.model.calibration import read_calibration
 from deepfake.model.checkpoint import CheckpointRefused, load_checkpoint
-from deepfake.model.heads import head_from_config
+from deepfake.model.heads import head_from_config, head_tap
 from deepfake.model.hub import fetch_head, is_repo_id, push_head, save_head_folder
 from deepfake.model.scoring import Prediction, batch_probabilities, fake_probabilities, score
-from deepfake.towers.base import ImageTower
+from deepfake.towers.base import ImageTower, layers_request
 from deepfake.towers.loading import load_tower
 from deepfake.utils.runtime import choose_device, resolve_precision
 
@@ -86,11 +89,51 @@ def _same_tower(saved: dict, loaded: dict) -> bool:
     return saved.get("model") == loaded.get("model") and saved.get("family") == loaded.get("family")
 
 
-class DeepfakeClassifier(nn.Module):
-    """Frozen tower + trainable head; ``forward`` maps pixel tensors to 2-class logits."""
+def _head_of(config: dict, path: Path) -> nn.Module:
+    """The head a checkpoint config describes (weights not loaded yet)."""
+    try:
+        return head_from_config(config["head"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointRefused(f"{path}: head config {config['head']!r} cannot be built: {exc}") from exc
 
-    def __init__(self, tower: ImageTower, head: nn.Module | None = None, config: dict | None = None):
+
+def _load_weights(head: nn.Module, state: dict, path: Path) -> nn.Module:
+    """``head`` with the checkpoint's weights loaded strictly."""
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointRefused(f"{path}: head weights do not fit the head in its config: {exc}") from exc
+    return head
+
+
+def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
+    """The tower a checkpoint names (or ``model``, refused unless it is the same), preparing images as it says."""
+    saved_tower = config["tower"]
+    preprocess = Preprocess.from_dict(config["preprocess"])
+    tower = load_tower(model or saved_tower["model"], saved_tower.get("revision") if model is None else None,
+                       preprocess.mode)
+    if not _same_tower(saved_tower, tower.identity):
+        raise CheckpointRefused(
+            f"{path}: head was trained on tower {saved_tower.get('model')!r} "
+            f"({saved_tower.get('revision') or saved_tower.get('weights_sha256', '')[:12]}), "
+            f"but {tower.identity.get('model')!r} was loaded; features would not match"
+        )
+    # The checkpoint says how its training images were prepared: use exactly that.
+    tower.backbone = replace(tower.backbone, preprocess=preprocess)
+    return tower
+
+
+class DeepfakeClassifier(nn.Module):
+    """Frozen tower + trainable head; ``forward`` maps pixel tensors to the head's logits (two, or one).
+
+    ``tower`` is ``None`` for a head loaded alone (``from_pretrained(..., tower=False)``): it scores
+    tower features (:meth:`probability_from_features`), not images.
+    """
+
+    def __init__(self, tower: ImageTower | None, head: nn.Module | None = None, config: dict | None = None):
         super().__init__()
+        if tower is None and head is None:
+            raise ValueError("a classifier without a tower needs its head")
         self.tower = tower
         self.head = head if head is not None else build_head(tower.feature_dim)
         self.config = config or {}
@@ -110,6 +153,8 @@ class DeepfakeClassifier(nn.Module):
 
     @property
     def preprocess(self) -> Preprocess:
+        if self.tower is None:
+            return Preprocess.from_dict(self.config["preprocess"])
         return self.tower.preprocess
 
     @property
@@ -117,12 +162,48 @@ class DeepfakeClassifier(nn.Module):
         """The blocks whose CLS tokens the head reads (empty: the final embedding only)."""
         return tuple(getattr(self.head, "blocks", ()))
 
+    @property
+    def tap(self) -> str:
+        """Which per-block tokens the head reads: ``block`` (outputs) or ``ln2`` (ln_2 outputs, the rine head)."""
+        return head_tap(self.head)
+
+    def _tower(self) -> ImageTower:
+        if self.tower is None:
+            raise ValueError("this classifier was loaded without its tower (tower=False): score tower features "
+                             "with probability_from_features, or load it with its tower to score images")
+        return self.tower
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # One tower pass, with the per-block tokens only when the head reads them.
         with torch.no_grad():
-            out = self.tower(pixel_values, layers=bool(self.blocks))
-            batch = tower_batch(out, self.blocks).to(next(self.head.parameters()).device)
+            out = self._tower()(pixel_values, layers=layers_request(self.tap, self.blocks))
+            batch = tower_batch(out, self.blocks, self.tap).to(next(self.head.parameters()).device)
         return self.head(batch)
+
+    def probability_from_features(self, features: torch.Tensor | np.ndarray | FeatureBatch) -> np.ndarray:
+        """P(fake) per row of tower features, as the head scores them (eval mode, float32).
+
+        ``features``: [N, D] final embeddings for a head on the embedding (mlp, linear), or
+        [N, blocks, hidden] per-block tokens, in the head's block order and tap, for a head that
+        reads blocks (layers: block outputs; rine: ln_2 outputs); or a ``FeatureBatch``.
+        """
+        batch = features if isinstance(features, FeatureBatch) else FeatureBatch(*self._feature_rows(features))
+        return batch_probabilities(self.head, batch)
+
+    def _feature_rows(self, features) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(embeds, layers) of a plain feature array, checked against what the head reads."""
+        x = torch.as_tensor(features).float()
+        if not self.blocks:
+            width = self.config.get("head", {}).get("in_dim")
+            if x.dim() != 2 or (width is not None and x.shape[1] != int(width)):
+                raise ValueError(f"the {self.head.kind} head reads [N, {width or 'D'}] final embeddings, "
+                                 f"got {list(x.shape)}")
+            return x, None
+        shape = (len(self.blocks), int(getattr(self.head, "hidden_size", x.shape[-1])))
+        if x.dim() != 3 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"the {self.head.kind} head reads [N, {shape[0]}, {shape[1]}] per-block tokens "
+                             f"({self.tap} tap of blocks {list(self.blocks)}), got {list(x.shape)}")
+        return x.new_zeros(len(x), 0), x
 
     @classmethod
     def from_pretrained(
@@ -132,6 +213,7 @@ class DeepfakeClassifier(nn.Module):
         device: str | torch.device | None = None,
         precision: str | None = None,
         revision: str | None = None,
+        tower: bool = True,
     ) -> DeepfakeClassifier:
         """Load a head and the tower it names (or ``model``, if it is the same tower).
 
@@ -140,7 +222,8 @@ class DeepfakeClassifier(nn.Module):
         with ``huggingface_hub`` into its cache (``HF_HUB_OFFLINE=1`` honoured). Nothing is
         unpickled, and a head trained on another tower is refused. ``precision`` defaults to
         the one the head's training features were computed in, so scores match the
-        validation numbers; ``auto`` picks the device's fastest.
+        validation numbers; ``auto`` picks the device's fastest. ``tower=False`` loads the head
+        alone (no tower weights are read): it scores features with :meth:`probability_from_features`.
         """
         source = checkpoint
         if isinstance(checkpoint, str) and is_repo_id(checkpoint):
@@ -151,37 +234,25 @@ class DeepfakeClassifier(nn.Module):
             config = {**config, "calibration": calibration}
         if "tower" not in config or "preprocess" not in config:
             raise CheckpointRefused(f"{path}: config names no tower or preprocessing")
-        saved_tower = config["tower"]
         device = choose_device(str(device) if device else None)
-        preprocess = Preprocess.from_dict(config["preprocess"])
-        tower = load_tower(model or saved_tower["model"], saved_tower.get("revision") if model is None else None,
-                           preprocess.mode)
-        if not _same_tower(saved_tower, tower.identity):
-            raise CheckpointRefused(
-                f"{path}: head was trained on tower {saved_tower.get('model')!r} "
-                f"({saved_tower.get('revision') or saved_tower.get('weights_sha256', '')[:12]}), "
-                f"but {tower.identity.get('model')!r} was loaded; features would not match"
-            )
-        # The checkpoint says how its training images were prepared: use exactly that.
-        tower.backbone = replace(tower.backbone, preprocess=preprocess)
-        try:
-            head = head_from_config(config["head"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointRefused(f"{path}: head config {config['head']!r} cannot be built: {exc}") from exc
-        problem = head.check_tower(tower)
+        head = _head_of(config, path)
+        if not tower:
+            head = _load_weights(head, state, path)
+            clf = cls(None, head.to(device), {**config, "checkpoint": str(path), "precision": "fp32"})
+            return clf.eval()
+        loaded = _matching_tower(config, path, model)
+        # The tower first: a head made for another tower is refused naming the tower, not a weight shape.
+        problem = head.check_tower(loaded)
         if problem:
             raise CheckpointRefused(f"{path}: {problem}")
-        try:
-            head.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointRefused(f"{path}: head weights do not fit the head in its config: {exc}") from exc
+        head = _load_weights(head, state, path)
         if precision is None:
             precision = config.get("features", {}).get("precision", "auto")
             if precision == "fp16" and device.type == "cpu":
                 precision = "auto"
         precision = resolve_precision(precision, device)
-        tower = prepare_tower(tower, precision, device)
-        clf = cls(tower, head.to(device), {**config, "checkpoint": str(path), "precision": precision})
+        loaded = prepare_tower(loaded, precision, device)
+        clf = cls(loaded, head.to(device), {**config, "checkpoint": str(path), "precision": precision})
         clf.eval()
         return clf
 
@@ -219,6 +290,7 @@ class DeepfakeClassifier(nn.Module):
 
         ``threshold``: ``val``, ``calibrated``, a number, or ``None`` for :meth:`decision_threshold`'s default.
         """
+        self._tower()  # a head loaded without its tower scores features, not images
         single = isinstance(inputs, (str, os.PathLike, Image.Image))
         results = score(self, [inputs] if single else list(inputs), batch_size=batch_size, num_workers=num_workers,
                         tiles=tiles, threshold=self.decision_threshold(threshold), max_pixels=max_pixels)

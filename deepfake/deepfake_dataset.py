@@ -185,6 +185,7 @@ class DeepfakeDataset(Dataset):
         images: list[Image.Image | None] | None = None,
         align: Alignment | None = None,
         decode: str = "exact",
+        exif_transpose: bool = True,
     ):
         self.samples = samples
         self.align = align if align is not None and align.enabled else None
@@ -198,6 +199,7 @@ class DeepfakeDataset(Dataset):
         if decode not in DECODE_MODES:
             raise ValueError(f"unknown decode mode {decode!r}; choose one of {DECODE_MODES}")
         self.decode = decode
+        self.exif_transpose = exif_transpose  # False: pixels as stored, as the published test scripts read them
 
     @property
     def reduce_to(self) -> int | None:
@@ -214,11 +216,12 @@ class DeepfakeDataset(Dataset):
         sample = self.samples[index]
         given = self.images[index] if self.images is not None else None
         if given is not None:
-            image = to_rgb(ImageOps.exif_transpose(given))
+            image = to_rgb(ImageOps.exif_transpose(given) if self.exif_transpose else given)
             if self.reduce_to:
                 image = reduce_to_short_side(image, self.reduce_to)
         else:
-            image = load_image(sample.path, self.max_pixels, self.reduce_to)
+            as_stored = {} if self.exif_transpose else {"exif_transpose": False}
+            image = load_image(sample.path, self.max_pixels, self.reduce_to, **as_stored)
         if self.align is not None:
             image = self.align(image)
         if self.perturb is not None:

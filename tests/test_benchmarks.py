@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -26,12 +28,17 @@ CNN_CATS = {"progan": PROGAN_CATS, "stylegan": ["bedroom", "car", "cat"], "style
 CNN_FLAT = ["biggan", "gaugan", "stargan", "deepfake", "crn", "imle", "seeingdark", "san", "whichfaceisreal"]
 UFD_DIFFUSION = {"guided": "imagenet", "ldm_200": "laion", "ldm_200_cfg": "laion", "ldm_100": "laion",
                  "glide_100_27": "laion", "glide_50_27": "laion", "glide_100_10": "laion", "dalle": "laion"}
+# GenImage's README draws the generators' folders directly (ADM/val/ai), under these names.
+GENIMAGE_README = {"ADM": "ADM", "BigGAN": "BigGAN", "glide": "GLIDE", "Midjourney": "Midjourney",
+                   "stable_diffusion_v_1_4": "Stable Diffusion V1.4", "stable_diffusion_v_1_5": "Stable Diffusion V1.5",
+                   "VQDM": "VQDM", "wukong": "Wukong"}
 GENIMAGE = {"ADM": "imagenet_ai_0508_adm", "BigGAN": "imagenet_ai_0419_biggan", "glide": "imagenet_glide",
             "Midjourney": "imagenet_midjourney", "stable_diffusion_v_1_4": "imagenet_ai_0419_sdv4",
             "stable_diffusion_v_1_5": "imagenet_ai_0424_sdv5", "VQDM": "imagenet_ai_0419_vqdm",
             "wukong": "imagenet_ai_0424_wukong"}
 AIGC = ["progan", "stylegan", "biggan", "cyclegan", "stargan", "gaugan", "stylegan2", "whichfaceisreal", "ADM", "Glide",
-        "Midjourney", "stable_diffusion_v_1_4", "stable_diffusion_v_1_5", "VQDM", "wukong", "DALLE2"]
+        "Midjourney", "stable_diffusion_v_1_4", "stable_diffusion_v_1_5", "VQDM", "wukong", "DALLE2", "sd_xl"]
+AIGC_DOMAIN = {"sd_xl": "sdxl"}  # the folder sd_xl/ (SDXL, added to the test set on 2024-03-08) is domain sdxl
 SYNTHBUSTER = ["dalle2", "dalle3", "firefly", "glide", "midjourney-v5", "stable-diffusion-1-3", "stable-diffusion-1-4",
                "stable-diffusion-2", "stable-diffusion-xl"]
 
@@ -60,6 +67,18 @@ def test_presets_are_the_published_benchmarks():
     for name in available_presets():
         bench = load_benchmark(name)
         assert bench.source.startswith("https://") and bench.title and bench.data_root
+    # The repositories as GitHub names them (the WildRF link used to name one that does not exist).
+    assert load_benchmark("wildrf").source == "https://github.com/barcavia/RealTime-DeepfakeDetection-in-the-RealWorld"
+    assert load_benchmark("ufd").source == "https://github.com/WisconsinAIVision/UniversalFakeDetect"
+    assert len(load_benchmark("aigcdetect").domains) == 17
+
+
+def test_the_docs_link_each_preset_to_the_repository_the_preset_names():
+    """Every GitHub repository the benchmark table links is one a preset names as its source (or CNNDetection's)."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "data-and-benchmarks.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", text))
+    sources = {load_benchmark(n).source for n in available_presets()} | {"https://github.com/PeterWang512/CNNDetection"}
+    assert linked and linked <= sources, linked - sources
 
 
 def test_forensynths_miniature(tmp_path):
@@ -120,6 +139,26 @@ def test_ufd_diffusion_folders_without_a_preset_are_refused_listing_unpaired_dom
     assert "--benchmark ufd" in message and "--allow_one_class" in message
 
 
+def test_genimage_readme_layout_is_read_like_the_downloads(tmp_path):
+    """GenImage's README draws Wukong/val/ai, Stable Diffusion V1.4/val/nature, GLIDE/...: all 8 found, val only."""
+    for folder in GENIMAGE_README.values():
+        for split, n in (("train", 3), ("val", 2)):
+            touch(tmp_path / folder / split / "ai", n)
+            touch(tmp_path / folder / split / "nature", n)
+    resolved = resolve_benchmark(load_benchmark("genimage"), tmp_path)
+    assert resolved.missing == [] and sorted(resolved.present) == sorted(GENIMAGE)
+    assert all(c == {"real": 2, "fake": 2} for c in counts(resolved.samples).values())
+    assert all("/val/" in s.path for s in resolved.samples)
+    assert {Path(s.path).parents[2].name for s in resolved.samples if s.generator == "stable_diffusion_v_1_4"} == \
+        {"Stable Diffusion V1.4"}
+    # One generator missing from both layouts is named with its download folder and the other layout counted.
+    shutil.rmtree(tmp_path / "Wukong")
+    resolved = resolve_benchmark(load_benchmark("genimage"), tmp_path)
+    assert [m for m in resolved.missing if m.startswith("wukong")] == [
+        f"wukong: not found ({tmp_path / 'wukong/imagenet_ai_0424_wukong/val/nature'} (or 1 other layout(s)), "
+        f"{tmp_path / 'wukong/imagenet_ai_0424_wukong/val/ai'} (or 1 other layout(s)))"]
+
+
 def test_genimage_miniature_uses_the_val_split_and_its_real_nesting(tmp_path):
     for name, sub in GENIMAGE.items():
         for split, n in (("train", 3), ("val", 2)):
@@ -138,8 +177,13 @@ def test_aigcdetect_chameleon_wildrf_miniatures(tmp_path):
     for name in AIGC:
         cnn_generator(aigc, name)
     resolved = resolve_benchmark(load_benchmark("aigcdetect"), aigc)
-    assert resolved.missing == [] and sorted(resolved.present) == sorted(AIGC)
+    assert resolved.missing == [] and sorted(resolved.present) == sorted(AIGC_DOMAIN.get(n, n) for n in AIGC)
     assert counts(resolved.samples)["stylegan"] == {"real": 3, "fake": 3}
+    assert counts(resolved.samples)["sdxl"] == {"real": 1, "fake": 1}
+    # A copy from before SDXL was added: the 16 others evaluated, sdxl listed as missing.
+    shutil.rmtree(aigc / "sd_xl")
+    resolved = resolve_benchmark(load_benchmark("aigcdetect"), aigc)
+    assert len(resolved.present) == 16 and len(resolved.missing) == 1 and resolved.missing[0].startswith("sdxl: not found")
 
     chameleon = tmp_path / "Chameleon"
     touch(chameleon / "test" / "0_real", 3)

@@ -64,11 +64,14 @@ def test_compare_heads_trains_every_kind_from_one_tower_pass_per_image(synthetic
         assert classifier.head.kind == kind and 0.0 <= classifier.predict([image])[0].probability <= 1.0
 
 
-def test_compare_heads_refuses_to_overwrite_and_unknown_kinds(synthetic, tmp_path, caplog):
+def test_compare_heads_refuses_to_overwrite_unknown_kinds_and_kinds_reading_another_tap(synthetic, tmp_path, caplog):
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.md").write_text("earlier")
     assert compare_main(_argv(synthetic, out, tmp_path / "cache")) == 2
     assert "pass --overwrite" in caplog.text and (out / "results.md").read_text() == "earlier"
-    assert compare_main(_argv(synthetic, tmp_path / "x", tmp_path / "cache", "--heads", "mlp,rine")) == 2
-    assert "unknown kind(s) rine" in caplog.text
+    assert compare_main(_argv(synthetic, tmp_path / "x", tmp_path / "cache", "--heads", "mlp,nosuchkind")) == 2
+    assert "unknown kind(s) nosuchkind" in caplog.text
+    # The rine head reads the ln_2 tap; the comparison caches block outputs only.
+    assert compare_main(_argv(synthetic, tmp_path / "y", tmp_path / "cache", "--heads", "mlp,rine")) == 2
+    assert "rine read(s) the ln2 tap" in caplog.text

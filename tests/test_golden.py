@@ -30,10 +30,93 @@ INTENDED_TEXT = {
     "help_predict.txt": [("(deepfake.scoring)", "(deepfake.model.scoring)")],
     "help_split.txt": [(":mod:`deepfake.layouts`", ":mod:`deepfake.data.layouts`")],
 }
+# Issue 19: the test command's --protocol flag (and --max_sample's help naming it); the legend no longer calls
+# ufd_acc comparable with UFD's paper (its repository writes only AP and the accuracy at 0.5).
+_PROTOCOL_HELP = ("  --max_sample MAX_SAMPLE\n                        at most N images per generator and class\n",
+                  "  --protocol {ufd,cnndetection,aigcdetect}\n"
+                  "                        evaluate as a published benchmark repository does: its preprocessing (ufd,\n"
+                  "                        cnndetection: center crop 224 without resizing; aigcdetect: short side\n"
+                  "                        256, then crop 224), sampling (ufd: 1000 images per class, 100 when a\n"
+                  "                        class has fewer, equal counts), its uint8 blur, and its headline numbers\n"
+                  "                        (accuracy at 0.5 and AP) printed first (default: none)\n"
+                  "  --max_sample MAX_SAMPLE\n                        at most N images per generator and class (with "
+                  "--protocol ufd: its\n                        max_sample, default 1000)\n")
+_OLD_LEGEND = "ufd_acc: UniversalFakeDetect's validate.py procedure for the same idea, comparable with its paper; "
+_NEW_LEGEND = ("ufd_acc: accuracy at the threshold UniversalFakeDetect's validate.py searches on these labels "
+               "(find_best_threshold), also an oracle number: its repository writes only AP and the accuracy at 0.5 "
+               "(ap.txt, acc0.txt), so compare those (--protocol ufd prints them first); ")
+INTENDED_TEXT["help_test.txt"] = [(
+    "                     [--threshold THRESHOLD] [--max_sample MAX_SAMPLE] [--seed SEED]\n"
+    "                     [--calibrate_real DIR] [--target_fpr TARGET_FPR]\n"
+    "                     [--jpeg_quality JPEG_QUALITY] [--gaussian_sigma GAUSSIAN_SIGMA]\n"
+    "                     [--resize_scale RESIZE_SCALE] [--robustness] [--sweep_jpeg SWEEP_JPEG]\n"
+    "                     [--sweep_sigma SWEEP_SIGMA] [--sweep_resize SWEEP_RESIZE]\n"
+    "                     [--feature_layers FEATURE_LAYERS] [--no_plots] [--device DEVICE]\n"
+    "                     [--precision {auto,fp32,bf16,fp16}] [--batch_size BATCH_SIZE]\n"
+    "                     [--num_workers NUM_WORKERS] [--max_pixels MAX_PIXELS] [--decode {exact,fast}]\n"
+    "                     [--quiet] [-v] [--cache_dir CACHE_DIR] [--no_cache] [--compile]\n",
+    "                     [--threshold THRESHOLD] [--protocol {ufd,cnndetection,aigcdetect}]\n"
+    "                     [--max_sample MAX_SAMPLE] [--seed SEED] [--calibrate_real DIR]\n"
+    "                     [--target_fpr TARGET_FPR] [--jpeg_quality JPEG_QUALITY]\n"
+    "                     [--gaussian_sigma GAUSSIAN_SIGMA] [--resize_scale RESIZE_SCALE]\n"
+    "                     [--robustness] [--sweep_jpeg SWEEP_JPEG] [--sweep_sigma SWEEP_SIGMA]\n"
+    "                     [--sweep_resize SWEEP_RESIZE] [--feature_layers FEATURE_LAYERS] [--no_plots]\n"
+    "                     [--device DEVICE] [--precision {auto,fp32,bf16,fp16}]\n"
+    "                     [--batch_size BATCH_SIZE] [--num_workers NUM_WORKERS]\n"
+    "                     [--max_pixels MAX_PIXELS] [--decode {exact,fast}] [--quiet] [-v]\n"
+    "                     [--cache_dir CACHE_DIR] [--no_cache] [--compile]\n"), _PROTOCOL_HELP]
+INTENDED_TEXT["help_test_ClassifierHead.txt"] = [(
+    "                              [--max_sample MAX_SAMPLE] [--seed SEED] [--calibrate_real DIR]\n"
+    "                              [--target_fpr TARGET_FPR] [--jpeg_quality JPEG_QUALITY]\n"
+    "                              [--gaussian_sigma GAUSSIAN_SIGMA] [--resize_scale RESIZE_SCALE]\n"
+    "                              [--robustness] [--sweep_jpeg SWEEP_JPEG] [--sweep_sigma SWEEP_SIGMA]\n",
+    "                              [--protocol {ufd,cnndetection,aigcdetect}] [--max_sample MAX_SAMPLE]\n"
+    "                              [--seed SEED] [--calibrate_real DIR] [--target_fpr TARGET_FPR]\n"
+    "                              [--jpeg_quality JPEG_QUALITY] [--gaussian_sigma GAUSSIAN_SIGMA]\n"
+    "                              [--resize_scale RESIZE_SCALE] [--robustness]\n"
+    "                              [--sweep_jpeg SWEEP_JPEG] [--sweep_sigma SWEEP_SIGMA]\n"), _PROTOCOL_HELP]
+INTENDED_TEXT["test.txt"] = [(_OLD_LEGEND, _NEW_LEGEND)]
+INTENDED_TEXT["demo.txt"] = [(_OLD_LEGEND, _NEW_LEGEND)]
 # The bias audit counts the images smaller than the tower's input (256 px: the spectral tower's tiles),
 # no longer smaller than a fixed 224.
 INTENDED_JSON = {name: {("audit", "crop"): 256} for name in ("run.json", "results.json", "demo_run.json",
                                                              "demo_results.json")}
+# Issue 19: the rine head (--head rine, --nproj), the ln_2 tap it reads, and `deepfake import`. A run's
+# train_args record the new --nproj flag.
+_RINE_HEAD_HELP = [
+    ("                        layers head reads them; its default: all)\n",
+     "                        layers head reads them; its default: all). With --head rine: the blocks\n"
+     "                        whose ln_2 output it reads (1..N; default all)\n"),
+    ("  --head {layers,linear,mlp}\n"
+     "                        mlp: Linear-ReLU-Dropout-Linear on the final embedding (default); layers:\n"
+     "                        per-block CLS tokens with learned block importance (RINE); linear: linear\n"
+     "                        probe (UFD)\n"
+     "  --proj_dim PROJ_DIM   layers head: shared projection width\n",
+     "  --head {layers,linear,mlp,rine}\n"
+     "                        mlp: Linear-ReLU-Dropout-Linear on the final embedding (default); layers:\n"
+     "                        per-block CLS tokens with learned block importance (RINE-style); linear:\n"
+     "                        linear probe (UFD); rine: RINE's exact head on every block's ln_2 CLS\n"
+     "                        token (CLIP and LanguageBind towers)\n"
+     "  --proj_dim PROJ_DIM   layers and rine heads: projection width\n"
+     "  --nproj NPROJ         rine head: [Linear, ReLU, Dropout] stages in each of its two projections\n"),
+]
+INTENDED_TEXT["help_train.txt"] = [
+    ("                      [--head {layers,linear,mlp}] [--proj_dim PROJ_DIM]\n",
+     "                      [--head {layers,linear,mlp,rine}] [--proj_dim PROJ_DIM] [--nproj NPROJ]\n"),
+    *_RINE_HEAD_HELP]
+INTENDED_TEXT["help_train_ClassifierHead.txt"] = [
+    ("                               [--head {layers,linear,mlp}] [--proj_dim PROJ_DIM]\n"
+     "                               [--importance {block,feature}]\n",
+     "                               [--head {layers,linear,mlp,rine}] [--proj_dim PROJ_DIM]\n"
+     "                               [--nproj NPROJ] [--importance {block,feature}]\n"),
+    *_RINE_HEAD_HELP]
+INTENDED_TEXT["help_deepfake.txt"] = [(
+    "  split    Turn flat real/fake folders into the ForenSynths layout: python -m deepfake split SRC OUT\n",
+    "  split    Turn flat real/fake folders into the ForenSynths layout: python -m deepfake split SRC OUT\n"
+    "  import   Import a published detector's released head as a run: deepfake import ufd|rine FILE --out RUN\n")]
+for _name, _train_args in (("best.json", ("train_args",)), ("demo_best.json", ("train_args",)),
+                           ("run.json", ("config", "train_args")), ("demo_run.json", ("config", "train_args"))):
+    INTENDED_JSON.setdefault(_name, {})[(*_train_args, "nproj")] = 4
 
 
 def _load_make_golden():

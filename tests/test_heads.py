@@ -62,12 +62,12 @@ def test_forward_shape_and_parameter_count_match_the_formula(kind):
 
 
 def test_registry_knows_every_kind_and_old_configs_mean_mlp():
-    assert set(head_kinds()) == {"mlp", "layers", "linear"}
+    assert set(head_kinds()) == {"mlp", "layers", "linear", "rine"}
     old = {"in_dim": 32, "hidden": 256, "dropout": 0.1, "num_classes": 2}  # written before kinds existed
     head = head_from_config(old)
     assert isinstance(head, MLPHead) and set(head.state_dict()) == {"0.weight", "0.bias", "3.weight", "3.bias"}
-    with pytest.raises(ValueError, match="unknown head kind 'rine'; known kinds: layers, linear, mlp"):
-        head_from_config({"kind": "rine"})
+    with pytest.raises(ValueError, match="unknown head kind 'nosuchkind'; known kinds: layers, linear, mlp, rine"):
+        head_from_config({"kind": "nosuchkind"})
 
 
 @pytest.mark.parametrize("importance", ["block", "feature"])

@@ -20,6 +20,7 @@ from deepfake.config import (
 )
 from deepfake.data.benchmarks import available_presets
 from deepfake.data.preprocess import CLI_PREPROCESS_MODES
+from deepfake.data.protocols import PROTOCOL_NAMES
 from deepfake.features.cache import CacheError
 from deepfake.model.heads import head_kinds
 from deepfake.utils.runtime import PRECISIONS, terminate_as_interrupt
@@ -152,12 +153,17 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--feature_layers", default=TRAIN.feature_layers,
                    help="none, all, or block numbers like 8,16,20,24 (0 = embedding output): also cache those "
                         "blocks' CLS tokens, one memory-mapped tensor per block (the layers head reads them; "
-                        "its default: all)")
+                        "its default: all). With --head rine: the blocks whose ln_2 output it reads "
+                        "(1..N; default all)")
     head = p.add_argument_group("head")
     head.add_argument("--head", default=HEAD.kind, choices=head_kinds(),
                       help="mlp: Linear-ReLU-Dropout-Linear on the final embedding (default); layers: per-block "
-                           "CLS tokens with learned block importance (RINE); linear: linear probe (UFD)")
-    head.add_argument("--proj_dim", type=int, default=HEAD.proj_dim, help="layers head: shared projection width")
+                           "CLS tokens with learned block importance (RINE-style); linear: linear probe (UFD); "
+                           "rine: RINE's exact head on every block's ln_2 CLS token (CLIP and LanguageBind towers)")
+    head.add_argument("--proj_dim", type=int, default=HEAD.proj_dim,
+                      help="layers and rine heads: projection width")
+    head.add_argument("--nproj", type=int, default=HEAD.nproj,
+                      help="rine head: [Linear, ReLU, Dropout] stages in each of its two projections")
     head.add_argument("--importance", default=HEAD.importance, choices=("block", "feature"),
                       help="layers head: one weight per block, or per block and feature (RINE's exact estimator)")
     head.add_argument("--contrastive_weight", type=float, default=SCHEDULE.contrastive_weight,
@@ -212,7 +218,13 @@ def test_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=parse_threshold, default=None,
                    help="threshold of the acc columns: val (the checkpoint's validation threshold), calibrated "
                         "(when the checkpoint has one) or a number (default: the checkpoint's, 0.5)")
-    p.add_argument("--max_sample", type=int, default=None, help="at most N images per generator and class")
+    p.add_argument("--protocol", default=EVAL.protocol, choices=PROTOCOL_NAMES,
+                   help="evaluate as a published benchmark repository does: its preprocessing (ufd, cnndetection: "
+                        "center crop 224 without resizing; aigcdetect: short side 256, then crop 224), sampling "
+                        "(ufd: 1000 images per class, 100 when a class has fewer, equal counts), its uint8 blur, and "
+                        "its headline numbers (accuracy at 0.5 and AP) printed first (default: none)")
+    p.add_argument("--max_sample", type=int, default=EVAL.max_sample,
+                   help="at most N images per generator and class (with --protocol ufd: its max_sample, default 1000)")
     p.add_argument("--seed", type=int, default=EVAL.seed, help="seed for --max_sample")
     op = p.add_argument_group("operating point")
     op.add_argument("--calibrate_real", default=None, metavar="DIR",

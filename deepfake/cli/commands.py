@@ -18,6 +18,7 @@ COMMANDS = {
     "push": "deepfake.cli.push",
     "audit": "deepfake.cli.audit",
     "split": "deepfake.cli.split",
+    "import": "deepfake.cli.import_head",
 }
 
 

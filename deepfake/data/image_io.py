@@ -99,9 +99,12 @@ def _check_file(path: str | os.PathLike) -> None:
         raise ImageSkipped(path, "empty file (0 bytes)")
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None
-               ) -> Image.Image:
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None,
+               exif_transpose: bool = True) -> Image.Image:
     """Open ``path`` as an RGB image with EXIF orientation applied (first frame of animations).
+
+    ``exif_transpose=False`` leaves the pixels as stored, as the published test scripts'
+    ``Image.open(path).convert("RGB")`` does (``--protocol``).
 
     ``reduce_to`` (the fast decode path) lets the decoder shrink the image while its short
     side stays >= ``reduce_to``: a JPEG decodes at 1/2, 1/4 or 1/8 scale (DCT draft), any
@@ -127,7 +130,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, re
                 image.load()
                 if reduce_to:
                     image = reduce_to_short_side(image, reduce_to)
-                image = ImageOps.exif_transpose(image)
+                if exif_transpose:
+                    image = ImageOps.exif_transpose(image)
                 return to_rgb(image)
     except ImageSkipped:
         raise

@@ -1,4 +1,10 @@
-"""Pixel-space perturbations (the robustness protocol: blur, JPEG, resize) and CNNDetection's training augmentation."""
+"""Pixel-space perturbations (the robustness protocol: blur, JPEG, resize) and CNNDetection's training augmentation.
+
+Two blurs: :func:`gaussian_blur` filters in float and rounds once (this tool's default, and its
+training augmentation); :func:`gaussian_blur_uint8` is what UniversalFakeDetect's and
+CNNDetection's ``gaussian_blur`` compute (``scipy.ndimage.gaussian_filter`` writing into the
+uint8 image, so each one-dimensional pass is cut down to an integer), used by ``--protocol``.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +63,56 @@ def gaussian_blur(image: Image.Image, sigma: float) -> Image.Image:
     return Image.fromarray(out, mode="RGB")
 
 
+def scipy_gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The weights ``scipy.ndimage.gaussian_filter1d`` uses, computed as scipy computes them (float64).
+
+    Radius ``int(truncate * sigma + 0.5)``; ``exp(-0.5 / sigma**2 * x**2)`` normalised by its sum.
+    The last bits matter: the uint8 blur truncates, so a sum one ulp under an integer drops a level.
+    """
+    sigma = float(sigma)
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
+    return phi / phi.sum()
+
+
+def _correlate_reflect_to_uint8(array: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """One pass of ``scipy.ndimage.correlate1d`` (mode ``reflect``) along ``axis``, stored as uint8.
+
+    The arithmetic follows scipy's C loop for a symmetric kernel: the centre tap first, then
+    ``(left + right) * w`` from the outermost pair inwards, in float64; storing into uint8 is C's
+    cast, which cuts the fraction off. ``reflect`` is numpy's ``symmetric`` padding (``d c b a | a b
+    c d``), repeated when the kernel is wider than the line.
+    """
+    radius = len(weights) // 2
+    x = np.moveaxis(array, axis, 0).astype(np.float64)
+    n = x.shape[0]
+    padded = np.pad(x, [(radius, radius)] + [(0, 0)] * (x.ndim - 1), mode="symmetric")
+    total = padded[radius:radius + n] * weights[radius]
+    for d in range(radius, 0, -1):
+        total = total + (padded[radius - d:radius - d + n] + padded[radius + d:radius + d + n]) * weights[radius - d]
+    return np.moveaxis(total.astype(np.uint8), 0, axis)
+
+
+def gaussian_blur_uint8(image: Image.Image, sigma: float) -> Image.Image:
+    """The blur of UniversalFakeDetect's and CNNDetection's ``gaussian_blur``, bit for bit.
+
+    They call ``scipy.ndimage.gaussian_filter(img[:, :, c], output=img[:, :, c], sigma=sigma)`` on
+    each channel of the uint8 array: a pass along the rows' axis (0), then along the columns' (1),
+    each written into the uint8 array, so each pass is truncated to an integer (truncate 4.0,
+    ``reflect`` edges). Computed here with numpy; equal to scipy's output (tested), scipy not needed.
+    """
+    if not sigma or sigma <= 1e-15:  # scipy skips an axis whose sigma is not above 1e-15
+        return image
+    weights = scipy_gaussian_kernel(sigma)
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    out = _correlate_reflect_to_uint8(_correlate_reflect_to_uint8(array, weights, 0), weights, 1)
+    return Image.fromarray(np.ascontiguousarray(out), mode="RGB")
+
+
+BLUR_MODES = ("float", "uint8")
+
+
 def rescale(image: Image.Image, scale: float) -> Image.Image:
     """Resize by ``scale`` (bilinear), at least 1 pixel a side."""
     if scale == 1.0:
@@ -76,10 +132,18 @@ class Perturbation:
     jpeg_quality: int | None = None
     gaussian_sigma: float | None = None
     resize_scale: float | None = None
+    # "float": blur in float, round once (the default); "uint8": the published repositories' blur
+    # (gaussian_blur_uint8), which --protocol selects.
+    blur: str = "float"
+
+    def __post_init__(self) -> None:
+        if self.blur not in BLUR_MODES:
+            raise ValueError(f"unknown blur {self.blur!r}; choose one of {BLUR_MODES}")
 
     def __call__(self, image: Image.Image) -> Image.Image:
         if self.gaussian_sigma:
-            image = gaussian_blur(image, self.gaussian_sigma)
+            blur = gaussian_blur_uint8 if self.blur == "uint8" else gaussian_blur
+            image = blur(image, self.gaussian_sigma)
         if self.jpeg_quality is not None:
             image = jpeg_compress(image, self.jpeg_quality)
         if self.resize_scale is not None:
@@ -91,7 +155,12 @@ class Perturbation:
         return self.jpeg_quality is None and not self.gaussian_sigma and self.resize_scale in (None, 1.0)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["blur"] == "float" or not self.gaussian_sigma:
+            # Absent for the default (earlier results and cache keys stay as they were) and
+            # where nothing is blurred (the same features either way).
+            del data["blur"]
+        return data
 
     def label(self) -> str:
         parts = []

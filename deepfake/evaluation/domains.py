@@ -5,21 +5,52 @@ from __future__ import annotations
 import numpy as np
 
 from deepfake.data.test_sets import TestSample
-from deepfake.evaluation.metrics import common_mean, domain_metrics
+from deepfake.evaluation.metrics import accuracy_at, average_precision, common_mean, domain_metrics
 
 MEAN_KEYS = ["real_acc", "fake_acc", "acc", "ap", "auc", "tpr_at_fpr1", "tpr_at_fpr5", "best_acc", "ufd_acc",
              "val_threshold_acc", "ece"]
+# The published repositories' headline: real, fake and overall accuracy at 0.5, and AP.
+HEADLINE_KEYS = ["real_acc", "fake_acc", "acc", "ap"]
+HEADLINE_THRESHOLD = 0.5
 
 
-def _mean_row(name: str, rows: list[dict], family: str = "") -> dict:
-    keys = [k for k in MEAN_KEYS if any(r.get(k) is not None for r in rows)]
+def _mean_row(name: str, rows: list[dict], family: str = "", mean_keys: list[str] = MEAN_KEYS) -> dict:
+    keys = [k for k in mean_keys if any(r.get(k) is not None for r in rows)]
     means, covers = common_mean(rows, keys)
     covered = [r for r in rows if r["domain"] in covers]
     label = name if len(covers) == len(rows) else f"{name} ({len(covers)} of {len(rows)})"
     return {"domain": label, "generator": "", "category": "", "family": family, "kind": "mean",
             "n_real": int(sum(r["n_real"] for r in covered)), "n_fake": int(sum(r["n_fake"] for r in covered)),
-            **{k: means.get(k) for k in MEAN_KEYS}, "covers": covers,
+            **{k: means.get(k) for k in mean_keys}, "covers": covers,
             "not_covered": [r["domain"] for r in rows if r["domain"] not in covers]}
+
+
+def _family_means(rows: list[dict], mean_keys: list[str]) -> list[dict]:
+    families = list(dict.fromkeys(r["family"] for r in rows if r["family"]))
+    if len(families) < 2:
+        return []
+    return [_mean_row(f"mean {f}", [r for r in rows if r["family"] == f], f, mean_keys) for f in families]
+
+
+def headline_rows(samples: list[TestSample], probs: np.ndarray, ok: np.ndarray) -> dict:
+    """The numbers the published repositories write, per generator: real, fake and overall accuracy
+    at 0.5 and AP (UFD's acc0.txt and ap.txt; CNNDetection's and AIGCDetectBenchmark's CSV), with
+    family means and the overall mean (mAcc, mAP) as :func:`domain_rows` forms them."""
+    labels = np.array([s.label for s in samples])
+    generators = np.array([s.generator for s in samples])
+    family_of = {s.generator: s.family for s in samples}
+    rows = []
+    for generator in dict.fromkeys(s.generator for s in samples):
+        sel = (generators == generator) & ok
+        y, s = labels[sel], probs[sel]
+        at = accuracy_at(y, s, HEADLINE_THRESHOLD)
+        rows.append({"domain": generator, "generator": generator, "category": "", "family": family_of[generator],
+                     "kind": "domain", "n_real": int(np.sum(y == 0)), "n_fake": int(np.sum(y == 1)),
+                     "real_acc": at["real_acc"], "fake_acc": at["fake_acc"],
+                     "acc": at["acc"] if len(np.unique(y)) == 2 else None, "ap": average_precision(y, s),
+                     "threshold": HEADLINE_THRESHOLD})
+    return {"rows": rows, "mean": _mean_row("mean", rows, mean_keys=HEADLINE_KEYS),
+            "family_means": _family_means(rows, HEADLINE_KEYS)}
 
 
 def domain_rows(samples: list[TestSample], probs: np.ndarray, ok: np.ndarray, threshold: float,
@@ -45,7 +76,4 @@ def domain_rows(samples: list[TestSample], probs: np.ndarray, ok: np.ndarray, th
             rows.append({"domain": f"{generator}/{category}", "generator": generator, "category": category,
                          "family": family_of[generator], "kind": "category",
                          **domain_metrics(labels[sel], probs[sel], threshold, val_threshold)})
-    families = list(dict.fromkeys(r["family"] for r in generator_rows if r["family"]))
-    family_means = [_mean_row(f"mean {family}", [r for r in generator_rows if r["family"] == family], family)
-                    for family in families] if len(families) > 1 else []
-    return rows, _mean_row("mean", generator_rows), family_means
+    return rows, _mean_row("mean", generator_rows), _family_means(generator_rows, MEAN_KEYS)

@@ -98,13 +98,17 @@ def best_threshold(labels, scores) -> tuple[float | None, float | None]:
 
 
 def ufd_threshold(labels, scores) -> float | None:
-    """The threshold UniversalFakeDetect's ``validate.py`` picks, reproduced to compare with its paper.
+    """The threshold UniversalFakeDetect's ``validate.py`` finds (``find_best_threshold``), reproduced.
+
+    validate.py computes it on the test labels themselves, so it is an oracle threshold; its
+    repository writes only AP and the accuracy at 0.5 (``ap.txt``, ``acc0.txt``), not the
+    accuracy at this threshold, so no published number is made with it.
 
     Its ``find_best_threshold`` puts reals first, assumes the first half of the scores are
     reals, returns the midpoint when that half lies entirely below the other, and otherwise
     tries every score as a threshold with ``score >= t`` meaning fake, keeping the last of
-    the best. Accuracy is then reported with ``score > t``, so the number it prints is not
-    always the maximum (:func:`best_threshold` gives the exact maximiser).
+    the best. Accuracy is then computed with ``score > t``, so it is not always the maximum
+    (:func:`best_threshold` gives the exact maximiser).
     """
     y, s = _arrays(labels, scores)
     if len(np.unique(y)) < 2:

@@ -38,9 +38,13 @@ COLUMNS = [  # key, header, kind
     ("ece", "ECE", "thr"),
 ]
 CSV_FIELDS = ["level", "domain", "generator", "category", "family", "kind", "threshold"] + [c[0] for c in COLUMNS]
+HEADLINE_COLUMNS = [("n_real", "n_real", "int"), ("n_fake", "n_fake", "int"), ("real_acc", "real_acc", "pct"),
+                    ("fake_acc", "fake_acc", "pct"), ("acc", "acc", "pct"), ("ap", "AP", "pct")]
 LEGEND = ("max_acc: accuracy at the threshold that maximises it on these very labels (the exact maximiser, an upper "
-          "bound that no deployed detector reaches); ufd_acc: UniversalFakeDetect's validate.py procedure for the same "
-          "idea, comparable with its paper; TPR@k%: fakes caught at the threshold letting k% of the reals through.")
+          "bound that no deployed detector reaches); ufd_acc: accuracy at the threshold UniversalFakeDetect's "
+          "validate.py searches on these labels (find_best_threshold), also an oracle number: its repository writes "
+          "only AP and the accuracy at 0.5 (ap.txt, acc0.txt), so compare those (--protocol ufd prints them first); "
+          "TPR@k%: fakes caught at the threshold letting k% of the reals through.")
 
 
 def default_output_dir(checkpoint: str, dataset_dir: str) -> Path:
@@ -93,18 +97,18 @@ def coverage_notes(level: dict) -> list[str]:
     return notes
 
 
-def format_table(level: dict, markdown: bool = False) -> str:
+def format_table(level: dict, markdown: bool = False, columns: list[tuple[str, str, str]] = COLUMNS) -> str:
     """One aligned table: a row per domain (categories indented), family means, the mean row last."""
-    header = ["domain"] + [c[1] for c in COLUMNS]
+    header = ["domain"] + [c[1] for c in columns]
     body, means = [], []
     for row in ordered_rows(level):
         name = row["domain"]
         if row.get("category") and not markdown:
             name = "  " + row["category"]
-        body.append([name] + [_fmt(row.get(key), kind) for key, _, kind in COLUMNS])
+        body.append([name] + [_fmt(row.get(key), kind) for key, _, kind in columns])
         means.append(row.get("kind") == "mean")
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(COLUMNS)) + "|"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in body]
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
@@ -145,6 +149,29 @@ def _csv_text(rows: list[dict], fields: list[str]) -> str:
     return buffer.getvalue()
 
 
+def headline_title(protocol: dict) -> str:
+    """The line above the headline table: which repository's numbers, at which threshold."""
+    return f"published headline, --protocol {protocol['name']} ({protocol['headline']}; threshold 0.5):"
+
+
+def _print_level(level: dict, protocol: dict | None) -> str:
+    """Print one level's tables (the published headline first under --protocol); its results.md part."""
+    print(f"\n== {level['label']} ==")
+    md = f"### {level['label']}\n\n"
+    headline = level.get("headline")
+    if headline is not None and protocol is not None:
+        print(headline_title(protocol))
+        print(format_table(headline, columns=HEADLINE_COLUMNS))
+        print("\nevery column (acc columns at the evaluation's threshold):")
+        md += f"{headline_title(protocol)}\n\n{format_table(headline, True, HEADLINE_COLUMNS)}\n\nEvery column:\n\n"
+    print(format_table(level))
+    notes = coverage_notes(level)
+    for note in notes:
+        print(note)
+    md_notes = "".join(f"\n- {n}" for n in notes)
+    return md + f"{format_table(level, markdown=True)}\n{md_notes}\n"
+
+
 def write_outputs(results: dict, samples: list, out: Path, output: str | None = None, plots: bool = True) -> None:
     """Print the tables and write every result file (each atomically)."""
     levels = results["levels"]
@@ -152,13 +179,7 @@ def write_outputs(results: dict, samples: list, out: Path, output: str | None = 
                 f"preprocessing `{results['preprocess']['mode']}`, threshold {results['threshold']}\n"]
     csv_rows, score_rows = [], []
     for level in levels:
-        print(f"\n== {level['label']} ==")
-        print(format_table(level))
-        notes = coverage_notes(level)
-        for note in notes:
-            print(note)
-        md_notes = "".join(f"\n- {n}" for n in notes)
-        md_parts.append(f"### {level['label']}\n\n{format_table(level, markdown=True)}\n{md_notes}\n")
+        md_parts.append(_print_level(level, results.get("protocol")))
         for row in ordered_rows(level):
             csv_rows.append({"level": level["label"], "threshold": results["threshold"],
                              **{k: ("" if v is None else v) for k, v in row.items() if not isinstance(v, list)}})

@@ -24,10 +24,20 @@ from deepfake.data.benchmarks import load_benchmark, resolve_benchmark
 from deepfake.data.image_io import walk_images
 from deepfake.data.layouts import LayoutError, parse_label_dirs
 from deepfake.data.perturbations import Perturbation
+from deepfake.data.preprocess import Preprocess
+from deepfake.data.protocols import (
+    Protocol,
+    ProtocolImage,
+    equal_class_sample,
+    get_protocol,
+    protocol_perturbation,
+    protocol_preprocess,
+    protocol_resize,
+)
 from deepfake.data.test_sets import TestSample, check_pairing, discover_test_set, filter_samples, subsample, summarize
 from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.evaluation.domains import domain_rows
+from deepfake.evaluation.domains import domain_rows, headline_rows
 from deepfake.evaluation.metrics import threshold_for_fpr
 from deepfake.evaluation.reports import default_output_dir, prepare_output_dir, write_outputs
 from deepfake.features.extraction import (
@@ -87,16 +97,40 @@ def gather_test_set(config: EvalConfig) -> tuple[list[TestSample], dict]:
     return samples, {"benchmark": bench.to_dict(), "present": resolved.present, "missing": resolved.missing}
 
 
+def select_samples(samples: list[TestSample], config: EvalConfig,
+                   protocol: Protocol | None) -> tuple[list[TestSample], dict, dict]:
+    """The images evaluated: UFD's equal-class sampling under ``--protocol ufd``, else ``--max_sample``'s.
+
+    Returns the samples, the counts per domain and class, and what the results record about it.
+    """
+    if protocol is None or protocol.max_sample is None:
+        kept, counts = subsample(samples, config.max_sample, config.seed)
+        return kept, counts, {"max_sample": config.max_sample}
+    max_sample = config.max_sample if config.max_sample is not None else protocol.max_sample
+    kept, counts, notes = equal_class_sample(samples, max_sample, protocol.fallback, config.seed)
+    if notes and is_main_process():
+        print(f"--protocol {protocol.name} sampling (max_sample {max_sample}, fallback {protocol.fallback}):")
+        for note in notes:
+            print(f"  {note}")
+    return kept, counts, {"max_sample": max_sample, "sampling_notes": notes}
+
+
 def calibrate(classifier: DeepfakeClassifier, real_dir: str, target_fpr: float, settings: ExtractionSettings,
-              cache_root: Path | None, max_pixels: int, align: Alignment) -> dict | None:
-    """The threshold that calls ``target_fpr`` of the known-real images in ``real_dir`` fake (``None`` off rank 0)."""
+              cache_root: Path | None, max_pixels: int, align: Alignment, protocol: Protocol | None = None
+              ) -> dict | None:
+    """The threshold that calls ``target_fpr`` of the known-real images in ``real_dir`` fake (``None`` off rank 0).
+
+    Under ``protocol`` the images are prepared as the test images are (its crop, its resize).
+    """
     files = walk_images(real_dir)
     if not files:
         raise LayoutError(f"{real_dir}: no images to calibrate on (--calibrate_real)")
     samples = [Sample(p, 0, "calibration") for p in files]
     tower = classifier.tower
-    dataset = DeepfakeDataset(samples, tower.preprocess, max_pixels=max_pixels, align=align)
-    extra = {"align": align.to_dict()} if align.enabled else {}
+    preprocess = _protocol_preprocess(classifier, protocol, warn=False)
+    image_step, extra = _image_step(protocol, preprocess, align, Perturbation())
+    dataset = DeepfakeDataset(samples, preprocess, perturb=image_step, max_pixels=max_pixels, align=align,
+                              exif_transpose=protocol is None)
     table = extract_features(tower, dataset, settings, feature_cache(cache_root, tower, settings, extra),
                              desc="calibration features")
     if table is None:
@@ -141,6 +175,8 @@ class _Setting:
     decode: str
     threshold: float | None
     val_threshold: float | None
+    preprocess: Preprocess  # the tower's, or the protocol's
+    protocol: Protocol | None = None
 
 
 def evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None = None) -> dict:
@@ -157,7 +193,8 @@ def evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None = None) -
 def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict:
     align = parse_align(list(config.data.align) if config.data.align else None)
     samples, found = gather_test_set(config)
-    samples, counts = subsample(samples, config.max_sample, config.seed)
+    protocol = get_protocol(config.protocol) if config.protocol else None
+    samples, counts, sampling = select_samples(samples, config, protocol)
     out_dir = prepare_output_dir(config.checkpoint, config.data.dataset_dir, config.output_dir, config.output,
                                  config.overwrite)
     # Join torchrun's process group first: which rank is the main one decides who prints and audits.
@@ -172,7 +209,8 @@ def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict
         audit = audit_samples([(s.path, s.generator, s.label) for s in samples], crop=classifier.preprocess.size,
                               max_per_group=config.data.audit_max, seed=config.seed, cache_root=config.cache.root())
         print(format_audit(audit, brief=True))
-    setting, calibration, (threshold_source, threshold_calibration) = _prepare(config, classifier, samples, align)
+    setting, calibration, (threshold_source, threshold_calibration) = _prepare(config, classifier, samples, align,
+                                                                               protocol)
     levels = [level for perturb in sweep_levels(config.perturb) if (level := _score_level(setting, perturb))]
     if not is_main_process():
         return {}
@@ -180,7 +218,7 @@ def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict
     results = {
         "checkpoint": classifier.config.get("checkpoint"),
         "tower": tower.identity,
-        "preprocess": tower.preprocess.to_dict(),
+        "preprocess": setting.preprocess.to_dict(),
         "precision": classifier.config["precision"],
         "head": classifier.config.get("head"),
         "block_importance": classifier.config.get("block_importance"),
@@ -192,7 +230,8 @@ def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict
         "calibration": threshold_calibration,
         "align": align.to_dict(),
         "perturbation_order": Perturbation.ORDER,
-        "max_sample": config.max_sample,
+        **({"protocol": protocol.to_dict()} if protocol else {}),
+        **sampling,
         "seed": config.seed,
         "sample_counts": counts,
         "audit": audit,
@@ -205,8 +244,25 @@ def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict
     return results
 
 
+def _protocol_preprocess(classifier: DeepfakeClassifier, protocol: Protocol | None, warn: bool = True) -> Preprocess:
+    """The preprocessing of the test images: the protocol's crop under ``--protocol``, else the tower's."""
+    tower_preprocess = classifier.tower.preprocess
+    if protocol is None:
+        return tower_preprocess
+    preprocess = protocol_preprocess(tower_preprocess, protocol)
+    if not warn:
+        return preprocess
+    if tower_preprocess.mode != "crop":
+        log.warning("--protocol %s crops without resizing; the head's features were made with %s preprocessing, so "
+                    "it sees test images prepared unlike its training images", protocol.name, tower_preprocess.mode)
+    if preprocess.size != protocol.crop:
+        log.warning("--protocol %s crops %dpx; this tower takes %dpx, so the crop is %dpx", protocol.name,
+                    protocol.crop, preprocess.size, preprocess.size)
+    return preprocess
+
+
 def _prepare(config: EvalConfig, classifier: DeepfakeClassifier, samples: list[TestSample],
-             align: Alignment) -> tuple[_Setting, dict | None, tuple]:
+             align: Alignment, protocol: Protocol | None = None) -> tuple[_Setting, dict | None, tuple]:
     """Feature settings, the optional calibration on known reals, and the threshold of the acc columns."""
     trained_align = classifier.config.get("align") or {}
     if (trained_align.get("jpeg_quality"), trained_align.get("size")) != (align.jpeg_quality, align.size):
@@ -216,15 +272,17 @@ def _prepare(config: EvalConfig, classifier: DeepfakeClassifier, samples: list[T
     # The head was trained on features of one decode path; test on the same unless told otherwise.
     tower = classifier.tower
     # The head's blocks, plus any asked for so that several heads share one cache of these images.
-    extra_blocks = parse_feature_layers(config.feature_layers or "none", int(getattr(tower, "num_layers", 0) or 0))
+    # Of the tap the head reads (block outputs, or ln_2 outputs for the rine head).
+    extra_blocks = parse_feature_layers(config.feature_layers or "none", int(getattr(tower, "num_layers", 0) or 0),
+                                        classifier.tap)
     settings = ExtractionSettings.for_run(config.runtime, classifier.config["precision"],
                                           sorted(set(classifier.blocks) | set(extra_blocks)),
-                                          decode=classifier.config.get("features", {}).get("decode"))
+                                          decode=classifier.config.get("features", {}).get("decode"), tap=classifier.tap)
     decode = settings.decode
     calibration = None
     if config.calibrate_real:
         calibration = calibrate(classifier, config.calibrate_real, config.target_fpr, settings, config.cache.root(),
-                                config.runtime.max_pixels, align)
+                                config.runtime.max_pixels, align, protocol)
     if calibration is not None:
         print(f"calibrated threshold {calibration['threshold']:.6g}: FPR {100 * calibration['achieved_fpr']:.2f}% "
               f"on {calibration['n_images']} known-real images (target {100 * config.target_fpr:g}%)")
@@ -234,7 +292,7 @@ def _prepare(config: EvalConfig, classifier: DeepfakeClassifier, samples: list[T
     if is_main_process() or not config.calibrate_real:
         threshold, *source = resolve_threshold_source(config.threshold, classifier, calibration)
     setting = _Setting(config, classifier, samples, align, settings, decode, threshold,
-                       classifier.config.get("val_threshold"))
+                       classifier.config.get("val_threshold"), _protocol_preprocess(classifier, protocol), protocol)
     return setting, calibration, tuple(source)
 
 
@@ -251,11 +309,10 @@ def _score_level(setting: _Setting, perturb: Perturbation) -> dict | None:
     take = np.array([row_of[s.path] for s in samples], dtype=np.int64)
     labels_of = {s.path: s.label for s in samples}
     as_samples = [Sample(p, labels_of[p], "test") for p in unique]
-    dataset = DeepfakeDataset(as_samples, tower.preprocess, perturb=None if perturb.is_identity else perturb,
-                              max_pixels=setting.config.runtime.max_pixels, align=align, decode=setting.decode)
-    extra = {} if perturb.is_identity else {"perturbation": {**perturb.to_dict(), "order": Perturbation.ORDER}}
-    if align.enabled:
-        extra["align"] = align.to_dict()
+    image_step, extra = _image_step(setting.protocol, setting.preprocess, align, perturb)
+    dataset = DeepfakeDataset(as_samples, setting.preprocess, perturb=image_step,
+                              max_pixels=setting.config.runtime.max_pixels, align=align, decode=setting.decode,
+                              exif_transpose=setting.protocol is None)
     cache = feature_cache(setting.config.cache.root(), tower, setting.settings, extra)
     table = extract_features(tower, dataset, setting.settings, cache, desc=f"test features ({perturb.label()})")
     if table is None:
@@ -263,8 +320,31 @@ def _score_level(setting: _Setting, perturb: Perturbation) -> dict | None:
     probs, ok = table_probabilities(setting.classifier.head, table)[take], table.ok.numpy()[take]
     rows, mean, family_means = domain_rows(samples, probs, ok, setting.threshold, setting.val_threshold)
     skipped = report_skipped(f"test set ({perturb.label()})", as_samples, table.skipped)
+    headline = {"headline": headline_rows(samples, probs, ok)} if setting.protocol else {}
+    perturb = protocol_perturbation(perturb) if setting.protocol else perturb
     return {
-        "perturbation": perturb.to_dict(), "label": perturb.label(), "rows": rows, "mean": mean,
+        "perturbation": perturb.to_dict(), "label": perturb.label(), **headline, "rows": rows, "mean": mean,
         "family_means": family_means, "skipped": skipped,
         "seconds": time.perf_counter() - start, "probabilities": probs,
     }
+
+
+def _image_step(protocol: Protocol | None, preprocess: Preprocess, align: Alignment,
+                perturb: Perturbation) -> tuple[Perturbation | ProtocolImage | None, dict]:
+    """What is done to each decoded image before the preprocessing, and the cache key's record of it.
+
+    Under ``--protocol``: the published uint8 blur, and AIGCDetectBenchmark's resize before the
+    crop; the images are read as stored (no EXIF rotation, as ``Image.open(path).convert("RGB")``);
+    the protocol's preprocessing is part of the key, so its features never mix with others.
+    """
+    if protocol is not None:
+        perturb = protocol_perturbation(perturb)
+    extra = {} if perturb.is_identity else {"perturbation": {**perturb.to_dict(), "order": Perturbation.ORDER}}
+    if align.enabled:
+        extra["align"] = align.to_dict()
+    if protocol is None:
+        return (None if perturb.is_identity else perturb), extra
+    step = ProtocolImage(perturb, protocol_resize(protocol, preprocess.size))
+    extra["protocol"] = {"name": protocol.name, "preprocess": preprocess.to_dict(), "resize_short": step.resize_short,
+                         "exif_transpose": False}
+    return (None if step.is_identity else step), extra

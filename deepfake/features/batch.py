@@ -1,5 +1,8 @@
 """What a head reads: one batch of tower features, the final embedding and chosen blocks' CLS tokens.
 
+The blocks' tokens are of one tap (deepfake.towers.base): block outputs, or ln_2 outputs for the
+RINE head. Each helper checks that the features hold the tap the head reads.
+
 Every path that scores images (training, validation, evaluation, predict, tiles) builds a
 :class:`FeatureBatch` with the helpers here, so a head sees its features the same way in each.
 """
@@ -12,6 +15,7 @@ from typing import Protocol
 import torch
 
 from deepfake.features.cache import STORE_DTYPE
+from deepfake.towers.base import BLOCK_TAP, tap_rows
 
 
 @dataclass
@@ -34,6 +38,7 @@ class FeatureBatch:
 class _Table(Protocol):
     embeds: torch.Tensor
     layer_ids: list[int]
+    tap: str
 
     def layer_rows(self, idx: torch.Tensor) -> torch.Tensor: ...
 
@@ -47,18 +52,26 @@ def block_columns(available: list[int], wanted: tuple[int, ...] | list[int]) -> 
     return [list(available).index(b) for b in wanted]
 
 
-def table_batch(table: _Table, idx: torch.Tensor, blocks: tuple[int, ...] | list[int] = ()) -> FeatureBatch:
-    """Rows ``idx`` of a feature table, with the CLS tokens of ``blocks`` (none: embeddings only)."""
+def check_tap(have: str, wanted: str) -> None:
+    """Refuse per-block tokens of another tap than the head reads."""
+    if have != wanted:
+        raise ValueError(f"the head reads the {wanted} tap of its blocks, but the features hold the {have} tap")
+
+
+def table_batch(table: _Table, idx: torch.Tensor, blocks: tuple[int, ...] | list[int] = (),
+                tap: str = BLOCK_TAP) -> FeatureBatch:
+    """Rows ``idx`` of a feature table, with the CLS tokens of ``blocks`` of ``tap`` (none: embeddings only)."""
     embeds = table.embeds[idx].float()
     if not blocks:
         return FeatureBatch(embeds)
+    check_tap(getattr(table, "tap", BLOCK_TAP), tap)
     layers = table.layer_rows(idx)
     if list(blocks) != list(table.layer_ids):
         layers = layers[:, block_columns(table.layer_ids, blocks)]
     return FeatureBatch(embeds, layers)
 
 
-def tower_batch(out, blocks: tuple[int, ...] | list[int] = ()) -> FeatureBatch:
+def tower_batch(out, blocks: tuple[int, ...] | list[int] = (), tap: str = BLOCK_TAP) -> FeatureBatch:
     """A batch straight from a tower's output, rounded as the cache stores features.
 
     The rounding makes a head score tower outputs exactly as it scores cached ones.
@@ -68,5 +81,6 @@ def tower_batch(out, blocks: tuple[int, ...] | list[int] = ()) -> FeatureBatch:
         return FeatureBatch(embeds)
     if out.layers is None:
         raise ValueError("the head reads per-block CLS tokens; run the tower with layers=True")
-    layers = out.layers[:, list(blocks)].float().cpu().to(STORE_DTYPE).float()
+    check_tap(getattr(out, "tap", BLOCK_TAP), tap)
+    layers = out.layers[:, tap_rows(tap, blocks)].float().cpu().to(STORE_DTYPE).float()
     return FeatureBatch(embeds, layers)

@@ -7,12 +7,12 @@ a new sub-directory and never reuses stale features.
 
 Each shard is self-describing: its safetensors header lists the images it holds (path,
 size, mtime), the loader limits its skip records were made under, the transformer blocks
-whose CLS tokens it stores, and a checksum per tensor. Tensors are stored one per kind
-(``embeds`` [n, D] and ``layer.<block>`` [n, hidden]), so a reader memory-maps and touches
-only what it uses. Shards are written atomically, so a run killed during extraction
-leaves whole shards behind and the next run extracts only what is missing; a shard that
-does not parse, or whose bytes fail their checksum, is set aside (``.corrupt``) and its
-images are redone. An image whose size or mtime changed is extracted again.
+whose CLS tokens it stores (and their tap), and a checksum per tensor. Tensors are stored one
+per kind (``embeds`` [n, D], ``layer.<block>`` [n, hidden] for block outputs and ``ln2.<block>``
+for ln_2 outputs), so a reader memory-maps and touches only what it uses. Shards are written
+atomically, so a run killed during extraction leaves whole shards behind and the next run
+extracts only what is missing; a shard that does not parse, or whose bytes fail their
+checksum, is set aside (``.corrupt``) and its images are redone. An image whose size or mtime changed is extracted again.
 
 Beside every shard, ``<shard>.jsonl`` lists its images (path, size, mtime, label,
 category, split, row, skip reason) for people and scripts: ``cat *.jsonl`` is the
@@ -49,9 +49,15 @@ EMBEDS = "embeds"
 RETRY_ALWAYS = ("permission denied",)
 
 
-def layer_tensor(block: int) -> str:
-    """Name of the tensor holding the CLS token after ``block`` (0: the embedding output)."""
-    return f"layer.{block:03d}"
+# The tensor-name prefix of each per-block tap (deepfake.towers.base): block outputs and ln_2 outputs
+# never share a name, so one is never read for the other.
+TAP_TENSOR_PREFIX = {"block": "layer", "ln2": "ln2"}
+
+
+def layer_tensor(block: int, tap: str = "block") -> str:
+    """Name of the tensor holding ``block``'s CLS token of ``tap``: ``layer.NNN`` after the block (0: the
+    embedding output), ``ln2.NNN`` out of its ln_2 (layer_norm2)."""
+    return f"{TAP_TENSOR_PREFIX[tap]}.{block:03d}"
 
 
 
@@ -233,7 +239,7 @@ class FeatureCache:
         return sorted(self.dir.glob("shard-*.safetensors"))
 
     def _listings(self) -> Iterator[tuple[str, frozenset, str, list]]:
-        """(shard name, blocks it holds, loader limits, entries) per readable shard, oldest first.
+        """(shard name, per-block tensors it holds, loader limits, entries) per readable shard, oldest first.
 
         Shard names carry their creation time, so a reader that lets later entries win keeps the
         newest record of each image. Unreadable shards are set aside (their images are redone).
@@ -241,7 +247,8 @@ class FeatureCache:
         for shard in sorted(self.shard_files(), key=lambda p: (p.name.split("-")[2:3], p.name)):
             try:
                 meta = read_header(shard).metadata
-                layers = frozenset(json.loads(meta.get("layers", "[]")))
+                tap = meta.get("tap", "block")
+                layers = frozenset(layer_tensor(b, tap) for b in json.loads(meta.get("layers", "[]")))
                 entries = json.loads(meta["entries"])
             except FileNotFoundError:
                 continue  # set aside by another process between the listing and the read
@@ -253,11 +260,11 @@ class FeatureCache:
             yield shard.name, layers, meta.get("limits", ""), entries
 
     def resolve(self, paths: Sequence[str], indices: Sequence[int], layers: tuple[int, ...] = (), limits: str = "",
-                retry: bool = True, rows: CacheRows | None = None) -> CacheRows:
+                retry: bool = True, rows: CacheRows | None = None, tap: str = "block") -> CacheRows:
         """Find the valid records of ``paths[i]`` for ``i`` in ``indices`` (into ``rows``, or new ones).
 
         A record is valid when the file's size and mtime are unchanged and it answers this
-        request: a feature row must hold every block in ``layers``; a skip record must have been
+        request: a feature row must hold every block in ``layers`` of ``tap``; a skip record must have been
         made under the same loader ``limits`` and, with ``retry`` (deciding what to extract), not
         be one that is retried every run. Each shard header is read once, and each file stat'ed
         once; the newest record of an image decides.
@@ -274,10 +281,11 @@ class FeatureCache:
         newest = np.zeros((n, 3), dtype=np.int64)  # row, size, mtime of the newest record
         reasons: dict[int, str] = {}
         shard_layers, shard_limits, names = [], [], []
+        wanted = {layer_tensor(b, tap) for b in layers}
         for name, blocks, made_under, entries in self._listings():
             number = len(names)
             names.append(name)
-            shard_layers.append(blocks.issuperset(layers))
+            shard_layers.append(blocks.issuperset(wanted))
             shard_limits.append(made_under)
             for path, size, mtime, row, reason in entries:
                 i = position.get(path)
@@ -362,17 +370,18 @@ class FeatureCache:
         rank: int = 0,
         limits: str = "",
         records: list[dict] | None = None,
+        tap: str = "block",
     ) -> Path:
         """Write one shard: rows for ``paths``, skip records for ``skipped`` (path, reason).
 
-        ``layers`` maps block numbers to [n, hidden] CLS tokens; ``records`` (one dict per
+        ``layers`` maps block numbers to [n, hidden] CLS tokens of ``tap``; ``records`` (one dict per
         path, then per skip) adds label, category and split to the readable manifest.
         """
         tensors: dict[str, torch.Tensor] = {}
         if embeds is not None and len(paths):
             tensors[EMBEDS] = embeds.to(STORE_DTYPE).contiguous()
             for block, value in (layers or {}).items():
-                tensors[layer_tensor(block)] = value.to(STORE_DTYPE).contiguous()
+                tensors[layer_tensor(block, tap)] = value.to(STORE_DTYPE).contiguous()
         entries = []
         for row, path in enumerate(paths):
             size, mtime = file_stamp(path) or (-1, -1)
@@ -387,6 +396,8 @@ class FeatureCache:
             "limits": limits,
             "checksums": json.dumps({k: _checksum(v.view(torch.uint8).numpy()) for k, v in tensors.items()}),
         }
+        if tap != "block" and layers and EMBEDS in tensors:
+            meta["tap"] = tap  # absent: block outputs, as every shard written before taps existed
         name = f"shard-{rank:03d}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         lines = []
         for i, (path, size, mtime, row, reason) in enumerate(entries):

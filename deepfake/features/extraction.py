@@ -9,7 +9,9 @@ whatever each rank saw of the cache and whenever it got there. A barrier then wa
 every rank's shards, and rank 0 alone reads the table; the other ranks get ``None``.
 
 Per-layer CLS tokens (``--feature_layers``) are stored one tensor per block and read on
-demand from memory-mapped shards through :meth:`FeatureTable.layer_rows`.
+demand from memory-mapped shards through :meth:`FeatureTable.layer_rows`. They are the blocks'
+outputs, or (``ExtractionSettings.tap == "ln2"``, the RINE head) their ln_2 outputs: a tap of
+its own in the cache key and in the tensors' names, never mistaken for the other.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from deepfake.features.cache import (
     ShardMaps,
     layer_tensor,
 )
-from deepfake.towers.base import ImageTower
+from deepfake.towers.base import BLOCK_TAP, TAP_FIRST_BLOCK, ImageTower, layers_request, tap_rows
 from deepfake.towers.deferred import DeferredTower
 from deepfake.utils.fileio import display_path
 from deepfake.utils.runtime import DTYPES, barrier, rank_and_world, release_free_heap, terminate_as_interrupt
@@ -47,30 +49,33 @@ from deepfake.utils.text import parse_list
 log = logging.getLogger(__name__)
 
 
-def parse_feature_layers(spec: str, num_layers: int) -> list[int]:
-    """``none`` -> [], ``all`` -> 0..num_layers, ``"8,16,20,24"`` -> those blocks (checked, sorted).
+def parse_feature_layers(spec: str, num_layers: int, tap: str = BLOCK_TAP) -> list[int]:
+    """``none`` -> [], ``all`` -> every block of ``tap``, ``"8,16,20,24"`` -> those blocks (checked, sorted).
 
-    Block 0 is the embedding output, block i the CLS token after transformer block i.
+    Block tap: block 0 is the embedding output, block i the CLS token after transformer block i
+    (``all``: 0..num_layers). ln2 tap: block i is the CLS token out of block i's ln_2 (``all``: 1..num_layers).
     """
+    first = TAP_FIRST_BLOCK[tap]
     text = (spec or "none").strip().lower()
     if text in ("none", ""):
         return []
     if text == "all":
-        return list(range(num_layers + 1))
+        return list(range(first, num_layers + 1))
     try:
         blocks = sorted(set(parse_list(text, int)))
     except ValueError:
         raise ValueError(f"--feature_layers {spec!r}: expected none, all, or block numbers like 8,16,20,24") from None
-    bad = [b for b in blocks if not 0 <= b <= num_layers]
+    bad = [b for b in blocks if not first <= b <= num_layers]
     if bad:
+        what = "0 = embedding output" if tap == BLOCK_TAP else f"the {tap} tap of blocks 1..{num_layers}"
         raise ValueError(f"--feature_layers {spec!r}: block(s) {bad} out of range; this tower has blocks "
-                         f"0..{num_layers} (0 = embedding output)")
+                         f"{first}..{num_layers} ({what})")
     return blocks
 
 
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """How the tower is run: batch size, loader workers, precision, which blocks' CLS tokens to keep."""
+    """How the tower is run: batch size, loader workers, precision, which blocks' CLS tokens to keep, of which tap."""
 
     batch_size: int = 32
     num_workers: int = 0
@@ -79,35 +84,41 @@ class ExtractionSettings:
     shard_size: int = 1024
     progress: bool = True
     decode: str = "exact"
+    tap: str = BLOCK_TAP  # block outputs, or "ln2": each block's ln_2 output (deepfake.towers.base)
 
     def cache_info(self) -> dict:
         # Batch size and workers do not change the features; precision and the decode path do.
         # Per-layer tokens live beside the embeds in the same key, each shard saying which
-        # blocks it holds. The exact decode path is the default and adds nothing to the key.
+        # blocks it holds. The exact decode path is the default and adds nothing to the key;
+        # nor does the block tap (every key made before taps existed holds block outputs).
         info = {"precision": self.precision, "feature_kind": "embeds",
                 "store_dtype": str(STORE_DTYPE).replace("torch.", "")}
         if self.decode != "exact":
             info["decode"] = self.decode
+        if self.layers and self.tap != BLOCK_TAP:
+            info["tap"] = self.tap
         return info
 
     @classmethod
     def for_run(cls, runtime: RuntimeConfig, precision: str, layers=(), decode: str | None = None,
-                batch_size: int | None = None) -> ExtractionSettings:
-        """The settings of a run: its runtime config, the resolved precision, the blocks to keep, and the
-        decode path (``runtime.decode`` first, else ``decode``, else exact)."""
+                batch_size: int | None = None, tap: str = BLOCK_TAP) -> ExtractionSettings:
+        """The settings of a run: its runtime config, the resolved precision, the blocks to keep (of ``tap``), and
+        the decode path (``runtime.decode`` first, else ``decode``, else exact)."""
         return cls(batch_size=batch_size or runtime.batch_size, num_workers=runtime.num_workers, precision=precision,
-                   layers=tuple(layers), progress=not runtime.quiet, decode=runtime.decode or decode or "exact")
+                   layers=tuple(layers), progress=not runtime.quiet, decode=runtime.decode or decode or "exact",
+                   tap=tap)
 
 
 class MappedLayers:
     """Per-layer rows read from memory-mapped shards: nothing is loaded until asked for."""
 
-    def __init__(self, cache: FeatureCache, rows: CacheRows, layer_ids: list[int], hidden: int):
+    def __init__(self, cache: FeatureCache, rows: CacheRows, layer_ids: list[int], hidden: int, tap: str = BLOCK_TAP):
         self.names = rows.names
         self.shard_of = rows.shard  # negative: no feature row (skipped)
         self.row_of = rows.row
         self.layer_ids = layer_ids
         self.hidden = hidden
+        self.tap = tap
         self.maps: ShardMaps = cache.maps()
 
     def rows(self, idx: np.ndarray) -> torch.Tensor:
@@ -121,7 +132,7 @@ class MappedLayers:
             name = self.names[shard]
             for j, block in enumerate(self.layer_ids):
                 try:
-                    out[sel, j] = self.maps.tensor(name, layer_tensor(block))[src]
+                    out[sel, j] = self.maps.tensor(name, layer_tensor(block, self.tap))[src]
                 except CorruptShard as exc:
                     FeatureCache._set_aside(exc.path)
                     raise CacheError(f"{exc}; it was set aside: run the same command again to extract "
@@ -146,7 +157,7 @@ class FeatureTable:
     """Features of ``n`` samples; rows of skipped samples are zero and ``ok`` is False.
 
     ``embeds`` is [n, D] in the store dtype (fp16): call ``.float()`` on the batches you use.
-    Per-layer CLS tokens of the blocks in ``layer_ids`` come from :meth:`layer_rows`.
+    Per-layer CLS tokens of the blocks in ``layer_ids`` (of ``tap``) come from :meth:`layer_rows`.
     """
 
     embeds: torch.Tensor
@@ -154,6 +165,7 @@ class FeatureTable:
     skipped: dict[int, str] = field(default_factory=dict)
     layer_ids: list[int] = field(default_factory=list)
     layer_source: MappedLayers | MemoryLayers | None = field(default=None, repr=False)
+    tap: str = BLOCK_TAP
 
     def layer_rows(self, idx: torch.Tensor) -> torch.Tensor:
         """float32 [len(idx), len(layer_ids), hidden]: the per-layer CLS tokens of rows ``idx``."""
@@ -213,10 +225,13 @@ def iterate_tower(
         if positions:
             # Inference mode only around the tower: it is thread state and must not leak past the yield.
             with torch.inference_mode():
-                out = tower(batch["pixel_values"].to(device, non_blocking=True), layers=bool(blocks))
+                out = tower(batch["pixel_values"].to(device, non_blocking=True),
+                            layers=layers_request(settings.tap, blocks))
                 embeds = out.embeds.float().cpu()
                 if blocks:
-                    picked = out.layers[:, blocks].float().cpu()
+                    if getattr(out, "tap", BLOCK_TAP) != settings.tap:
+                        raise RuntimeError(f"asked the tower for its {settings.tap} tap, got {out.tap}")
+                    picked = out.layers[:, tap_rows(settings.tap, blocks)].float().cpu()
                     layers = {b: picked[:, j] for j, b in enumerate(blocks)}
         bar.update(len(positions) + len(skipped))
         n_scored += len(positions)
@@ -234,6 +249,9 @@ def iterate_tower(
 def _check_layers(tower: ImageTower, settings: ExtractionSettings) -> None:
     if settings.layers and not getattr(tower, "num_layers", 0):
         raise ValueError(f"{tower.backbone.name}: this tower has no transformer blocks; --feature_layers needs one")
+    taps = getattr(tower, "taps", (BLOCK_TAP,))
+    if settings.layers and settings.tap not in taps:
+        raise ValueError(f"{tower.backbone.name}: this tower has no {settings.tap} tap (it has {', '.join(taps)})")
 
 
 def loader_limits(dataset: DeepfakeDataset) -> str:
@@ -322,7 +340,7 @@ def _compute(tower, dataset, settings: ExtractionSettings, indices: Sequence[int
     n = len(dataset)
     blocks = list(settings.layers)
     table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
-                         layer_ids=blocks)
+                         layer_ids=blocks, tap=settings.tap)
     if blocks:
         table.layer_source = MemoryLayers(n, blocks, tower.hidden_size)
     for idx, embeds, layers, skipped in iterate_tower(tower, dataset, indices, settings, desc):
@@ -359,8 +377,9 @@ def _gather(table: FeatureTable, world: int) -> FeatureTable | None:
 class _ShardWriter:
     """Extracted features gathered until a shard is full, then written (and recorded) as one shard."""
 
-    def __init__(self, cache: FeatureCache, samples: list, rank: int, limits, known: CacheRows):
+    def __init__(self, cache: FeatureCache, samples: list, rank: int, limits, known: CacheRows, tap: str = BLOCK_TAP):
         self.cache, self.samples, self.rank, self.limits, self.known = cache, samples, rank, limits, known
+        self.tap = tap
         self.idx: list[int] = []
         self.embeds: list[torch.Tensor] = []
         self.layers: list[dict] = []
@@ -395,6 +414,7 @@ class _ShardWriter:
                 rank=self.rank,
                 limits=self.limits,
                 records=[self._record(i) for i in self.idx] + [self._record(i) for i, _ in self.skipped],
+                tap=self.tap,
             )
             self.known.record(written.name, self.idx, self.skipped)
             self.done += len(self)
@@ -412,13 +432,13 @@ def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: Featur
     """
     limits = loader_limits(dataset)
     paths = [s.path for s in dataset.samples]
-    known = cache.resolve(paths, indices, settings.layers, limits)
+    known = cache.resolve(paths, indices, settings.layers, limits, tap=settings.tap)
     del paths
     missing = known.unknown(indices)
     if not missing:
         return known
     log.info("%s: %d of %d images not cached (rank %d extracts them)", desc, len(missing), len(indices), rank)
-    writer = _ShardWriter(cache, dataset.samples, rank, limits, known)
+    writer = _ShardWriter(cache, dataset.samples, rank, limits, known, settings.tap)
     try:
         with terminate_as_interrupt():
             for batch in iterate_tower(tower, dataset, missing, settings, desc):
@@ -443,7 +463,8 @@ def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCach
     limits = loader_limits(dataset)
     unknown = rows.unknown()
     if unknown:
-        cache.resolve([s.path for s in samples], unknown, settings.layers, limits, retry=False, rows=rows)
+        cache.resolve([s.path for s in samples], unknown, settings.layers, limits, retry=False, rows=rows,
+                      tap=settings.tap)
     late = rows.unknown(unknown)
     if late:
         # Files changed during the run, or a shard was set aside: do them here, alone.
@@ -451,18 +472,19 @@ def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCach
                     desc, len(late), samples[late[0]].path)
         _extract_missing(tower, dataset, settings, cache, late, 0, desc)
         # As when first read: a skip retried on every run (permission denied) is a skip here.
-        cache.resolve([s.path for s in samples], late, settings.layers, limits, retry=False, rows=rows)
+        cache.resolve([s.path for s in samples], late, settings.layers, limits, retry=False, rows=rows,
+                      tap=settings.tap)
         still = rows.unknown(late)
         if still:
             raise CacheError(f"feature cache {cache.dir}: {len(still)} images keep changing while they are "
                              f"extracted (first: {samples[still[0]].path}); run again once they are stable")
     n = len(samples)
     table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
-                         layer_ids=list(settings.layers))
+                         layer_ids=list(settings.layers), tap=settings.tap)
     table.skipped.update(rows.skipped)
     table.ok = cache.fill_embeds(table.embeds, rows)
     if settings.layers:
-        table.layer_source = MappedLayers(cache, rows, list(settings.layers), tower.hidden_size)
+        table.layer_source = MappedLayers(cache, rows, list(settings.layers), tower.hidden_size, settings.tap)
     return table
 
 

@@ -90,6 +90,9 @@ def head_config_for_sharing(config: dict) -> dict:
             if isinstance(value, str) and (_is_path_key(key) or key == "model" and not is_repo_id(value)):
                 train_args[key] = _base_name(value)
         shared["train_args"] = train_args
+    if isinstance(shared.get("published"), dict) and isinstance(shared["published"].get("path"), str):
+        # An imported release keeps the file's name and sha256, not where it lay on this machine.
+        shared["published"] = {**shared["published"], "path": _base_name(shared["published"]["path"])}
     if isinstance(shared.get("calibration"), dict):
         calibration = {k: v for k, v in shared["calibration"].items() if k != "checkpoint"}
         if isinstance(calibration.get("real_dir"), str):
@@ -143,14 +146,33 @@ def _num(value, pct: bool = False) -> str:
 def model_card(config: dict, run_summary: dict | None = None) -> str:
     """A model card (hub README.md) written from the checkpoint config: every number is the run's own."""
     model = config.get("tower", {}).get("model", "unknown")
-    lines = [*_card_front(model), *_card_tower(config), *_card_training(config, run_summary), *_card_metrics(config),
-             *_card_limits(config)]
+    licence = ((config.get("published") or {}).get("licence") or {}).get("name")
+    lines = [*_card_front(model, licence), *_card_source(config), *_card_tower(config), *_card_training(config, run_summary),
+             *_card_metrics(config), *_card_limits(config)]
     return "\n".join(lines)
 
 
-def _card_front(model: str) -> list[str]:
+def _card_source(config: dict) -> list[str]:
+    """Where an imported published head comes from and its licence (nothing for a head trained here)."""
+    source = config.get("published")
+    if not isinstance(source, dict):
+        return []
+    licence = source.get("licence") or {}
+    return [
+        "## Source and licence",
+        "",
+        f"- the released head of {source.get('title')} ({source.get('paper')}), not trained by this project: "
+        f"`{source.get('file')}` of {source.get('repository')}, sha256 `{source.get('sha256')}`",
+        f"- reads {source.get('reads')}",
+        f"- licence: {licence.get('name')}; its text: {licence.get('text')}",
+        "",
+    ]
+
+
+def _card_front(model: str, licence: str | None = None) -> list[str]:
     """The hub metadata, what the head is, and how to use it."""
     base = [f"base_model: {model}"] if is_repo_id(model) and "/" in model else []
+    base += [f"license: {licence.lower()}"] if licence else []
     return [
         "---",
         "library_name: deepfake",

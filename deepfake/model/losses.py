@@ -1,9 +1,16 @@
-"""Training losses beyond cross-entropy: the supervised contrastive term of RINE's recipe."""
+"""Training losses: the classification loss of any head, and the supervised contrastive term of RINE's recipe."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over two logits; binary cross-entropy with logits for a one-logit head (RINE's, UFD's probe)."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype))
+    return F.cross_entropy(logits, target)
 
 
 def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:

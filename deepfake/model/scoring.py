@@ -24,6 +24,8 @@ from deepfake.data.tiling import tile_boxes, tile_views
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.features.batch import FeatureBatch, table_batch, tower_batch
 from deepfake.features.extraction import ExtractionSettings, FeatureTable, extract_features
+from deepfake.model.heads import head_tap
+from deepfake.towers.base import layers_request
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class Scorer(Protocol):
     head: nn.Module
     preprocess: Preprocess
     blocks: tuple[int, ...]
+    tap: str
     config: dict
 
     def decision_threshold(self, spec: str | float | None = None) -> float: ...
@@ -64,6 +67,14 @@ class Prediction:
 FLAT_FIELDS = ("path", "probability", "label", "tile_probability", "skipped")
 
 
+def logits_to_probability(logits: torch.Tensor) -> torch.Tensor:
+    """P(fake) per row of a head's logits, in float32: softmax[:, 1] of two logits, sigmoid of one."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]
+
+
 @torch.no_grad()
 def batch_probabilities(head: nn.Module, batch: FeatureBatch | torch.Tensor, block: int = SCORE_BLOCK) -> np.ndarray:
     """P(fake) for each row of one feature batch, with the head in eval mode.
@@ -86,7 +97,7 @@ def batch_probabilities(head: nn.Module, batch: FeatureBatch | torch.Tensor, blo
             if layers is not None:
                 layers = torch.cat([layers, layers.new_zeros(block - n, *layers.shape[1:])])
         logits = head(FeatureBatch(embeds, layers))
-        out.append(torch.softmax(logits.float(), dim=1)[:n, 1].cpu())
+        out.append(logits_to_probability(logits)[:n].cpu())
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
@@ -99,7 +110,7 @@ def fake_probabilities(head: nn.Module, features, rows: torch.Tensor | None = No
     def take(idx: torch.Tensor) -> FeatureBatch:
         if isinstance(features, torch.Tensor):
             return FeatureBatch(features[idx].float())
-        return table_batch(features, idx, getattr(head, "blocks", ()))
+        return table_batch(features, idx, getattr(head, "blocks", ()), head_tap(head))
 
     n = len(features) if isinstance(features, torch.Tensor) else len(features.embeds)
     rows = torch.arange(n) if rows is None else rows
@@ -148,7 +159,7 @@ def score(
                               decode=decode)
     settings = ExtractionSettings(batch_size=batch_size, num_workers=num_workers,
                                   precision=classifier.config.get("precision", "fp32"), progress=progress,
-                                  layers=classifier.blocks, decode=decode)
+                                  layers=classifier.blocks, decode=decode, tap=classifier.tap)
     table = extract_features(classifier.tower, dataset, settings, None, desc="scoring", collective=collective)
     if table is None:
         return None
@@ -181,7 +192,8 @@ def tile_scores(classifier: Scorer, dataset: DeepfakeDataset, indices: list[int]
             return
         pixels = torch.stack([t for _, _, t in pending]).to(tower.device)
         # Rounded as cached features are, so a tile scores as the head saw its training features.
-        feats = tower_batch(tower(pixels, layers=bool(classifier.blocks)), classifier.blocks)
+        out = tower(pixels, layers=layers_request(classifier.tap, classifier.blocks))
+        feats = tower_batch(out, classifier.blocks, classifier.tap)
         for (i, box, _), p in zip(pending, batch_probabilities(classifier.head, feats)):
             grids.setdefault(i, []).append({**box, "probability": float(p)})
         pending.clear()

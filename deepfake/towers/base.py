@@ -2,11 +2,16 @@
 
 The contract the rest of the package relies on::
 
-    tower(pixel_values, layers=False) -> TowerOutput(embeds [B, D], layers [B, num_layers + 1, hidden] | None)
-    tower.feature_dim, tower.num_layers, tower.hidden_size, tower.preprocess, tower.cache_identity()
+    tower(pixel_values, layers=False) -> TowerOutput(embeds [B, D], layers [B, rows, hidden] | None, tap)
+    tower.feature_dim, tower.num_layers, tower.hidden_size, tower.taps, tower.preprocess, tower.cache_identity()
 
-Row 0 of ``layers`` is the embedding output (before block 1); row i is the token after block i
-(the CLS token, or the mean token for towers without one; the identity says which).
+``layers`` names the per-block tokens wanted: ``False`` none; ``True`` (or ``"block"``) each
+block's output, [B, num_layers + 1, hidden], row 0 the embedding output (before block 1) and row
+i the token after block i (the CLS token, or the mean token for towers without one; the
+identity says which); ``"ln2"`` the output of each block's second layer norm (the normalised
+input of its MLP, RINE's tap), CLS token, [B, num_layers, hidden], row i - 1 for block i. A
+tower lists the taps it has in ``taps``; ``TowerOutput.tap`` says which one ``layers`` holds, and
+:func:`tap_rows` turns block numbers into its rows.
 
 A :class:`TowerShape` is that contract read from a checkpoint's config alone, so a tower can be
 named (and its cached features found) without building it; see :mod:`deepfake.towers.deferred`.
@@ -27,15 +32,46 @@ from deepfake.towers.weights import WeightFiles, WeightsError
 log = logging.getLogger(__name__)
 
 
+# Per-block taps: block output (the residual stream after each block, block 0 = the embedding
+# output) and the output of each block's ln_2 / layer_norm2 (blocks 1..num_layers). Their first block.
+BLOCK_TAP, LN2_TAP = "block", "ln2"
+TAP_FIRST_BLOCK = {BLOCK_TAP: 0, LN2_TAP: 1}
+
+
+def layers_request(tap: str, blocks) -> bool | str:
+    """What to pass as ``layers`` to get ``blocks`` of ``tap``: ``False`` for none, ``True`` for block outputs."""
+    if not blocks:
+        return False
+    return True if tap == BLOCK_TAP else tap
+
+
+def requested_tap(layers: bool | str | None) -> str | None:
+    """The tap a ``layers`` argument asks for (``None``: no per-block tokens)."""
+    if layers is None or layers is False:
+        return None
+    if layers is True:
+        return BLOCK_TAP
+    if layers not in TAP_FIRST_BLOCK:
+        raise ValueError(f"unknown per-block tap {layers!r}; known: {', '.join(TAP_FIRST_BLOCK)}")
+    return layers
+
+
+def tap_rows(tap: str, blocks) -> list[int]:
+    """Rows of a tower's ``layers`` tensor for block numbers ``blocks`` of ``tap``."""
+    first = TAP_FIRST_BLOCK[tap]
+    return [int(b) - first for b in blocks]
+
+
 @dataclass(frozen=True)
 class TowerShape:
-    """What a tower is, from its config alone: the sizes and the names of its feature and block token."""
+    """What a tower is, from its config alone: the sizes, the names of its feature and block token, its taps."""
 
     feature_dim: int
     num_layers: int
     hidden_size: int
     feature: str
     layer_token: str
+    taps: tuple[str, ...] = (BLOCK_TAP,)
 
 
 def tower_identity(identity: dict, feature_dim: int, feature: str, layer_token: str) -> dict:
@@ -63,7 +99,8 @@ class TowerOutput:
     """What a tower gives per image: the head's input and, on request, each block's token."""
 
     embeds: torch.Tensor  # [B, D]
-    layers: torch.Tensor | None = None  # [B, num_layers + 1, hidden]
+    layers: torch.Tensor | None = None  # [B, num_layers + 1, hidden] (block tap) or [B, num_layers, hidden] (ln2)
+    tap: str = BLOCK_TAP  # which per-block tokens ``layers`` holds
 
 
 class ImageTower(nn.Module):
@@ -73,6 +110,7 @@ class ImageTower(nn.Module):
     feature_dim: int
     num_layers: int = 0
     hidden_size: int = 0
+    taps: tuple[str, ...] = (BLOCK_TAP,)
     identity: dict
 
     @property
@@ -139,7 +177,11 @@ class TransformersTower(ImageTower):
             return torch.stack([h.mean(dim=1) for h in hidden_states], dim=1)
         return torch.stack([h[:, 0] for h in hidden_states], dim=1)
 
-    def forward(self, pixel_values: torch.Tensor, layers: bool = False) -> TowerOutput:
+    def forward(self, pixel_values: torch.Tensor, layers: bool | str = False) -> TowerOutput:
+        tap = requested_tap(layers)
+        if tap not in (None, BLOCK_TAP):
+            raise ValueError(f"{self.backbone.name}: this tower has no {tap!r} tap (it has {', '.join(self.taps)})")
+        layers = tap is not None
         out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=layers)
         tokens = self.block_tokens(out.hidden_states) if layers else None
         if tokens is not None and tokens.shape[1] != self.num_layers + 1:

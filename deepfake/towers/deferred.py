@@ -3,7 +3,7 @@
 ``load_tower(..., defer=True)`` returns a :class:`DeferredTower` when the family can say what
 its tower is from the checkpoint's config alone (:class:`~deepfake.towers.base.TowerShape`).
 It has everything a run reads before extraction (``preprocess``, ``identity``,
-``cache_identity()``, ``feature_dim``, ``num_layers``, ``hidden_size``, a target ``device`` and
+``cache_identity()``, ``feature_dim``, ``num_layers``, ``hidden_size``, ``taps``, a target ``device`` and
 ``dtype``), so a run whose features are all cached never imports the modeling code nor reads
 the weights. The first ``forward`` (or ``materialize()``) builds the real tower once, checks
 that it is what the config said, then applies the moves and rewrites asked for meanwhile.
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # What the built tower must agree on with the deferred one; a difference would file features
 # under another tower's cache key.
-CHECKED_FIELDS = ("feature_dim", "num_layers", "hidden_size", "cache_identity")
+CHECKED_FIELDS = ("feature_dim", "num_layers", "hidden_size", "taps", "cache_identity")
 
 
 class DeferredTower(ImageTower):
@@ -37,6 +37,7 @@ class DeferredTower(ImageTower):
         self.feature_dim = int(shape.feature_dim)
         self.num_layers = int(shape.num_layers)
         self.hidden_size = int(shape.hidden_size)
+        self.taps = tuple(shape.taps)
         self._build = build
         self._steps: list[Callable[[ImageTower], ImageTower]] = []
         self._device = torch.device("cpu")
@@ -120,5 +121,5 @@ class DeferredTower(ImageTower):
                 f"tower disagree"
             )
 
-    def forward(self, pixel_values: torch.Tensor, layers: bool = False) -> TowerOutput:
+    def forward(self, pixel_values: torch.Tensor, layers: bool | str = False) -> TowerOutput:
         return self.materialize()(pixel_values, layers=layers)

@@ -29,7 +29,7 @@ from deepfake.features.extraction import (
     prepare_tower,
 )
 from deepfake.model.checkpoint import BEST, save_checkpoint
-from deepfake.model.heads import head_kinds, new_head
+from deepfake.model.heads import head_kinds, kind_tap, new_head
 from deepfake.model.scoring import fake_probabilities
 from deepfake.towers.base import ImageTower
 from deepfake.towers.loading import load_tower
@@ -124,12 +124,21 @@ def compare_heads(config: CompareConfig) -> dict:
 
 
 def _head_kinds(config: CompareConfig) -> list[str]:
-    """The kinds to compare, mlp first and the linear probe last by default; unknown kinds refused."""
-    kinds = split_list(config.heads) or [k for k in DEFAULT_HEADS if k in head_kinds()] + \
-        [k for k in head_kinds() if k not in DEFAULT_HEADS]
+    """The kinds to compare, mlp first and the linear probe last by default; unknown kinds refused.
+
+    The comparison shares one cache of block outputs: kinds that read another tap (rine: ln_2
+    outputs) are left out by default and refused when asked for.
+    """
+    shared = [k for k in head_kinds() if kind_tap(k) in (None, "block")]
+    kinds = split_list(config.heads) or [k for k in DEFAULT_HEADS if k in shared] + \
+        [k for k in shared if k not in DEFAULT_HEADS]
     unknown = [k for k in kinds if k not in head_kinds()]
     if unknown:
         raise ValueError(f"--heads: unknown kind(s) {', '.join(unknown)}; known: {', '.join(head_kinds())}")
+    other_tap = [k for k in kinds if k not in shared]
+    if other_tap:
+        raise ValueError(f"--heads: {', '.join(other_tap)} read(s) the {kind_tap(other_tap[0])} tap, not the block "
+                         f"outputs this comparison caches; train it with deepfake train --head {other_tap[0]}")
     return kinds
 
 

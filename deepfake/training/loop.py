@@ -21,7 +21,7 @@ from deepfake.deepfake_dataset import Sample
 from deepfake.evaluation.metrics import accuracy_at, average_precision, best_threshold, expected_calibration_error
 from deepfake.features.extraction import ExtractionSettings, FeatureTable
 from deepfake.model.heads import block_importance
-from deepfake.model.losses import supervised_contrastive_loss
+from deepfake.model.losses import classification_loss, supervised_contrastive_loss
 from deepfake.model.scoring import fake_probabilities
 from deepfake.towers.base import ImageTower
 from deepfake.training.schedule import FitState, TrainOptions, epochs_without_improvement, make_optimizer
@@ -108,7 +108,7 @@ def fit(
     optimizer = optimizer or make_optimizer(head, opts)
     state = state or FitState()
     if opts.contrastive_weight > 0 and head.kind == "linear":
-        raise ValueError("--contrastive_weight needs a head with a learned representation (mlp or layers), "
+        raise ValueError("--contrastive_weight needs a head with a learned representation (mlp, layers or rine), "
                          "not the linear probe")
     # Progress on stderr and only to a terminal (disable=None); the epoch lines go to stdout.
     bar = tqdm(range(state.epoch + 1, opts.num_epochs + 1), desc="epochs", unit="epoch",
@@ -141,14 +141,13 @@ def fit(
 def _train_epoch(head: nn.Module, source, labels: torch.Tensor, opts: TrainOptions, generator: torch.Generator,
                  device: torch.device, optimizer: torch.optim.Optimizer) -> list[float]:
     """One pass over the training set in a fresh order; the loss of every batch."""
-    loss_fn = nn.CrossEntropyLoss()
     head.train()
     losses = []
     for idx, batch in source.epoch_batches(epoch_index_batches(len(labels), opts.batch_size, generator)):
         target = labels[idx].to(device)
         # The head is tiny: it trains in fp32 (no autocast, so no GradScaler question on fp16 GPUs).
         logits, embedding = head.forward_with_embedding(batch.to(device, non_blocking=True))
-        loss = loss_fn(logits, target)
+        loss = classification_loss(logits, target)
         if opts.contrastive_weight > 0:
             loss = loss + opts.contrastive_weight * supervised_contrastive_loss(
                 embedding, target, opts.contrastive_temperature)

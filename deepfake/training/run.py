@@ -38,7 +38,7 @@ from deepfake.features.extraction import (
     report_skipped,
 )
 from deepfake.model.checkpoint import BEST, save_checkpoint
-from deepfake.model.heads import new_head
+from deepfake.model.heads import kind_tap, new_head
 from deepfake.towers.base import ImageTower
 from deepfake.towers.deferred import DeferredTower
 from deepfake.towers.loading import load_tower
@@ -160,12 +160,14 @@ def _plan(config: TrainConfig) -> _Plan:
     # The audit counts images smaller than what this tower takes in.
     train_samples, val_samples, audit = _read_data(config, crop=tower.preprocess.size)
     blocks = _feature_blocks(config, tower)
-    settings = ExtractionSettings.for_run(config.runtime, precision, blocks, batch_size=config.extract_batch_size)
+    tap = kind_tap(config.head.kind)
+    settings = ExtractionSettings.for_run(config.runtime, precision, blocks, batch_size=config.extract_batch_size,
+                                          tap=tap or "block")
     aug = config.augment
     augment = BlurJpegAugment(aug.blur_prob, aug.blur_sigma, aug.jpeg_prob, tuple(aug.jpeg_quality))
     max_pixels = config.runtime.max_pixels
     plan = _Plan(config, device, out, train_samples, val_samples, audit, tower, settings,
-                 tuple(blocks) if config.head.kind == "layers" else (), align, augment,
+                 tuple(blocks) if tap else (), align, augment,
                  aug.aug_views if augment.enabled else 1,
                  DeepfakeDataset(train_samples, tower.preprocess, augment=augment, seed=config.seed,
                                  max_pixels=max_pixels, align=align, decode=settings.decode),
@@ -177,12 +179,16 @@ def _plan(config: TrainConfig) -> _Plan:
 
 
 def _feature_blocks(config: TrainConfig, tower: ImageTower) -> list[int]:
-    """The blocks whose CLS tokens are cached: ``feature_layers``, or every block for a layers head."""
+    """The blocks whose CLS tokens are cached (of the tap the head reads): ``feature_layers``, or every block
+    for a head that reads blocks (layers: their outputs; rine: their ln_2 outputs)."""
     num_layers = int(getattr(tower, "num_layers", 0) or 0)
-    blocks = parse_feature_layers(config.feature_layers, num_layers)
-    if config.head.kind == "layers" and not blocks:
-        blocks = parse_feature_layers("all", num_layers)
-        log.info("--head layers: reading every block's CLS token (0..%d); --feature_layers chooses fewer", blocks[-1])
+    tap = kind_tap(config.head.kind)
+    blocks = parse_feature_layers(config.feature_layers, num_layers, tap or "block")
+    if tap and not blocks:
+        blocks = parse_feature_layers("all", num_layers, tap)
+        if blocks:
+            log.info("--head %s: reading every block's %s CLS token (%d..%d); --feature_layers chooses fewer",
+                     config.head.kind, tap, blocks[0], blocks[-1])
     return blocks
 
 
@@ -262,9 +268,10 @@ def _fit(plan: _Plan, tables: tuple | None, extract_seconds: float) -> dict:
     opts = TrainOptions.from_config(config.schedule, config.runtime.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
     if tables is None:
-        source, val_table = TowerFeatures(plan.tower, plan.train_set, config.runtime.num_workers, plan.head_blocks), None
+        source, val_table = TowerFeatures(plan.tower, plan.train_set, config.runtime.num_workers, plan.head_blocks,
+                                          plan.settings.tap), None
     else:
-        source, val_table = CachedFeatures(tables[0], generator, plan.head_blocks), tables[1]
+        source, val_table = CachedFeatures(tables[0], generator, plan.head_blocks, plan.settings.tap), tables[1]
     seed_everything(config.seed)
     head = new_head(config.head.kind, plan.tower, plan.head_blocks, **config.head.sizes()).to(plan.device)
     optimizer = make_optimizer(head, opts)

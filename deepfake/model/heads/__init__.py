@@ -5,12 +5,18 @@
     layers  the CLS token of each chosen block -> one shared projection -> a learned softmax
             importance over blocks (RINE's Trainable Importance Estimator) -> weighted sum ->
             the same 256-unit MLP
-    linear  Linear(D, 2) on the final embedding (UniversalFakeDetect's linear probe)
+    linear  Linear(D, 2) on the final embedding (UniversalFakeDetect's linear probe; one logit,
+            ``num_classes=1``, for UFD's released probe)
+    rine    RINE's head exactly (Koutlis & Papadopoulos, ECCV 2024): the CLS token of every
+            block's ln_2 output -> proj1 -> softmax(alpha) over blocks, per feature -> sum ->
+            proj2 -> head -> one logit; loads RINE's released weights key for key
 
 A head's ``config()`` holds its kind and sizes; ``head_from_config`` rebuilds it, so a
 checkpoint (weights + that dict) always loads into the head that wrote it. Every head takes a
 :class:`~deepfake.features.batch.FeatureBatch` (a plain tensor is read as the final embedding)
-and names the blocks it reads in ``blocks``.
+and names the blocks it reads in ``blocks`` and, where it is not the blocks' outputs, their tap
+in ``tap`` (:mod:`deepfake.towers.base`). A head gives two logits (P(fake) = softmax[:, 1]) or
+one (P(fake) = sigmoid).
 
 Each kind is one module of this package whose class registers itself with ``@register_head``;
 the registry imports every module here on first lookup, so adding a kind is one new file.
@@ -26,6 +32,7 @@ import torch
 from torch import nn
 
 from deepfake.features.batch import FeatureBatch
+from deepfake.towers.base import BLOCK_TAP
 
 DEFAULT_KIND = "mlp"
 
@@ -60,6 +67,19 @@ def final_embedding(batch: FeatureBatch | torch.Tensor) -> torch.Tensor:
 
 def head_kinds() -> list[str]:
     return sorted(_load_all())
+
+
+def kind_tap(kind: str) -> str | None:
+    """The tap whose per-block tokens a head kind reads (``None``: it reads the final embedding only)."""
+    head = _load_all().get(kind)
+    if head is None or "blocks" not in getattr(head, "required", ()):
+        return None
+    return getattr(head, "tap", BLOCK_TAP)
+
+
+def head_tap(head: nn.Module) -> str:
+    """The tap of the blocks a head reads (block outputs unless it says otherwise)."""
+    return getattr(head, "tap", BLOCK_TAP)
 
 
 def required_head_fields(cfg: dict) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ HEAD_DROPOUT = 0.1
 RINE_NPROJ = 4
 RINE_DROPOUT = 0.5
 DEFAULT_SEED = 512
+LR_SCHEDULES = ("constant", "cosine", "step")
 
 
 def default_workers() -> int:
@@ -106,13 +107,9 @@ class HeadConfig:
     importance: str = "block"  # layers head: one weight per block, or per block and feature
     nproj: int = RINE_NPROJ  # rine head: [Linear, ReLU, Dropout] stages in each of its two projections
 
-    def sizes(self) -> dict:
-        """The size options of this kind that a run records (none for mlp and linear)."""
-        if self.kind == "layers":
-            return {"proj_dim": self.proj_dim, "importance": self.importance}
-        if self.kind == "rine":
-            return {"proj_dim": self.proj_dim, "nproj": self.nproj}
-        return {}
+    def options(self) -> dict:
+        """Every size option; a head kind takes the ones it declares (``deepfake.model.heads.head_sizes``)."""
+        return {"proj_dim": self.proj_dim, "importance": self.importance, "nproj": self.nproj}
 
 
 @dataclass(frozen=True)
@@ -129,6 +126,18 @@ class ScheduleConfig:
     keep_last: int = 0
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        # Checked here, not after minutes of feature extraction.
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r}: choose from {', '.join(LR_SCHEDULES)}")
+        if isinstance(self.lr_milestones, str):
+            try:
+                object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones.split(",") if m.strip()))
+            except ValueError:
+                raise ValueError(f"lr_milestones {self.lr_milestones!r}: expected epochs like 3,6") from None
+        elif self.lr_milestones is not None:
+            object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
 
 
 @dataclass(frozen=True)
@@ -222,6 +231,7 @@ class CompareConfig:
     patience: int = 0
     contrastive_weight: float = 0.0
     proj_dim: int = HEAD_HIDDEN
+    importance: str = HeadConfig.importance  # layers head: one weight per block, or per block and feature
     seed: int = DEFAULT_SEED
     tower: TowerConfig = field(default_factory=TowerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -234,14 +244,14 @@ def flag_name(f: dataclasses.Field) -> str:
 
 
 def to_flags(config: Any) -> dict:
-    """The flat ``{flag: value}`` record of a config (nested configs flattened)."""
+    """The flat ``{flag: value}`` record of a config (nested configs flattened; paths as strings)."""
     flat: dict = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             flat.update(to_flags(value))
         else:
-            flat[flag_name(f)] = value
+            flat[flag_name(f)] = os.fspath(value) if isinstance(value, os.PathLike) else value
     return flat
 
 

@@ -183,3 +183,11 @@ def test_from_deepfake_import_classifier_loads_no_training_or_cli_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.strip()
     assert out == ""
+
+
+def test_the_public_api_names_every_export_once_and_each_resolves():
+    import deepfake
+
+    assert set(deepfake.__all__) == set(deepfake._EXPORTS) | {"__version__"}
+    for name in deepfake._EXPORTS:
+        assert getattr(deepfake, name).__name__ == name

@@ -238,3 +238,22 @@ def test_in_memory_strip_image_is_skipped_not_resized(trained_run):
     result = clf.predict(Image.new("RGB", (3_000_000, 1)))
     assert result.probability is None and "extreme aspect ratio" in result.skipped
     assert np.isnan(clf.predict_proba(Image.new("RGB", (3_000_000, 1))))
+
+
+def _runnable_cli_modules() -> list[str]:
+    """Every command module run as ``python -m deepfake.cli.NAME`` (those with a ``__main__`` guard)."""
+    folder = PACKAGE / "cli"
+    return sorted(f"deepfake.cli.{p.stem}" for p in folder.glob("*.py")
+                  if 'if __name__ == "__main__":' in p.read_text() and "def build_parser" in p.read_text())
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")
+@pytest.mark.parametrize("module", _runnable_cli_modules())
+def test_every_command_module_run_with_python_dash_m_prints_its_help(module, monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")

@@ -48,7 +48,8 @@ def test_a_parsed_command_line_becomes_the_config_with_the_same_flags():
 def test_train_and_evaluate_run_from_python_configs_like_the_scripts(tmp_path, forensynths, capsys):
     cache = CacheConfig(cache_dir=str(tmp_path / "cache"))
     runtime = RuntimeConfig(batch_size=16, num_workers=0, precision="fp32", quiet=True)
-    config = TrainConfig(data=DataConfig(dataset_dir=str(forensynths)), output_dir=str(tmp_path / "api"),
+    # Paths as pathlib objects: the run records them as the command line would, as strings.
+    config = TrainConfig(data=DataConfig(dataset_dir=forensynths), output_dir=tmp_path / "api",
                          tower=TowerConfig(model=TOWER), runtime=runtime, cache=cache,
                          schedule=ScheduleConfig(num_epochs=6, learning_rate=3e-3))
     summary = train(config)
@@ -61,3 +62,17 @@ def test_train_and_evaluate_run_from_python_configs_like_the_scripts(tmp_path, f
                                   output_dir=str(tmp_path / "eval"), no_plots=True, runtime=runtime, cache=cache))
     assert results["levels"][0]["mean"]["ap"] is not None
     assert (tmp_path / "eval" / "results.json").is_file()
+    assert json.loads((tmp_path / "api" / "best.json").read_text())["train_args"]["dataset_dir"] == str(forensynths)
+
+
+def test_configs_refuse_a_bad_schedule_and_a_run_without_its_folders_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="lr_schedule 'linear'"):
+        ScheduleConfig(lr_schedule="linear")
+    assert ScheduleConfig(lr_schedule="step", lr_milestones="3,6").lr_milestones == (3, 6)
+    with pytest.raises(ValueError, match="lr_milestones"):
+        ScheduleConfig(lr_milestones="three")
+    with pytest.raises(ValueError, match="data.dataset_dir is required"):
+        train(TrainConfig(output_dir=str(tmp_path / "run")))
+    with pytest.raises(ValueError, match="output_dir is required"):
+        train(TrainConfig(data=DataConfig(dataset_dir=str(tmp_path))))
+    assert not (tmp_path / "run").exists()

@@ -152,7 +152,9 @@ def _json_mismatch(expected, actual, where: str = "$") -> str | None:
     if type(expected) is not type(actual):
         return f"{where}: expected {type(expected).__name__} {expected!r}, got {type(actual).__name__} {actual!r}"
     if isinstance(expected, dict):
-        if set(expected) != set(actual):  # a JSON object's key order carries no meaning
+        # A JSON object's key order carries no meaning; it did change on purpose in train_args, which is
+        # now the flattened typed config rather than the parsed command line (same keys, same values).
+        if set(expected) != set(actual):
             return f"{where}: keys differ: expected {sorted(expected)}, got {sorted(actual)}"
         for key in expected:
             found = _json_mismatch(expected[key], actual[key], f"{where}.{key}")

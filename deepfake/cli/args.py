@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from deepfake.config import (
+    LR_SCHEDULES,
     AugmentConfig,
     DataConfig,
     EvalConfig,
@@ -170,7 +171,7 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
                       help="weight of the supervised contrastive term on the head's representation (RINE; 0: off)")
     head.add_argument("--contrastive_temperature", type=float, default=SCHEDULE.contrastive_temperature)
     sched = p.add_argument_group("schedule, early stopping, retention")
-    sched.add_argument("--lr_schedule", default=SCHEDULE.lr_schedule, choices=("constant", "cosine", "step"),
+    sched.add_argument("--lr_schedule", default=SCHEDULE.lr_schedule, choices=LR_SCHEDULES,
                        help="constant (default), cosine to 0 over --num_epochs, or step decay at --lr_milestones")
     sched.add_argument("--lr_milestones", type=_ints, default=SCHEDULE.lr_milestones,
                        help="step: epochs from which the rate is multiplied by --lr_gamma (default: half, 3/4)")

@@ -19,7 +19,7 @@ import argparse
 import logging
 
 from deepfake.cli.args import add_cache_args, add_runtime_args, add_tower_args, setup_logging
-from deepfake.config import CompareConfig, from_flags
+from deepfake.config import LR_SCHEDULES, CompareConfig, from_flags
 from deepfake.training.compare_heads import compare_heads
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_epochs", type=int, default=COMPARE.num_epochs)
     p.add_argument("--learning_rate", type=float, default=COMPARE.learning_rate)
     p.add_argument("--weight_decay", type=float, default=COMPARE.weight_decay)
-    p.add_argument("--lr_schedule", default=COMPARE.lr_schedule, choices=("constant", "cosine", "step"))
+    p.add_argument("--lr_schedule", default=COMPARE.lr_schedule, choices=LR_SCHEDULES)
     p.add_argument("--patience", type=int, default=COMPARE.patience)
     p.add_argument("--contrastive_weight", type=float, default=COMPARE.contrastive_weight,
                    help="for the mlp and layers heads")
     p.add_argument("--proj_dim", type=int, default=COMPARE.proj_dim, help="layers head: shared projection width")
+    p.add_argument("--importance", default=COMPARE.importance, choices=("block", "feature"),
+                   help="layers head: one weight per block, or per block and feature (RINE's exact estimator)")
     p.add_argument("--seed", type=int, default=COMPARE.seed)
     add_tower_args(p)
     add_runtime_args(p)

@@ -11,13 +11,15 @@ import sys
 from pathlib import Path
 
 from deepfake.cli.args import setup_logging
+from deepfake.data import synthetic
 from deepfake.data.synthetic import FAMILIES, PHOTO_SIZES, generate
 from deepfake.utils.text import split_list
 
 log = logging.getLogger(__name__)
 
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deepfake.cli.synthetic", description=synthetic_doc(),
+    p = argparse.ArgumentParser(prog="python -m deepfake.cli.synthetic", description=synthetic.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n_train", type=int, default=60, help="training images per category and label")
@@ -60,9 +62,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def synthetic_doc() -> str:
-    """The data module's docstring: the description this command has always shown."""
-    import deepfake.data.synthetic as synthetic
-
-    return synthetic.__doc__

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from deepfake.config import DataConfig
 from deepfake.utils.stamp_memo import memo_path, memoized
 from deepfake.utils.text import pct
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PER_GROUP = 2000
+DEFAULT_MAX_PER_GROUP = DataConfig.audit_max  # one default: the config's
 CLASS_NAMES = ("real", "fake")
 # The IJG (libjpeg) quality-50 tables in natural order; quality Q scales them (jcparam.c).
 IJG_LUMA = np.array([

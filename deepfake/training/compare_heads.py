@@ -29,7 +29,7 @@ from deepfake.features.extraction import (
     prepare_tower,
 )
 from deepfake.model.checkpoint import BEST, save_checkpoint
-from deepfake.model.heads import head_kinds, kind_tap, new_head
+from deepfake.model.heads import head_kinds, head_sizes, kind_tap, new_head
 from deepfake.model.scoring import fake_probabilities
 from deepfake.towers.base import ImageTower
 from deepfake.towers.loading import load_tower
@@ -163,7 +163,7 @@ def train_and_test(kind: str, shared: _Shared, run_dir: Path) -> dict:
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     head_blocks = tuple(shared.settings.layers) if kind == "layers" else ()
-    sizes = HeadConfig(kind=kind, proj_dim=config.proj_dim).sizes()
+    sizes = head_sizes(kind, HeadConfig(kind=kind, proj_dim=config.proj_dim, importance=config.importance).options())
     head = new_head(kind, shared.tower, head_blocks, **sizes).to(shared.device)
     run_opts = shared.opts if kind != "linear" else replace(shared.opts, contrastive_weight=0.0)
     base = run_config(shared.tower, shared.settings, head, run_opts, shared.train_samples, config.seed)

@@ -38,7 +38,7 @@ from deepfake.features.extraction import (
     report_skipped,
 )
 from deepfake.model.checkpoint import BEST, save_checkpoint
-from deepfake.model.heads import kind_tap, new_head
+from deepfake.model.heads import head_sizes, kind_tap, new_head
 from deepfake.towers.base import ImageTower
 from deepfake.towers.deferred import DeferredTower
 from deepfake.towers.loading import load_tower
@@ -118,6 +118,9 @@ def train(config: TrainConfig) -> dict:
     ``--batch_size`` and ``--num_epochs`` may change: the new values apply from the next
     epoch (and are logged). With no finished epoch it starts the run (from the cache).
     """
+    for name, value in (("data.dataset_dir", config.data.dataset_dir), ("output_dir", config.output_dir)):
+        if not str(value or ""):
+            raise ValueError(f"TrainConfig.{name} is required")
     with removed_if_left_empty(config.output_dir):
         plan = _plan(config)
         start = time.perf_counter()
@@ -198,7 +201,8 @@ def _identity(plan: _Plan) -> dict:
     identity = run_identity(plan.tower, plan.settings, plan.augment, plan.n_views, config.seed, config.cache.no_cache,
                             plan.train_samples, plan.val_samples, str(config.data.dataset_dir))
     # A resumed run must rebuild the same head: its kind, blocks and sizes are part of the run.
-    identity["head"] = {"kind": config.head.kind, "blocks": list(plan.head_blocks), **config.head.sizes()}
+    identity["head"] = {"kind": config.head.kind, "blocks": list(plan.head_blocks),
+                        **head_sizes(config.head.kind, config.head.options())}
     if plan.align.enabled:
         identity["align"] = plan.align.to_dict()  # aligned images are other features: never resume across a change
     if config.schedule.contrastive_weight:
@@ -273,7 +277,8 @@ def _fit(plan: _Plan, tables: tuple | None, extract_seconds: float) -> dict:
     else:
         source, val_table = CachedFeatures(tables[0], generator, plan.head_blocks, plan.settings.tap), tables[1]
     seed_everything(config.seed)
-    head = new_head(config.head.kind, plan.tower, plan.head_blocks, **config.head.sizes()).to(plan.device)
+    sizes = head_sizes(config.head.kind, config.head.options())
+    head = new_head(config.head.kind, plan.tower, plan.head_blocks, **sizes).to(plan.device)
     optimizer = make_optimizer(head, opts)
     state = _resumed_state(plan, head, optimizer, generator, source)
     out.mkdir(parents=True, exist_ok=True)

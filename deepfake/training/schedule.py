@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from deepfake.config import RuntimeConfig, ScheduleConfig
+from deepfake.config import LR_SCHEDULES, RuntimeConfig, ScheduleConfig
 
-LR_SCHEDULES = ("constant", "cosine", "step")
 _SCHEDULE, _RUNTIME = ScheduleConfig(), RuntimeConfig()
 
 
@@ -44,9 +43,12 @@ class TrainOptions:
     @classmethod
     def from_config(cls, schedule: ScheduleConfig, batch_size: int) -> TrainOptions:
         """The options of a run: its schedule config, with milestones resolved, at ``batch_size``."""
-        return cls(schedule.num_epochs, schedule.learning_rate, schedule.weight_decay, batch_size,
-                   schedule.lr_schedule, tuple(schedule.lr_milestones or ()), schedule.lr_gamma, schedule.patience,
-                   schedule.keep_last, schedule.contrastive_weight, schedule.contrastive_temperature)
+        return cls(num_epochs=schedule.num_epochs, learning_rate=schedule.learning_rate,
+                   weight_decay=schedule.weight_decay, batch_size=batch_size, lr_schedule=schedule.lr_schedule,
+                   lr_milestones=tuple(schedule.lr_milestones or ()), lr_gamma=schedule.lr_gamma,
+                   patience=schedule.patience, keep_last=schedule.keep_last,
+                   contrastive_weight=schedule.contrastive_weight,
+                   contrastive_temperature=schedule.contrastive_temperature)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "lr_milestones": list(self.lr_milestones)}

@@ -97,6 +97,12 @@ def head_from_config(cfg: dict) -> nn.Module:
     return HEADS[kind].from_config(cfg)
 
 
+def head_sizes(kind: str, options: dict) -> dict:
+    """The size options ``kind`` declares (``size_options``), taken from ``options``: none for mlp and linear."""
+    cls = _load_all().get(kind)
+    return {name: options[name] for name in getattr(cls, "size_options", ()) if name in options}
+
+
 def new_head(kind: str, tower, blocks: list[int] | tuple[int, ...] = (), **sizes) -> nn.Module:
     """A fresh head of ``kind`` sized from ``tower`` (its feature dim, hidden size) and ``blocks``."""
     if kind not in _load_all():

@@ -23,6 +23,7 @@ class LayersHead(nn.Module):
 
     kind = "layers"
     required = ("hidden_size", "blocks")
+    size_options = ("proj_dim", "importance")  # what a run may set from the command line
 
     def __init__(self, hidden_size: int, blocks: list[int] | tuple[int, ...], proj_dim: int = HEAD_HIDDEN,
                  hidden: int = HEAD_HIDDEN, dropout: float = HEAD_DROPOUT, num_classes: int = 2,

@@ -38,6 +38,7 @@ class RINEHead(nn.Module):
     kind = "rine"
     tap = "ln2"
     required = ("hidden_size", "blocks")
+    size_options = ("proj_dim", "nproj")  # what a run may set from the command line
 
     def __init__(self, hidden_size: int, blocks: list[int] | tuple[int, ...], proj_dim: int = HEAD_HIDDEN,
                  nproj: int = RINE_NPROJ, dropout: float = RINE_DROPOUT):

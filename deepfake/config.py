@@ -26,6 +26,10 @@ DEFAULT_MODEL = "LanguageBind/LanguageBind_Image"
 # bomb is refused before it is decoded. Decoding that many pixels takes ~270 MB as uint8
 # and ~1 GB as the float tensor the exact transform resizes.
 DEFAULT_MAX_PIXELS = 89_478_485
+# What one batch of preprocessed images may hold, in float32 values (planes x pixels): 64 MB.
+# Batches of --batch_size images are made smaller where their tensors are larger (the spectral
+# tower's tiles: 16 images of 4 x 4 tiles of 256 px), so a folder of photos never needs gigabytes.
+DEFAULT_BATCH_PIXELS = 1 << 24
 # The card's head: Linear(D, 256) -> ReLU -> Dropout(0.1) -> Linear(256, 2).
 HEAD_HIDDEN = 256
 HEAD_DROPOUT = 0.1

@@ -1,30 +1,80 @@
-"""The spectral tower's analyses: native pixels, every image size batched, the old crop unchanged."""
+"""The spectral tower's analyses: native pixels, every image size batched, the reference formula kept.
+
+The reference is the tower as first written (``benchmarks/bench_spectrum.py``: the whole image as
+float, tiles stacked, one convolution and one complex FFT over the batch); the project computes
+the same features tile by tile, in chunks, from the real FFT's half plane.
+"""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from deepfake.data.preprocess import pil_to_tensor, preprocess_image
-from deepfake.towers.families.spectrum import highpass_residual, radial_profile, spectral_profile
+import deepfake.towers.families.spectrum as spectrum
+from benchmarks.bench_spectrum import naive_features, naive_pixels, naive_profile
+from deepfake.data.preprocess import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Preprocess,
+    center_crop,
+    crop_to_tensor,
+    normalize,
+    pil_to_tensor,
+    preprocess_image,
+)
+from deepfake.towers.backbones import KNOWN_BACKBONES
+from deepfake.towers.families.spectrum import spectral_profile
 from deepfake.towers.loading import load_tower
+
+SPECTRUM_RECORDS = sorted(name for name, b in KNOWN_BACKBONES.items() if b.family == "spectrum")
+# Sizes around every analysis: smaller than a tile or window on one side or both, square, odd, photo-sized.
+SIZES = ((720, 1280), (300, 460), (200, 150), (256, 256), (513, 700), (1000, 257), (1100, 1100))
 
 
 def _image(h: int, w: int, seed: int = 0) -> Image.Image:
     return Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8))
 
 
-def test_crop256_record_gives_the_earlier_features_exactly():
-    tower = load_tower("spectrum-crop256")
-    pixels = torch.stack([preprocess_image(_image(300, 400, s), tower.preprocess) for s in range(2)])
-    # The earlier computation, written out: gray, residual, 2-D Hann, log power, 128 rings, level removed.
-    residual = highpass_residual(pixels.mean(dim=1, keepdim=True))[:, 0]
-    hann = torch.hann_window(256)
-    power = torch.log1p(torch.fft.fftshift(torch.fft.fft2(residual * (hann[:, None] * hann[None, :])), dim=(-2, -1)).abs() ** 2)
-    profile = radial_profile(power, 128)
-    expected = profile - profile.mean(dim=1, keepdim=True)
-    assert torch.equal(tower(pixels).embeds, expected)
+def _photo(h: int, w: int, seed: int = 0) -> Image.Image:
+    """Smooth colour fields with grain: a photograph's spectrum rather than white noise's."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.normal(128, 50, (h // 16 + 2, w // 16 + 2, 3)).clip(0, 255).astype(np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.int16)
+    return Image.fromarray((field + rng.integers(-4, 5, field.shape)).clip(0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("record", SPECTRUM_RECORDS)
+def test_every_spectrum_record_gives_the_reference_formulas_features(record):
+    tower = load_tower(record)
+    spec = tower.preprocess
+    for make in (_image, _photo):
+        images = [make(h, w, seed) for seed, (h, w) in enumerate(SIZES)]
+        project = tower(torch.stack([preprocess_image(im, spec) for im in images])).embeds
+        reference = naive_features(torch.stack([naive_pixels(im, spec) for im in images]), spec, tower.feature_dim)
+        # Float rounding only (the cache stores fp16, 1e-3 at these magnitudes): same features, same cache key.
+        assert project.shape == reference.shape == (len(images), tower.feature_dim)
+        assert torch.allclose(project, reference, rtol=0, atol=2e-4), (project - reference).abs().max()
+
+
+@pytest.mark.parametrize("side", [16, 31, 256, 300])
+def test_the_half_plane_profile_is_the_full_planes(side):
+    gray = torch.rand(3, side, side) * 2 - 1
+    assert torch.allclose(spectral_profile(gray, 128), naive_profile(gray, 128), rtol=0, atol=2e-4)
+    wide = torch.rand(2, side, side + 7)  # not square: no window, odd width, rings of the short side
+    assert torch.allclose(spectral_profile(wide, 64), naive_profile(wide, 64), rtol=0, atol=2e-4)
+
+
+def test_features_do_not_depend_on_how_many_tiles_go_through_the_fft_at_once(monkeypatch):
+    tower = load_tower("spectrum")
+    tiles = torch.stack([preprocess_image(_photo(400, 600, s), tower.preprocess) for s in range(3)])
+    whole = tower(tiles).embeds
+    monkeypatch.setattr(spectrum, "CHUNK_PIXELS", 256 * 256)  # one tile at a time
+    one_by_one = tower(tiles).embeds
+    assert torch.allclose(whole, one_by_one, rtol=0, atol=1e-5)
 
 
 def test_tiles_cover_the_whole_image_and_average_their_spectra():
@@ -42,12 +92,55 @@ def test_tiles_cover_the_whole_image_and_average_their_spectra():
     assert tower.cache_identity()["preprocess"]["grid"] == 4 and "4x4 tiles" in tower.cache_identity()["analysis"]
 
 
+def test_tiles_and_windows_are_exactly_the_first_preprocessings_gray_pixels():
+    # CLIP's normalisation, so the zero padding of a small image shows as -mean/std, as before.
+    for spec in (Preprocess(mode="tiles", size=256, grid=3, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
+                 Preprocess(mode="window", size=300, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)):
+        for h, w in SIZES:
+            image = _image(h, w)
+            new, old = preprocess_image(image, spec), naive_pixels(image, spec)
+            if spec.mode == "window":  # [gray, mark] against [R, G, B, mark]
+                old = torch.stack([old[:3].mean(dim=0), old[3]])
+            assert torch.equal(new, old), (spec.mode, h, w)
+
+
+def test_crops_are_converted_after_cropping_with_the_same_values():
+    for h, w in SIZES:
+        image = _image(h, w)
+        for size in (224, 256, 512):
+            assert torch.equal(crop_to_tensor(image, size), center_crop(pil_to_tensor(image), size))
+
+
+def test_photos_become_float_strip_by_strip_with_the_same_values(monkeypatch):
+    import deepfake.data.preprocess as preprocess
+
+    image = _image(301, 97)
+    whole = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div_(255.0)
+    monkeypatch.setattr(preprocess, "_STRIP_PIXELS", 97 * 10)  # 31 strips, the last one short
+    assert torch.equal(pil_to_tensor(image), whole)
+    assert torch.equal(pil_to_tensor(image.convert("L")), pil_to_tensor(image.convert("L").convert("RGB")))
+
+
+@pytest.mark.parametrize("record", ["spectrum", "spectrum-window512", "spectrum-crop256"])
+def test_a_large_photo_is_never_copied_whole_to_analyse_its_tiles_or_window(record):
+    spec = load_tower(record).preprocess
+    image = _image(3000, 4000)  # 12 MP: 36 MB as uint8, 144 MB as float
+    tracemalloc.start()
+    try:
+        preprocess_image(image, spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # numpy's buffers are traced: the first path copied the whole photo (36 MB) before cutting it.
+    assert peak < 8 * 2**20, peak
+
+
 def test_window_takes_the_largest_centred_square_and_batches_mixed_sizes():
     tower = load_tower("spectrum-window512")
     large, small = _image(700, 900, 1), _image(300, 460, 2)
     batch = torch.stack([preprocess_image(im, tower.preprocess) for im in (large, small)])
-    assert batch.shape == (2, 4, 512, 512)
-    assert batch[1, 3].sum().item() == 300 * 300  # the small image's own 300 px square, marked
+    assert batch.shape == (2, 2, 512, 512)  # gray plane and the plane marking the image's own square
+    assert batch[1, 1].sum().item() == 300 * 300
     out = tower(batch).embeds
     for row, (image, side) in enumerate(((large, 512), (small, 300))):
         x = pil_to_tensor(image).mean(dim=0)
@@ -56,8 +149,12 @@ def test_window_takes_the_largest_centred_square_and_batches_mixed_sizes():
         assert torch.allclose(out[row], expected, atol=1e-5)
 
 
-def test_spectrum_records_refuse_a_resizing_preprocess():
-    import pytest
+def test_crop_mode_is_normalised_like_the_resizing_modes():
+    spec = Preprocess(mode="crop", size=224)
+    image = _image(300, 200)
+    assert torch.equal(preprocess_image(image, spec), normalize(center_crop(pil_to_tensor(image), 224), spec.mean, spec.std))
 
+
+def test_spectrum_records_refuse_a_resizing_preprocess():
     with pytest.raises(ValueError, match="native pixels"):
         load_tower("spectrum", preprocess_mode="resize")

@@ -27,8 +27,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # - "squash": resize to `size` x `size` without keeping the aspect ratio: SigLIP's and DINOv3's.
 # - "crop": center crop `size` without resizing, zero padding smaller images: the
 #   UniversalFakeDetect test protocol, which keeps the generator's pixel grid intact.
-# - "window": native pixels, the largest centred square up to `size`, never resized; a fourth
-#   channel marks which pixels are the image.
+# - "window": native pixels, the largest centred square up to `size`, never resized, as a gray
+#   plane and a second plane that marks which pixels are the image.
 # - "tiles": native pixels, `grid` x `grid` tiles of `size` spread evenly over the whole image
 #   (overlapping on small images), as gray planes [grid * grid, size, size]: the spectral
 #   baseline at photo sizes.
@@ -76,10 +76,39 @@ class Preprocess:
         )
 
 
+# Rows converted to float at a time: the full-resolution uint8 -> float copy is made strip by
+# strip, so a 50 MP photo costs its float tensor and one strip, not three full-size copies.
+_STRIP_PIXELS = 1 << 20
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 tensor [3, H, W] in [0, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    w, h = image.size
+    out = torch.empty(3, h, w)
+    rows = max(1, _STRIP_PIXELS // max(w, 1))
+    for top in range(0, h, rows):
+        strip = np.array(image.crop((0, top, w, min(top + rows, h))), dtype=np.uint8)
+        out[:, top : top + len(strip)] = torch.from_numpy(strip).permute(2, 0, 1)
+    return out.div_(255.0)
+
+
+def _crop_span(n: int, size: int) -> tuple[int, int, int]:
+    """(start, length, padding before) of a centre crop of ``size`` along an axis of ``n`` pixels (see center_crop)."""
+    if n < size:
+        return 0, n, (size - n) // 2
+    return int(round((n - size) / 2.0)), size, 0
+
+
+def crop_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """``center_crop(pil_to_tensor(image), size)``, converting only the cropped pixels to float."""
+    top, h, pad_top = _crop_span(image.height, size)
+    left, w, pad_left = _crop_span(image.width, size)
+    x = pil_to_tensor(image.crop((left, top, left + w, top + h)))
+    if (h, w) == (size, size):
+        return x
+    return F.pad(x, (pad_left, size - w - pad_left, pad_top, size - h - pad_top), value=0.0)
 
 
 def short_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
@@ -122,33 +151,75 @@ def resize_square(x: torch.Tensor, size: int, interpolation: str = "bicubic") ->
     return out[0]
 
 
-def native_window(x: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """The largest centred square of [3, H, W] up to ``size``, unresized and normalised, as [4, size, size].
+def gray_region(image: Image.Image, box: tuple[int, int, int, int], mean: tuple[float, ...],
+                std: tuple[float, ...]) -> np.ndarray:
+    """The channel mean of the normalised pixels of ``box`` (left, top, right, bottom), float32 [h, w].
+
+    The same arithmetic as ``normalize(pil_to_tensor(crop)).mean(dim=0)`` in float32, done in
+    numpy one colour plane at a time: a tile is too small to be worth handing to torch's thread
+    pool, whose hand-offs cost more than the work on a busy machine.
+    """
+    total = None
+    for c, band in enumerate(image.crop(box).split()):
+        plane = np.asarray(band, dtype=np.float32)
+        plane /= np.float32(255.0)
+        plane -= np.float32(mean[c])
+        plane /= np.float32(std[c])
+        total = plane if total is None else np.add(total, plane, out=total)
+    total /= np.float32(len(mean))
+    return total
+
+
+def native_window(image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """The largest centred square of the image up to ``size``, unresized, normalised and gray, as [2, size, size].
 
     Images smaller than ``size`` give a smaller square; it sits in the top-left corner and the
-    fourth channel is 1 on its pixels and 0 elsewhere, so every image of a batch has one shape
-    while the tower still analyses exactly the image's own pixels.
+    second plane is 1 on its pixels and 0 elsewhere, so every image of a batch has one shape
+    while the tower still analyses exactly the image's own pixels. Gray (the channel mean after
+    normalising) because the spectral analysis needs no colour; only the square is converted to float.
     """
-    side = min(size, *x.shape[-2:])
-    out = x.new_zeros(4, size, size)
-    out[:3, :side, :side] = normalize(center_crop(x, side).contiguous(), mean, std)
-    out[3, :side, :side] = 1.0
+    side = min(size, image.height, image.width)
+    top, left = _crop_span(image.height, side)[0], _crop_span(image.width, side)[0]
+    out = torch.zeros(2, size, size)
+    out[0, :side, :side] = torch.from_numpy(gray_region(image, (left, top, left + side, top + side), mean, std))
+    out[1, :side, :side] = 1.0
     return out
 
 
-def tile_grid(x: torch.Tensor, size: int, grid: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """``grid`` x ``grid`` unresized tiles of ``size`` spread evenly over [3, H, W], as gray [grid * grid, size, size].
+def tile_origins(h: int, w: int, size: int, grid: int) -> list[tuple[int, int]]:
+    """(top, left) of ``grid`` x ``grid`` tiles of ``size`` spread evenly over an ``h`` x ``w`` image, row by row."""
+    tops = np.linspace(0, max(h - size, 0), grid).round().astype(int)
+    lefts = np.linspace(0, max(w - size, 0), grid).round().astype(int)
+    return [(int(top), int(left)) for top in tops for left in lefts]
+
+
+def tile_grid(image: Image.Image, size: int, grid: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``grid`` x ``grid`` unresized tiles of ``size`` spread evenly over the image, as gray [grid * grid, size, size].
 
     Tiles overlap on images smaller than ``grid * size`` and leave even gaps on larger ones, so
     every image gives the same shape and the tiles always span the whole frame; an image smaller
-    than one tile is zero-padded as ``crop`` does. Gray (the channel mean after normalising)
-    because the spectral analysis needs no colour and a photo's tiles stay small in memory.
+    than one tile is zero-padded as ``crop`` does (before normalising). Gray (the channel mean
+    after normalising) because the spectral analysis needs no colour. Each tile is cut from the
+    decoded image and converted on its own: a 50 MP photo never becomes a float tensor, only its tiles do.
     """
-    h, w = x.shape[-2:]
-    tops = np.linspace(0, max(h - size, 0), grid).round().astype(int)
-    lefts = np.linspace(0, max(w - size, 0), grid).round().astype(int)
-    tiles = [center_crop(x[:, top : top + size, left : left + size], size) for top in tops for left in lefts]
-    return normalize(torch.stack(tiles).contiguous(), mean, std).mean(dim=1)
+    h, w = image.height, image.width
+    th, tw = min(size, h), min(size, w)
+    (pad_top, pad_left) = (size - th) // 2, (size - tw) // 2
+    out = torch.empty(grid * grid, size, size)
+    if (th, tw) != (size, size):
+        # Zero pixels after normalising, as center_crop pads before normalize: the mean of -mean/std.
+        out.fill_(float(np.mean(-np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32))))
+    planes = out.numpy()
+    for k, (top, left) in enumerate(tile_origins(h, w, size, grid)):
+        planes[k, pad_top : pad_top + th, pad_left : pad_left + tw] = gray_region(
+            image, (left, top, left + tw, top + th), mean, std)
+    return out
+
+
+def preprocessed_shape(spec: Preprocess) -> tuple[int, int, int]:
+    """The shape of the tensor :func:`preprocess_image` gives for every image under ``spec``."""
+    planes = {"window": 2, "tiles": (spec.grid or 1) ** 2}.get(spec.mode, 3)
+    return planes, spec.size, spec.size
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -161,13 +232,16 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
 def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
     """RGB PIL image -> normalised tensor [3, size, size] for a tower.
 
-    ``window`` gives [4, size, size] and ``tiles`` [grid * grid, size, size] (see their functions).
+    ``window`` gives [2, size, size] and ``tiles`` [grid * grid, size, size] (see their
+    functions). The modes that keep native pixels convert only the pixels they keep to float.
     """
-    x = pil_to_tensor(image)
     if spec.mode == "window":
-        return native_window(x, spec.size, spec.mean, spec.std)
+        return native_window(image, spec.size, spec.mean, spec.std)
     if spec.mode == "tiles":
-        return tile_grid(x, spec.size, spec.grid, spec.mean, spec.std)
+        return tile_grid(image, spec.size, spec.grid, spec.mean, spec.std)
+    if spec.mode == "crop":
+        return normalize(crop_to_tensor(image, spec.size), spec.mean, spec.std)
+    x = pil_to_tensor(image)
     if spec.mode == "resize":
         x = resize_short_side(x, spec.resize_size or spec.size, spec.interpolation)
     elif spec.mode == "squash":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from deepfake.config import RuntimeConfig
+from deepfake.config import DEFAULT_BATCH_PIXELS, RuntimeConfig
+from deepfake.data.preprocess import preprocessed_shape
 from deepfake.deepfake_dataset import DeepfakeDataset, collate
 from deepfake.features.cache import (
     STORE_DTYPE,
@@ -75,7 +77,8 @@ def parse_feature_layers(spec: str, num_layers: int, tap: str = BLOCK_TAP) -> li
 
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """How the tower is run: batch size, loader workers, precision, which blocks' CLS tokens to keep, of which tap."""
+    """How the tower is run: batch size (at most ``batch_pixels`` values of pixels, see :func:`images_per_batch`),
+    loader workers, precision, which blocks' CLS tokens to keep, of which tap."""
 
     batch_size: int = 32
     num_workers: int = 0
@@ -85,6 +88,7 @@ class ExtractionSettings:
     progress: bool = True
     decode: str = "exact"
     tap: str = BLOCK_TAP  # block outputs, or "ln2": each block's ln_2 output (deepfake.towers.base)
+    batch_pixels: int = DEFAULT_BATCH_PIXELS
 
     def cache_info(self) -> dict:
         # Batch size and workers do not change the features; precision and the decode path do.
@@ -192,6 +196,15 @@ def prepare_tower(tower: ImageTower, precision: str, device: torch.device, compi
     return tower.fuse_for_inference()
 
 
+def images_per_batch(batch_size: int, shape: tuple[int, ...], budget: int = DEFAULT_BATCH_PIXELS) -> int:
+    """``batch_size``, or fewer images where a batch of ``shape`` tensors would hold more than ``budget`` values.
+
+    Every image of a preprocessing has one tensor shape, so the bound is known before any image
+    is read: a batch of 4 x 4 tiles of 256 px holds 16 images, one of 224 px crops ``batch_size``.
+    """
+    return max(1, min(batch_size, budget // max(1, math.prod(shape))))
+
+
 def iterate_tower(
     tower: ImageTower,
     dataset: DeepfakeDataset,
@@ -202,9 +215,12 @@ def iterate_tower(
     """Yield (sample indices, embeds, {block: CLS tokens} or None, [(index, reason)] skipped) per batch."""
     subset = torch.utils.data.Subset(dataset, indices)
     device = tower.device
+    # The budget bounds the batches the loader holds: each worker prefetches two.
+    spec = getattr(dataset, "preprocess", None)
+    batch_size = images_per_batch(settings.batch_size, preprocessed_shape(spec) if spec else (1,), settings.batch_pixels)
     loader = DataLoader(
         subset,
-        batch_size=settings.batch_size,
+        batch_size=batch_size,
         shuffle=False,
         num_workers=settings.num_workers,
         collate_fn=collate,

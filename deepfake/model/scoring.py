@@ -23,7 +23,7 @@ from deepfake.data.preprocess import Preprocess
 from deepfake.data.tiling import tile_boxes, tile_views
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.features.batch import FeatureBatch, table_batch, tower_batch
-from deepfake.features.extraction import ExtractionSettings, FeatureTable, extract_features
+from deepfake.features.extraction import ExtractionSettings, FeatureTable, extract_features, images_per_batch
 from deepfake.model.heads import head_tap
 from deepfake.towers.base import layers_request
 
@@ -186,6 +186,7 @@ def tile_scores(classifier: Scorer, dataset: DeepfakeDataset, indices: list[int]
     size = classifier.preprocess.size
     pending: list[tuple[int, dict, torch.Tensor]] = []
     grids: dict[int, list[dict]] = {}
+    per_batch = images_per_batch(batch_size, (3, size, size))  # crops of native pixels: the pixel budget bounds them
 
     def flush() -> None:
         if not pending:
@@ -206,7 +207,7 @@ def tile_scores(classifier: Scorer, dataset: DeepfakeDataset, indices: list[int]
         boxes = tile_boxes(image.height, image.width, size, max_tiles)
         for (top, left, h, w), view in zip(boxes, tile_views(image, classifier.preprocess, max_tiles)):
             pending.append((i, {"left": left, "top": top, "width": w, "height": h}, view))
-            if len(pending) >= batch_size:
+            if len(pending) >= per_batch:
                 flush()
     flush()
     return grids

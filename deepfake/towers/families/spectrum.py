@@ -19,6 +19,8 @@ and Nyquist, so every analysis gives the same feature size.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -26,45 +28,81 @@ from deepfake.towers.backbones import Backbone
 from deepfake.towers.base import ImageTower, TowerOutput
 from deepfake.towers.registry import TowerFamily, register
 
-SPECTRUM_VERSION = "1"
+SPECTRUM_VERSION = "1"  # in the cache key: change it when the features change beyond float rounding
 DEFAULT_BINS = 128
+# Pixels analysed at once: tiles (or windows) go through the FFT in chunks of about this many
+# pixels, so the working set is a few times 16 MB whatever the batch, the tile size or the grid;
+# fewer, larger steps keep thread hand-offs rare on a busy machine.
+CHUNK_PIXELS = 1 << 22
+
+
+def _sum3(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of each element and its two neighbours along ``dim``, reflected at the ends (no padded copy)."""
+    n = x.shape[dim]
+    out = torch.empty_like(x)
+    if n >= 3:
+        inner = out.narrow(dim, 1, n - 2)
+        torch.add(x.narrow(dim, 0, n - 2), x.narrow(dim, 1, n - 2), out=inner)
+        inner.add_(x.narrow(dim, 2, n - 2))
+    if n >= 2:  # reflection: the neighbour beyond an end is the one inside it
+        out.select(dim, 0).copy_(x.select(dim, 1)).mul_(2).add_(x.select(dim, 0))
+        out.select(dim, -1).copy_(x.select(dim, -2)).mul_(2).add_(x.select(dim, -1))
+    else:
+        out.copy_(x).mul_(3)
+    return out
 
 
 def highpass_residual(gray: torch.Tensor) -> torch.Tensor:
-    """Image minus its 3x3 local mean: keeps the fine structure where up-sampling traces live."""
-    kernel = torch.full((1, 1, 3, 3), 1.0 / 9.0, dtype=gray.dtype, device=gray.device)
-    smooth = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="reflect"), kernel)
-    return gray - smooth
+    """[N, H, W] image minus its 3x3 local mean (reflected at the borders): the fine structure where
+    up-sampling traces live. The 3x3 sum is a sum of three rows, then of three columns."""
+    box = _sum3(_sum3(gray, 1), 2).div_(9.0)
+    return torch.sub(gray, box, out=box)
 
 
-def radial_profile(power: torch.Tensor, bins: int) -> torch.Tensor:
-    """Mean of ``power`` [B, H, W] (DC at the center) over ``bins`` rings of equal width."""
-    h, w = power.shape[-2:]
-    ys = torch.arange(h, device=power.device, dtype=torch.float32) - h // 2
-    xs = torch.arange(w, device=power.device, dtype=torch.float32) - w // 2
-    radius = torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2) / (min(h, w) / 2)
-    ring = torch.clamp((radius * bins).long(), max=bins)  # bins: the corners beyond Nyquist
-    flat = power.flatten(1)
-    sums = torch.zeros(power.shape[0], bins + 1, device=power.device).index_add_(1, ring.flatten(), flat)
-    counts = torch.bincount(ring.flatten(), minlength=bins + 1).clamp(min=1)
-    return (sums / counts)[:, :bins]
+@functools.lru_cache(maxsize=32)
+def _half_plane_rings(h: int, w: int, rings: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ring geometry of an ``h`` x ``w`` spectrum read from its real-FFT half plane [h, w // 2 + 1].
 
-
-def spectral_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
-    """[B, H, W] gray images -> [B, bins] radial log power spectrum of the high-pass residual.
-
-    Rings are one frequency step wide (``min(H, W) // 2`` of them), then averaged (or, for a
-    window narrower than ``2 * bins``, interpolated) down to ``bins``, so the feature means the
-    same frequencies for every window size.
+    Returns each half-plane frequency's ring (``rings``: the corners beyond Nyquist), its weight
+    (2 for a column that also stands for its mirror image, the power spectrum of a real image
+    being symmetric, else 1) and the pixel count of each ring over the full plane. Rings are
+    those of the full, centred spectrum: ``rings`` of equal width between DC and Nyquist.
     """
-    residual = highpass_residual(gray[:, None])[:, 0]
-    h, w = residual.shape[-2:]
-    window = torch.hann_window(w, device=gray.device)
-    window = window[None, :] * torch.hann_window(h, device=gray.device)[:, None] if h == w else 1.0
-    spectrum = torch.fft.fftshift(torch.fft.fft2(residual * window), dim=(-2, -1))
-    power = torch.log1p(spectrum.abs() ** 2)
+    ys = torch.arange(h, dtype=torch.float32) - h // 2
+    xs = torch.arange(w, dtype=torch.float32) - w // 2
+    radius = torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2) / (min(h, w) / 2)
+    full = torch.clamp((radius * rings).long(), max=rings)  # centred (fftshift) layout
+    counts = torch.bincount(full.flatten(), minlength=rings + 1).clamp(min=1)
+    # Unshifted row r and half-plane column c sit at ((r + h // 2) % h, (c + w // 2) % w) of the centred plane.
+    rows = (torch.arange(h) + h // 2) % h
+    cols = (torch.arange(w // 2 + 1) + w // 2) % w
+    ring = full[rows][:, cols].flatten()
+    weight = torch.full((w // 2 + 1,), 2.0)
+    weight[0] = 1.0
+    if w % 2 == 0:
+        weight[-1] = 1.0  # the Nyquist column has no mirror image
+    return ring, weight.repeat(h), counts
+
+
+@functools.lru_cache(maxsize=32)
+def _hann_2d(side: int) -> torch.Tensor:
+    return torch.hann_window(side)[None, :] * torch.hann_window(side)[:, None]
+
+
+def _profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
+    """:func:`spectral_profile` of one chunk, all at once."""
+    residual = highpass_residual(gray)
+    n, h, w = residual.shape
+    if h == w:
+        residual *= _hann_2d(h)
+    spectrum = torch.fft.rfft2(residual)
+    del residual
+    power = spectrum.real.square().addcmul_(spectrum.imag, spectrum.imag).log1p_().view(n, -1)
+    del spectrum
     rings = max(1, min(h, w) // 2)
-    profile = radial_profile(power, rings)
+    ring, weight, counts = _half_plane_rings(h, w, rings)
+    sums = power.new_zeros(n, rings + 1).scatter_add_(1, ring.expand(n, -1), power.mul_(weight))
+    profile = (sums / counts)[:, :rings]
     if rings > bins:
         profile = F.adaptive_avg_pool1d(profile[:, None], bins)[:, 0]
     elif rings < bins:
@@ -73,12 +111,41 @@ def spectral_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
     return profile - profile.mean(dim=1, keepdim=True)
 
 
+def spectral_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
+    """[N, H, W] gray images -> [N, bins] radial log power spectrum of the high-pass residual.
+
+    Rings are one frequency step wide (``min(H, W) // 2`` of them), then averaged (or, for a
+    window narrower than ``2 * bins``, interpolated) down to ``bins``, so the feature means the
+    same frequencies for every window size. Square inputs get a 2-D Hann window. The images go
+    through in chunks of :data:`CHUNK_PIXELS`; each uses the real FFT's half plane, which holds
+    the whole power spectrum of a real image.
+    """
+    gray = gray.float()
+    step = max(1, CHUNK_PIXELS // max(1, gray.shape[-1] * gray.shape[-2]))
+    if not len(gray):
+        return gray.new_zeros(0, bins)
+    return torch.cat([_profile(gray[i : i + step], bins) for i in range(0, len(gray), step)])
+
+
+def tile_mean_profile(tiles: torch.Tensor, bins: int) -> torch.Tensor:
+    """[B, T, S, S] gray tiles -> [B, bins]: each image's mean tile profile (Welch's method), chunk by chunk."""
+    b, t = tiles.shape[:2]
+    step = max(1, CHUNK_PIXELS // max(1, tiles.shape[-1] * tiles.shape[-2]))
+    flat = tiles.flatten(0, 1)
+    owner = torch.arange(b).repeat_interleave(t)
+    sums = tiles.new_zeros(b, bins, dtype=torch.float32)
+    for i in range(0, b * t, step):
+        sums.index_add_(0, owner[i : i + step], _profile(flat[i : i + step].float(), bins))
+    return sums / t
+
+
 class SpectrumTower(ImageTower):
     """Pixels in [0, 1] (the record's mean 0 / std 1) -> ``bins`` spectral features.
 
     Takes [B, 3, S, S] RGB crops; the ``tiles`` mode's [B, grid * grid, S, S] gray tiles, whose
-    spectra are averaged; or the ``window`` mode's [B, 4, S, S], whose fourth channel marks each
-    image's own (top-left) square (images are grouped by that square's side).
+    spectra are averaged; or the ``window`` mode's [B, 2, S, S], a gray plane and a plane marking
+    each image's own (top-left) square (images are grouped by that square's side). Whatever the
+    batch, the FFT sees :data:`CHUNK_PIXELS` pixels at a time.
     """
 
     def __init__(self, backbone: Backbone):
@@ -112,21 +179,18 @@ class SpectrumTower(ImageTower):
     def forward(self, pixel_values: torch.Tensor, layers: bool = False) -> TowerOutput:
         if layers:
             raise ValueError("the spectrum tower has no transformer blocks; --feature_layers needs a ViT tower")
-        x = pixel_values.float()
+        x = pixel_values
         if x.shape[1] == 3:
-            return TowerOutput(embeds=spectral_profile(x.mean(dim=1), self.feature_dim))
+            return TowerOutput(embeds=spectral_profile(x.float().mean(dim=1), self.feature_dim))
         if self.preprocess.mode == "tiles":
-            b, tiles = x.shape[:2]
-            profiles = spectral_profile(x.flatten(0, 1), self.feature_dim).view(b, tiles, -1)
-            return TowerOutput(embeds=profiles.mean(dim=1))
-        if self.preprocess.mode != "window" or x.shape[1] != 4:
+            return TowerOutput(embeds=tile_mean_profile(x, self.feature_dim))
+        if self.preprocess.mode != "window" or x.shape[1] != 2:
             raise ValueError(f"spectrum tower: {x.shape[1]}-plane input does not fit {self.preprocess.mode} preprocessing")
-        sides = x[:, 3, :, 0].sum(dim=1).round().long()  # valid rows = the square's side
-        embeds = x.new_empty(x.shape[0], self.feature_dim)
+        sides = x[:, 1, :, 0].float().sum(dim=1).round().long()  # valid rows = the square's side
+        embeds = x.new_empty(x.shape[0], self.feature_dim, dtype=torch.float32)
         for side in sides.unique().tolist():
             group = (sides == side).nonzero().flatten()
-            gray = x[group, :3, :side, :side].mean(dim=1)
-            embeds[group] = spectral_profile(gray, self.feature_dim)
+            embeds[group] = spectral_profile(x[group, 0, :side, :side], self.feature_dim)
         return TowerOutput(embeds=embeds)
 
 

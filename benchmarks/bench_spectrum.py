@@ -1,0 +1,182 @@
+"""The spectral tower on photos: the naive path against the project's, img/s and peak RSS side by side.
+
+    python benchmarks/bench_spectrum.py                      # 100 photos of 1280x720, the three spectrum records
+    python benchmarks/bench_spectrum.py --n 30 --models spectrum
+
+The naive path is the spectral tower as first written, kept here as the reference formula
+(``tests/test_spectrum.py`` checks the project's features against it for every spectrum
+record): the whole photo converted to float, every tile cut from it and stacked, batches of
+``--batch_size`` images whatever their size, and the whole batch through one 3x3 convolution,
+one complex FFT, an ``fftshift`` and a ring sum. The project's path is
+:func:`deepfake.features.extraction.extract_features` as ``deepfake predict`` runs it: tiles
+cut from the decoded image one by one, batches bounded by a pixel budget, the FFT fed a chunk of
+tiles at a time. Each path runs in a fresh process of its own (so each peak RSS is its own:
+the process's high-water mark, imports included) on the same JPEG files, one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deepfake.data.preprocess import Preprocess, center_crop, normalize  # noqa: E402
+
+MODELS = ("spectrum", "spectrum-window512", "spectrum-crop256")
+
+
+# --- the naive path: the reference formula -------------------------------------------------
+
+
+def naive_pixels(image: Image.Image, spec: Preprocess) -> torch.Tensor:
+    """The first implementation's preprocessing of the spectral modes: the whole image as float first."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    x = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    if spec.mode == "window":  # [4, S, S]: RGB and a plane marking the image's own square
+        side = min(spec.size, *x.shape[-2:])
+        out = x.new_zeros(4, spec.size, spec.size)
+        out[:3, :side, :side] = normalize(center_crop(x, side).contiguous(), spec.mean, spec.std)
+        out[3, :side, :side] = 1.0
+        return out
+    if spec.mode == "tiles":  # [grid * grid, S, S] gray tiles
+        h, w = x.shape[-2:]
+        tops = np.linspace(0, max(h - spec.size, 0), spec.grid).round().astype(int)
+        lefts = np.linspace(0, max(w - spec.size, 0), spec.grid).round().astype(int)
+        tiles = [center_crop(x[:, t : t + spec.size, left : left + spec.size], spec.size) for t in tops for left in lefts]
+        return normalize(torch.stack(tiles).contiguous(), spec.mean, spec.std).mean(dim=1)
+    return normalize(center_crop(x, spec.size).contiguous(), spec.mean, spec.std)
+
+
+def naive_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
+    """[B, H, W] -> [B, bins]: 3x3 mean by convolution, full complex FFT, fftshift, index_add over rings."""
+    kernel = torch.full((1, 1, 3, 3), 1.0 / 9.0, dtype=gray.dtype)
+    residual = gray - F.conv2d(F.pad(gray[:, None], (1, 1, 1, 1), mode="reflect"), kernel)[:, 0]
+    h, w = residual.shape[-2:]
+    window = torch.hann_window(w)
+    window = window[None, :] * torch.hann_window(h)[:, None] if h == w else 1.0
+    power = torch.log1p(torch.fft.fftshift(torch.fft.fft2(residual * window), dim=(-2, -1)).abs() ** 2)
+    rings = max(1, min(h, w) // 2)
+    ys = torch.arange(h, dtype=torch.float32) - h // 2
+    xs = torch.arange(w, dtype=torch.float32) - w // 2
+    ring = torch.clamp((torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2) / (min(h, w) / 2) * rings).long(), max=rings)
+    sums = torch.zeros(power.shape[0], rings + 1).index_add_(1, ring.flatten(), power.flatten(1))
+    profile = (sums / torch.bincount(ring.flatten(), minlength=rings + 1).clamp(min=1))[:, :rings]
+    if rings > bins:
+        profile = F.adaptive_avg_pool1d(profile[:, None], bins)[:, 0]
+    elif rings < bins:
+        profile = F.interpolate(profile[:, None], size=bins, mode="linear", align_corners=True)[:, 0]
+    return profile - profile.mean(dim=1, keepdim=True)
+
+
+def naive_features(pixels: torch.Tensor, spec: Preprocess, bins: int = 128) -> torch.Tensor:
+    """The first implementation's tower: a batch of :func:`naive_pixels` -> [B, bins] features."""
+    x = pixels.float()
+    if spec.mode == "tiles":
+        b, t = x.shape[:2]
+        return naive_profile(x.flatten(0, 1), bins).view(b, t, -1).mean(dim=1)
+    if spec.mode != "window":
+        return naive_profile(x.mean(dim=1), bins)
+    sides = x[:, 3, :, 0].sum(dim=1).round().long()
+    out = x.new_empty(len(x), bins)
+    for side in sides.unique().tolist():
+        group = (sides == side).nonzero().flatten()
+        out[group] = naive_profile(x[group, :3, :side, :side].mean(dim=1), bins)
+    return out
+
+
+# --- one measured run, in its own process --------------------------------------------------
+
+
+def _peak_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def measure(path: str, model: str, folder: str, batch_size: int) -> dict:
+    """Features of every photo in ``folder`` by one path; the seconds they took and the process's peak RSS."""
+    from torch.utils.data import DataLoader
+
+    from deepfake.deepfake_dataset import DeepfakeDataset, Sample, collate
+    from deepfake.features.extraction import ExtractionSettings, extract_features
+    from deepfake.towers.loading import load_tower
+
+    tower = load_tower(model)
+    samples = [Sample(str(p), -1, "") for p in sorted(Path(folder).glob("*.jpg"))]
+    start = time.perf_counter()
+    if path == "naive":
+        class Naive(DeepfakeDataset):
+            def load(self, index: int) -> torch.Tensor:
+                return naive_pixels(self.read(index), self.preprocess)
+
+        loader = DataLoader(Naive(samples, tower.preprocess), batch_size=batch_size, collate_fn=collate)
+        with torch.inference_mode():
+            feats = torch.cat([naive_features(b["pixel_values"], tower.preprocess, tower.feature_dim) for b in loader])
+    else:
+        settings = ExtractionSettings(batch_size=batch_size, num_workers=0, progress=False)
+        feats = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), settings).embeds.float()
+    seconds = time.perf_counter() - start
+    return {"images": len(feats), "seconds": seconds, "peak_mib": _peak_mib(), "checksum": float(feats.sum())}
+
+
+def write_photos(folder: Path, n: int, size: tuple[int, int]) -> None:
+    """``n`` photo-like JPEGs (q90): smooth colour fields, edges and sensor-like grain."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    for i in range(n):
+        coarse = rng.normal(128, 50, (h // 32 + 2, w // 32 + 2, 3)).clip(0, 255).astype(np.uint8)
+        field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.int16)
+        field = field + rng.integers(-6, 7, field.shape, dtype=np.int16)
+        Image.fromarray(field.clip(0, 255).astype(np.uint8)).save(folder / f"{i:04d}.jpg", quality=90)
+
+
+def run_child(path: str, model: str, folder: Path, batch_size: int) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", path, "--models", model, "--folder", str(folder),
+                           "--batch_size", str(batch_size)], capture_output=True, text=True, env=os.environ)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        sys.exit(f"{path} {model} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(line[7:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100, help="photos (default %(default)s)")
+    parser.add_argument("--size", default="1280x720", help="photo size WxH (default %(default)s)")
+    parser.add_argument("--models", default=",".join(MODELS), help="spectrum records (default: all three)")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per batch asked for (predict's default)")
+    parser.add_argument("--child", choices=("naive", "project"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(measure(args.child, args.models, args.folder, args.batch_size)))
+        return 0
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_photos(Path(tmp), args.n, (w, h))
+        print(f"{args.n} JPEG photos of {w}x{h}, --batch_size {args.batch_size}, one process per row")
+        print(f"{'record':<20} {'path':<8} {'img/s':>7} {'peak RSS':>10}")
+        for model in args.models.split(","):
+            rows = {path: run_child(path, model, Path(tmp), args.batch_size) for path in ("naive", "project")}
+            for path, r in rows.items():
+                print(f"{model:<20} {path:<8} {r['images'] / r['seconds']:7.2f} {r['peak_mib']:7.0f} MiB", flush=True)
+            naive, project = rows["naive"], rows["project"]
+            print(f"{'':<20} speed-up {naive['seconds'] / project['seconds']:.2f}x, "
+                  f"peak RSS {project['peak_mib'] / naive['peak_mib']:.2f}x the naive path's", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

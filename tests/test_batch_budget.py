@@ -1,0 +1,55 @@
+"""Batches bounded by a pixel budget: a folder of photos through the spectral tower never needs gigabytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deepfake.config import DEFAULT_BATCH_PIXELS
+from deepfake.data.preprocess import Preprocess, preprocessed_shape
+from deepfake.deepfake_dataset import DeepfakeDataset, Sample
+from deepfake.features.extraction import ExtractionSettings, extract_features, images_per_batch
+from deepfake.towers.loading import load_tower
+
+TILE_STACK = 16 * 256 * 256  # the default spectral record's tensor: 4 x 4 gray tiles of 256 px
+
+
+def test_a_batch_is_batch_size_images_unless_their_tensors_pass_the_budget():
+    assert preprocessed_shape(load_tower("spectrum").preprocess) == (16, 256, 256)
+    assert preprocessed_shape(load_tower("spectrum-window512").preprocess) == (2, 512, 512)
+    assert images_per_batch(64, preprocessed_shape(Preprocess())) == 64  # 224 px crops: the count decides
+    assert images_per_batch(64, (16, 256, 256)) == DEFAULT_BATCH_PIXELS // TILE_STACK == 16
+    assert images_per_batch(64, (16, 1024, 1024)) == 1  # larger than the budget alone: one at a time, never none
+
+
+def _photos(folder, n: int) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    samples = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (300, 380, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(str(path), i % 2, "x"))
+    return samples
+
+
+def test_extraction_batches_hold_at_most_the_pixel_budget_with_the_same_features(tmp_path, monkeypatch):
+    tower = load_tower("spectrum")
+    samples = _photos(tmp_path / "photos", 7)
+    seen = []
+    forward = tower.forward
+
+    def recording(pixels, layers=False):
+        seen.append(tuple(pixels.shape))
+        return forward(pixels, layers)
+
+    monkeypatch.setattr(tower, "forward", recording)
+    settings = ExtractionSettings(batch_size=64, progress=False, batch_pixels=3 * TILE_STACK)
+    bounded = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), settings)
+    assert [s[0] for s in seen] == [3, 3, 1] and all(s[1:] == (16, 256, 256) for s in seen)
+    seen.clear()
+    whole = extract_features(tower, DeepfakeDataset(samples, tower.preprocess),
+                             ExtractionSettings(batch_size=64, progress=False, batch_pixels=64 * TILE_STACK))
+    assert [s[0] for s in seen] == [7]
+    assert bounded.ok.all() and torch.equal(bounded.embeds, whole.embeds)

@@ -39,7 +39,8 @@ from deepfake.model.heads import head_from_config, head_tap
 from deepfake.model.hub import fetch_head, is_repo_id, push_head, save_head_folder
 from deepfake.model.scoring import Prediction, batch_probabilities, fake_probabilities, score
 from deepfake.towers.base import ImageTower, layers_request
-from deepfake.towers.loading import load_tower
+from deepfake.towers.loading import check_model, load_tower
+from deepfake.towers.weights import WeightsError
 from deepfake.utils.runtime import choose_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,31 @@ def head_config(head: nn.Module) -> dict:
     return head.config()
 
 
-def resolve_threshold(spec: str | float | None, config: dict) -> float:
-    """A threshold spec against a checkpoint config: ``val``, ``calibrated``, a number in [0, 1], or ``None``."""
+CALIBRATE_HINT = ("fit one on known-real images of your domain with `deepfake test --checkpoint RUN --dataset_dir TEST "
+                  "--calibrate_real REAL_DIR --target_fpr 0.05`")
+
+
+def resolve_threshold(spec: str | float | None, config: dict, fallback: bool = False) -> float:
+    """A threshold spec against a checkpoint config: ``val``, ``calibrated``, a number in [0, 1], or ``None``.
+
+    ``calibrated`` on a checkpoint with no calibrated operating point raises, saying how to fit one;
+    with ``fallback`` it gives the default threshold instead (the validation one), with a warning naming it.
+    """
     if spec is None:
         spec = "val" if config.get("val_threshold") is not None else float(config.get("threshold", 0.5))
     if isinstance(spec, str) and spec.strip().lower() in THRESHOLD_NAMES:
         name = spec.strip().lower()
         value = config.get("val_threshold") if name == "val" else (config.get("calibration") or {}).get("threshold")
+        if value is None and name == "calibrated" and fallback:
+            value = resolve_threshold(None, config)
+            log.warning("%s: no calibrated threshold (%s); labels use the %s threshold, %.4g",
+                        config.get("checkpoint", "this head"), CALIBRATE_HINT,
+                        "validation" if config.get("val_threshold") is not None else "reporting", value)
         if value is None:
             have = [n for n in THRESHOLD_NAMES if n == "val" and config.get("val_threshold") is not None
                     or n == "calibrated" and (config.get("calibration") or {}).get("threshold") is not None]
-            raise ValueError(f"the checkpoint has no {name} threshold; use a number"
+            hint = f"; {CALIBRATE_HINT}" if name == "calibrated" else ""
+            raise ValueError(f"the checkpoint has no {name} threshold{hint}; or use a number"
                              + (f" or {' / '.join(have)}" if have else ""))
         return float(value)
     try:
@@ -79,6 +94,14 @@ def resolve_threshold(spec: str | float | None, config: dict) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {value}")
     return value
+
+
+def _loadable(model: str) -> bool:
+    try:
+        check_model(model)
+    except WeightsError:
+        return False
+    return True
 
 
 def _same_tower(saved: dict, loaded: dict) -> bool:
@@ -109,6 +132,13 @@ def _load_weights(head: nn.Module, state: dict, path: Path) -> nn.Module:
 def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
     """The tower a checkpoint names (or ``model``, refused unless it is the same), preparing images as it says."""
     saved_tower = config["tower"]
+    if model is None and saved_tower.get("weights_sha256") and not _loadable(str(saved_tower.get("model"))):
+        # A shared head names a local tower by its folder's name only (no machine's paths leave it),
+        # and a run's tower folder may have moved: the user says where it is, its hash decides.
+        raise CheckpointRefused(
+            f"{path}: the head was trained on a local tower, {saved_tower.get('model')!r} (weights sha256 "
+            f"{str(saved_tower['weights_sha256'])[:12]}...), which is not found here; pass that tower's "
+            "directory: DeepfakeClassifier.from_pretrained(..., model=DIR)")
     preprocess = Preprocess.from_dict(config["preprocess"])
     tower = load_tower(model or saved_tower["model"], saved_tower.get("revision") if model is None else None,
                        preprocess.mode)
@@ -143,13 +173,15 @@ class DeepfakeClassifier(nn.Module):
         """The checkpoint's reporting threshold (0.5, the field's convention for accuracy)."""
         return float(self.config.get("threshold", 0.5))
 
-    def decision_threshold(self, spec: str | float | None = None) -> float:
+    def decision_threshold(self, spec: str | float | None = None, fallback: bool = False) -> float:
         """The threshold for labels: ``val``, ``calibrated``, a number, or (``None``) the default.
 
         The default is the validation threshold the checkpoint stores (the one that maximised
         validation accuracy), and the reporting threshold for a checkpoint without one.
+        ``calibrated`` without a calibrated operating point raises (saying how to fit one), or
+        with ``fallback`` gives the default with a warning naming it.
         """
-        return resolve_threshold(spec, self.config)
+        return resolve_threshold(spec, self.config, fallback)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -289,11 +321,14 @@ class DeepfakeClassifier(nn.Module):
         """Score one path or PIL image (one :class:`~deepfake.model.scoring.Prediction`) or a list (a list, skips included).
 
         ``threshold``: ``val``, ``calibrated``, a number, or ``None`` for :meth:`decision_threshold`'s default.
+        ``calibrated`` on a head with no calibrated operating point uses that default, with a
+        warning naming it and how to calibrate.
         """
         self._tower()  # a head loaded without its tower scores features, not images
         single = isinstance(inputs, (str, os.PathLike, Image.Image))
         results = score(self, [inputs] if single else list(inputs), batch_size=batch_size, num_workers=num_workers,
-                        tiles=tiles, threshold=self.decision_threshold(threshold), max_pixels=max_pixels)
+                        tiles=tiles, threshold=self.decision_threshold(threshold, fallback=True),
+                        max_pixels=max_pixels)
         return results[0] if single else results
 
     def predict_proba(

@@ -18,7 +18,7 @@ from deepfake.__main__ import main as deepfake_main
 from deepfake.model.checkpoint import CheckpointRefused
 from deepfake.model.hub import head_config_for_sharing, is_repo_id
 
-from .conftest import FIXTURE
+from .conftest import FIXTURE, TOWER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,13 +38,14 @@ def test_save_pretrained_writes_safetensors_config_and_card(saved_head):
     assert sorted(p.name for p in saved_head["folder"].iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((saved_head["folder"] / "config.json").read_text())
     assert "checkpoint" not in config and "precision" not in config  # session keys stay out of the shared config
-    assert config["tower"] == saved_head["classifier"].config["tower"]
+    tower = saved_head["classifier"].config["tower"]
+    assert config["tower"] == {**tower, "model": Path(tower["model"]).name}  # a local tower: its folder's name
 
 
 def test_save_then_from_pretrained_gives_identical_probabilities(saved_head):
     before = saved_head["classifier"].predict_proba(saved_head["images"])
     for source in (saved_head["folder"], saved_head["folder"] / "config.json", saved_head["folder"] / "model.safetensors"):
-        after = DeepfakeClassifier.from_pretrained(source).predict_proba(saved_head["images"])
+        after = DeepfakeClassifier.from_pretrained(source, model=TOWER).predict_proba(saved_head["images"])
         assert np.array_equal(before, after), source
 
 
@@ -64,7 +65,7 @@ def test_model_card_holds_the_runs_real_metrics(saved_head, trained_run):
     assert f"| expected calibration error | {metrics['val_ece']:.4f} |" in card
     assert f"the validation threshold, {config['val_threshold']:.4f}" in card
     assert f"{run['n_train']} training, {run['n_val']} validation" in card
-    assert config["tower"]["model"] in card and config["preprocess"]["mode"] in card
+    assert f"`{Path(config['tower']['model']).name}`" in card and config["preprocess"]["mode"] in card
     assert "## Intended use and limits" in card
     assert ", ".join(config["categories"]) in card
 
@@ -92,7 +93,7 @@ def test_from_pretrained_reads_a_hub_repo_from_the_cache_offline(saved_head, tmp
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(REPO_ROOT)}
     code = ("import json, sys; from deepfake import DeepfakeClassifier; "
-            "clf = DeepfakeClassifier.from_pretrained('acme/deepfake-head'); "
+            f"clf = DeepfakeClassifier.from_pretrained('acme/deepfake-head', model={TOWER!r}); "
             "print(json.dumps({'p': clf.predict_proba(sys.argv[1:]).tolist(), 'ckpt': clf.config['checkpoint']}))")
     out = subprocess.run([sys.executable, "-c", code, *saved_head["images"]], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
@@ -131,8 +132,11 @@ class _FakeHfApi:
 def fake_hub(monkeypatch):
     import huggingface_hub
 
+    import deepfake.model.hub
+
     _FakeHfApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHfApi)
+    monkeypatch.setattr(deepfake.model.hub, "hub_offline_reason", lambda: None)  # the fake hub is "online"
     return _FakeHfApi.calls
 
 

@@ -1,10 +1,17 @@
-"""Command-line flags shared by the scripts, so each is spelled and documented once."""
+"""Command-line flags shared by the scripts, so each is spelled and documented once.
+
+Every parser of the package is a :class:`CliParser`: each ``--flag_name`` is also accepted as
+``--flag-name`` (without listing both in ``--help``), and a parse error prints its cause and a
+one-line hint instead of the whole usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from deepfake.config import (
@@ -25,6 +32,8 @@ from deepfake.data.preprocess import CLI_PREPROCESS_MODES
 from deepfake.data.protocols import PROTOCOL_NAMES
 from deepfake.features.cache import CacheError
 from deepfake.model.heads import head_kinds
+from deepfake.towers.loading import check_model
+from deepfake.towers.weights import WeightsError
 from deepfake.utils.runtime import PRECISIONS, terminate_as_interrupt
 from deepfake.utils.text import parse_list
 
@@ -33,6 +42,57 @@ T = TypeVar("T")
 # Each flag's default is read from the config it fills: one place for every default.
 RUNTIME, TOWER, DATA, HEAD = RuntimeConfig(), TowerConfig(), DataConfig(), HeadConfig()
 SCHEDULE, AUGMENT, TRAIN, EVAL = ScheduleConfig(), AugmentConfig(), TrainConfig(), EvalConfig()
+
+
+class CliParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that takes ``--flag-name`` for ``--flag_name`` and says errors in two lines.
+
+    The hyphenated spellings are rewritten before parsing (up to a ``--`` separator), so ``--help``
+    lists each flag once. An error prints ``PROG: error: CAUSE`` (with the closest flag for a
+    misspelt one) and where the flags are listed, not the 30-line usage; exit status 2.
+    """
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace=None):
+        self._seen = self._underscored(list(sys.argv[1:] if args is None else args))
+        return super().parse_known_args(self._seen, namespace)
+
+    def _underscored(self, args: list[str]) -> list[str]:
+        out = []
+        for i, token in enumerate(args):
+            if token == "--":
+                return out + args[i:]
+            flag, eq, value = token.partition("=")
+            if flag.startswith("--") and "-" in flag[2:] and flag not in self._option_string_actions:
+                token = "--" + flag[2:].replace("-", "_") + eq + value
+            out.append(token)
+        return out
+
+    def _unknown_flags(self) -> list[str]:
+        """Flags of the last command line that name no option of this parser (nor a prefix of one)."""
+        known = [k for k in self._option_string_actions if k.startswith("--")]
+        flags = [t.partition("=")[0] for t in getattr(self, "_seen", []) if t.startswith("--") and t != "--"]
+        return [f for f in flags if not any(k.startswith(f) for k in known)]
+
+    def _closest(self, flag: str) -> str:
+        known = [k for k in self._option_string_actions if k.startswith("--")]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        return f" (did you mean {close[0]}?)" if close else ""
+
+    def error(self, message: str):
+        unknown = self._unknown_flags()
+        if unknown and message.startswith("unrecognized arguments"):
+            message += "".join(self._closest(f) for f in unknown[:1])
+        elif unknown:  # e.g. a required flag missing because its name was misspelt
+            message += f"; not a flag of {self.prog}: {unknown[0]}{self._closest(unknown[0])}"
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every flag)\n")
+
+
+def model_name(text: str) -> str:
+    """``--model``: a known tower name, a local directory or a hub id, checked before any data is read."""
+    try:
+        return check_model(text)
+    except WeightsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 
@@ -55,7 +115,7 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_tower_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=TOWER.model,
+    parser.add_argument("--model", default=TOWER.model, type=model_name,
                         help="tower: Hugging Face id or local checkpoint directory of any supported family "
                              "(LanguageBind, CLIP, SigLIP/SigLIP 2, DINOv2, DINOv3), or 'spectrum' (default: %(default)s)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
@@ -136,7 +196,7 @@ def parse_pair(text: str) -> tuple[int, int]:
 
 def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     """Flags of train_ClassifierHead.py."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True,
                    help="DATASET/{category}/{0_real,1_fake}, DATASET/{train,val,test}/{category}/{0_real,1_fake}, "
                         "or a CSV / JSON Lines manifest (path,label[,domain,category,split])")
@@ -211,7 +271,7 @@ def _ints(text: str) -> list[int]:
 
 def test_parser(description: str | None = None) -> argparse.ArgumentParser:
     """Flags of test_ClassifierHead.py."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run directory (uses best) or checkpoint file")
     p.add_argument("--dataset_dir", "--data_root", dest="dataset_dir", required=True,
                    help="test root (see README for the layouts), a manifest, or the data root of --benchmark")

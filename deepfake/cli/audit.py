@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from deepfake.cli.args import setup_logging
+from deepfake.cli.args import CliParser, setup_logging
 from deepfake.config import CacheConfig
 from deepfake.data.audit import DEFAULT_MAX_PER_GROUP, audit_samples, format_audit
 from deepfake.data.benchmarks import load_benchmark, resolve_benchmark
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deepfake audit", description=__doc__,
+    p = CliParser(prog="python -m deepfake audit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="data folder (any supported layout), manifest, or --benchmark data root")
     p.add_argument("--benchmark", default=None, help="benchmark file or preset name whose folders to audit")

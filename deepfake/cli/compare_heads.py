@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from deepfake.cli.args import add_cache_args, add_runtime_args, add_tower_args, setup_logging
+from deepfake.cli.args import CliParser, add_cache_args, add_runtime_args, add_tower_args, setup_logging
 from deepfake.config import LR_SCHEDULES, CompareConfig, from_flags
 from deepfake.training.compare_heads import compare_heads
 
@@ -28,7 +28,7 @@ COMPARE = CompareConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmarks/compare_heads.py", description=__doc__,
+    p = CliParser(prog="benchmarks/compare_heads.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True, help="training data (its val/ split or --val_ratio holds out val)")
     p.add_argument("--test_dir", default=COMPARE.test_dir, help="test root (default: DATASET/test when it exists)")

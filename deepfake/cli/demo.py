@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from deepfake.cli.args import add_standardize_arg, setup_logging
+from deepfake.cli.args import CliParser, add_standardize_arg, model_name, setup_logging
 from deepfake.config import (
     CacheConfig,
     DataConfig,
@@ -34,10 +34,10 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deepfake demo", description=__doc__,
+    p = CliParser(prog="deepfake demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="folder for data, checkpoints and results")
-    p.add_argument("--model", default="spectrum", help="tower (default: the weight-free spectral baseline)")
+    p.add_argument("--model", default="spectrum", type=model_name, help="tower (default: the weight-free spectral baseline)")
     p.add_argument("--train_family", default="tconv", choices=FAMILIES, help="the one generator trained on")
     p.add_argument("--num_epochs", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)

@@ -37,7 +37,8 @@ def reference() -> str:
         parts = ["# Command-line reference", "",
                  "Generated from the parsers by `python -m deepfake.cli.docs > docs/cli.md`; do not edit by hand.",
                  "`python train_ClassifierHead.py` and `python test_ClassifierHead.py` take the flags of "
-                 "`deepfake train` and `deepfake test`.", "", "## deepfake", "", "```", usage(), "```"]
+                 "`deepfake train` and `deepfake test`. Every flag is also accepted with hyphens in place of its underscores.",
+                 "", "## deepfake", "", "```", usage(), "```"]
         for name, module in COMMANDS.items():
             parts += ["", f"## deepfake {name}", "", "```", command_help(module), "```"]
         for name, module in SCRIPTS.items():

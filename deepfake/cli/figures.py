@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from deepfake.cli.args import CliParser
 from deepfake.utils.fileio import atomic_write
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
@@ -102,7 +103,7 @@ def draw_results(results_path: Path, path: Path, trained_on: str = "one generato
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deepfake.cli.figures", description=__doc__,
+    p = CliParser(prog="python -m deepfake.cli.figures", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=None, help="tower config.json (default: LanguageBind_Image's)")
     p.add_argument("--results", type=Path, default=Path("runs/demo/eval/results.json"))

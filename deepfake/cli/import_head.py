@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deepfake.cli.args import run_job, setup_logging
+from deepfake.cli.args import CliParser, run_job, setup_logging
 from deepfake.model.published import RELEASES, TargetTower, import_release
 from deepfake.towers.loading import load_tower
 from deepfake.towers.weights import WeightsError
@@ -27,7 +27,7 @@ VARIANTS = sorted({v for r in RELEASES.values() for v in r.variants if v})
 
 
 def build_parser(prog: str = "deepfake import") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("release", choices=sorted(RELEASES), help="whose head: ufd (UniversalFakeDetect) or rine (RINE)")
     p.add_argument("file", help="the released .pth file, as downloaded")
     p.add_argument("--out", required=True, help="run folder to write (best.safetensors + best.json)")

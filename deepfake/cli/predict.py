@@ -22,7 +22,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from deepfake.cli.args import add_runtime_args, parse_threshold, setup_logging
+from deepfake.cli.args import CliParser, add_runtime_args, parse_threshold, setup_logging
 from deepfake.data.image_io import expand_inputs
 from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.model.checkpoint import CheckpointRefused
@@ -90,7 +90,7 @@ def format_predictions(predictions: list[Prediction], threshold: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deepfake predict", description=__doc__,
+    p = CliParser(prog="deepfake predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", required=True,

@@ -16,9 +16,9 @@ import logging
 import sys
 from pathlib import Path
 
-from deepfake.cli.args import setup_logging
+from deepfake.cli.args import CliParser, setup_logging
 from deepfake.model.checkpoint import CheckpointRefused, load_checkpoint
-from deepfake.model.hub import push_head, save_head_folder
+from deepfake.model.hub import HubUnavailable, push_head, save_head_folder
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def run_summary_beside(weights: Path) -> dict | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deepfake push", description=__doc__,
+    p = CliParser(prog="deepfake push", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="run directory (uses best), checkpoint file or saved head folder")
     p.add_argument("repo_id", nargs="?", default=None, help="hub model repo, ORG/NAME (created when missing)")
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = push_head(state, config, args.repo_id, summary, private=args.private, token=args.token,
                         commit_message=args.commit_message)
+    except HubUnavailable as exc:  # offline: said at once, with what to do instead
+        log.error("%s", exc)
+        return 2
     except Exception as exc:  # auth, network, permissions: the hub's message says which
         log.error("%s: upload failed: %s", args.repo_id, exc)
         return 1

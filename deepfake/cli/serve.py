@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import sys
 
-from deepfake.cli.args import parse_threshold, setup_logging
+from deepfake.cli.args import CliParser, parse_threshold, setup_logging
 from deepfake.model.checkpoint import CheckpointRefused
 from deepfake.model.scoring import DEFAULT_MAX_TILES
 from deepfake.serving.app import ServeSettings
@@ -32,7 +32,7 @@ DEFAULT_MAX_UPLOAD_MB = SERVE.max_upload_bytes / (1 << 20)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deepfake serve", description=__doc__,
+    p = CliParser(prog="deepfake serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="run directory (uses best), checkpoint file, saved head folder or hub repo id")

@@ -19,7 +19,7 @@ import random
 import sys
 from pathlib import Path
 
-from deepfake.cli.args import setup_logging
+from deepfake.cli.args import CliParser, setup_logging
 from deepfake.data.image_io import walk_images
 from deepfake.data.layouts import LayoutError, find_label_folders, parse_label_dirs
 from deepfake.utils.fileio import atomic_write_json
@@ -91,7 +91,7 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deepfake split", description=__doc__,
+    p = CliParser(prog="python -m deepfake split", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="folder with real and fake images (any supported layout)")
     p.add_argument("out", help="new folder for the ForenSynths layout (must not exist or be empty)")

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from deepfake.cli.args import setup_logging
+from deepfake.cli.args import CliParser, setup_logging
 from deepfake.data import synthetic
 from deepfake.data.synthetic import FAMILIES, PHOTO_SIZES, generate
 from deepfake.utils.text import split_list
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deepfake.cli.synthetic", description=synthetic.__doc__,
+    p = CliParser(prog="python -m deepfake.cli.synthetic", description=synthetic.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n_train", type=int, default=60, help="training images per category and label")

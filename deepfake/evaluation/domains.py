@@ -14,9 +14,17 @@ HEADLINE_KEYS = ["real_acc", "fake_acc", "acc", "ap"]
 HEADLINE_THRESHOLD = 0.5
 
 
+def _two_class(row: dict) -> bool:
+    return row.get("n_real", 0) > 0 and row.get("n_fake", 0) > 0
+
+
 def _mean_row(name: str, rows: list[dict], family: str = "", mean_keys: list[str] = MEAN_KEYS) -> dict:
-    keys = [k for k in mean_keys if any(r.get(k) is not None for r in rows)]
-    means, covers = common_mean(rows, keys)
+    """The mean over the two-class rows where every column is defined; labelled ``NAME (k of n)`` when
+    it leaves rows out. A one-class row (``--allow_one_class``) never enters a mean, not even its one
+    defined accuracy: a mean of fake accuracies alone would read as a detector's accuracy."""
+    both = [r for r in rows if _two_class(r)]
+    keys = [k for k in mean_keys if any(r.get(k) is not None for r in both)]
+    means, covers = common_mean(both, keys)
     covered = [r for r in rows if r["domain"] in covers]
     label = name if len(covers) == len(rows) else f"{name} ({len(covers)} of {len(rows)})"
     return {"domain": label, "generator": "", "category": "", "family": family, "kind": "mean",

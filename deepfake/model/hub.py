@@ -4,7 +4,9 @@ A pretrained-head folder (what :meth:`DeepfakeClassifier.save_pretrained` writes
 hub repo holds) is only the head: the tower is named in ``config.json`` (id and revision or
 weight hash) and loaded from its own source, as the field ships detectors. Hub repos are
 fetched with ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE=1`` and tokens honoured);
-nothing is unpickled.
+nothing is unpickled. Offline (``HF_HUB_OFFLINE`` set, or the hub unreachable) is found at once
+(:func:`~deepfake.towers.weights.hub_offline_reason`): heads are then read from the cache only,
+and an upload is refused with :class:`HubUnavailable` before any attempt.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from deepfake.model.checkpoint import FORMAT, PRETRAINED_CONFIG, PRETRAINED_WEIGHTS, CheckpointRefused
+from deepfake.towers.weights import hub_download, hub_offline_reason
 from deepfake.utils.fileio import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from deepfake.utils.text import pct as percent
 
@@ -51,20 +54,27 @@ def is_repo_id(text: str) -> bool:
     return not os.path.exists(text) and not os.path.exists(name.split("/", 1)[0])
 
 
-def fetch_head(repo: str, revision: str | None = None) -> Path:
-    """The local path of a hub repo's head weights, downloaded into (or read from) the hub cache."""
-    from huggingface_hub import hf_hub_download
+class HubUnavailable(ConnectionError):
+    """The hub cannot be reached for an upload; the message says why and what to do instead."""
 
+
+def fetch_head(repo: str, revision: str | None = None) -> Path:
+    """The local path of a hub repo's head weights, downloaded into (or read from) the hub cache.
+
+    Offline, the cache alone answers at once (no retries)."""
     if "@" in repo and revision is None:
         repo, revision = repo.split("@", 1)
+    reason = hub_offline_reason()
     paths = []
     for name in HUB_FILES:
         try:
-            paths.append(Path(hf_hub_download(repo_id=repo, filename=name, revision=revision)))
+            paths.append(Path(hub_download(repo, name, revision, reason is not None)))
         except Exception as exc:  # network, auth, missing file, offline cache miss: all end the same way
-            offline = " (HF_HUB_OFFLINE is set and it is not in the hub cache)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            if reason is not None:
+                raise CheckpointRefused(f"no such local directory {repo}, and not fetchable as hub repo {repo}: "
+                                        f"{reason} and it is not in the hub cache ({name} missing there)") from exc
             raise CheckpointRefused(f"no such local directory {repo}, and not fetchable as hub repo "
-                                    f"{repo}{offline}: {name}: {exc}") from exc
+                                    f"{repo}: {name}: {exc}") from exc
     return paths[0]
 
 
@@ -77,11 +87,30 @@ def _is_path_key(key: str) -> bool:
     return key.endswith(_PATH_SUFFIXES)
 
 
+def _is_local_path(text: str) -> bool:
+    """A string naming a place on this machine: absolute, home-relative, or an existing relative path."""
+    expanded = os.path.expanduser(text)
+    return os.path.isabs(expanded) or re.match(r"^[A-Za-z]:[\\/]", text) is not None or (
+        ("/" in text or "\\" in text) and os.path.exists(expanded))
+
+
+def _without_local_paths(value):
+    """Every string in ``value`` that names a local path, replaced by its base name (nested dicts and lists too)."""
+    if isinstance(value, dict):
+        return {k: _without_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(v) for v in value]
+    if isinstance(value, str) and _is_local_path(value):
+        return _base_name(value)
+    return value
+
+
 def head_config_for_sharing(config: dict) -> dict:
     """The checkpoint config without session keys and without local paths (a shared repo may be public).
 
-    Path-valued training options and the calibration folder keep only their base names, so a
-    reader still sees which data set and options made the head, not the machine's layout.
+    Path-valued training options, a local tower's directory and the calibration folder keep only
+    their base names, so a reader still sees which data set, tower and options made the head, not
+    the machine's layout. A local tower stays identified by its weights' sha256.
     """
     shared = {k: v for k, v in config.items() if k not in RUNTIME_KEYS and k != "format"}
     if isinstance(shared.get("train_args"), dict):
@@ -90,6 +119,10 @@ def head_config_for_sharing(config: dict) -> dict:
             if isinstance(value, str) and (_is_path_key(key) or key == "model" and not is_repo_id(value)):
                 train_args[key] = _base_name(value)
         shared["train_args"] = train_args
+    if isinstance(shared.get("tower"), dict) and isinstance(shared["tower"].get("model"), str):
+        model = shared["tower"]["model"]
+        if not is_repo_id(model) and ("/" in model or "\\" in model):  # a local directory, not a hub id nor a name
+            shared["tower"] = {**shared["tower"], "model": _base_name(model)}
     if isinstance(shared.get("published"), dict) and isinstance(shared["published"].get("path"), str):
         # An imported release keeps the file's name and sha256, not where it lay on this machine.
         shared["published"] = {**shared["published"], "path": _base_name(shared["published"]["path"])}
@@ -98,7 +131,7 @@ def head_config_for_sharing(config: dict) -> dict:
         if isinstance(calibration.get("real_dir"), str):
             calibration["real_dir"] = _base_name(calibration["real_dir"])
         shared["calibration"] = calibration
-    return shared
+    return _without_local_paths(shared)
 
 
 def save_head_folder(directory: str | os.PathLike, head_state: dict[str, torch.Tensor], config: dict,
@@ -116,14 +149,41 @@ def save_head_folder(directory: str | os.PathLike, head_state: dict[str, torch.T
 
 def upload_head_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
                        commit_message: str = "Upload deepfake detector head") -> str:
-    """Create ``repo_id`` when needed and upload the head files of ``folder``; returns the commit URL."""
+    """Create ``repo_id`` when needed and upload the head files of ``folder``; returns the commit URL.
+
+    Raises :class:`HubUnavailable` at once when the hub cannot be reached, and when the connection
+    fails on the way (never a bare network error)."""
     import huggingface_hub
 
+    reason = hub_offline_reason()
+    if reason is not None:
+        raise _unavailable(repo_id, reason)
     api = huggingface_hub.HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                             allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME])
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                 allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME])
+    except Exception as exc:
+        if not _network_error(exc):
+            raise  # the hub answered (auth, permissions, a bad name): its message says which
+        raise _unavailable(repo_id, str(exc) or type(exc).__name__) from exc
     return str(getattr(info, "commit_url", info))
+
+
+def _network_error(exc: Exception) -> bool:
+    """A failure to reach the hub (refused, reset, timed out, offline mode), not an answer from it."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "HfHubHTTPError" in names:  # an HTTP answer: the request itself was refused
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError)) or bool(
+        names & {"TransportError", "NetworkError", "ConnectError", "ConnectionError", "ConnectTimeout", "Timeout",
+                 "OfflineModeIsEnabled"})
+
+
+def _unavailable(repo_id: str, reason: str) -> HubUnavailable:
+    return HubUnavailable(f"{repo_id}: cannot upload, the Hugging Face hub cannot be reached ({reason}); "
+                          "write the files locally with `deepfake push RUN --save_dir DIR` (or save_pretrained) "
+                          "and upload that folder when online")
 
 
 def push_head(head_state: dict[str, torch.Tensor], config: dict, repo_id: str, run_summary: dict | None = None,
@@ -203,23 +263,55 @@ def _card_front(model: str, licence: str | None = None) -> list[str]:
     ]
 
 
+def _tower_pin(tower: dict) -> str:
+    """What pins the tower's features: a hub commit, a local checkpoint's weight hash, or a weight-free version."""
+    if tower.get("weights_sha256"):
+        return f"a local checkpoint, weights sha256 `{tower['weights_sha256']}`"
+    revision = tower.get("revision")
+    if revision and _weightless(tower.get("family")):
+        return f"weight-free, analysis version {revision}"
+    return f"revision `{revision}`" if revision else "no revision pinned"
+
+
+def _weightless(name) -> bool:
+    from deepfake.towers.registry import families
+
+    found = families().get(name) if isinstance(name, str) else None
+    return bool(found and found.weightless)
+
+
 def _card_tower(config: dict) -> list[str]:
     """The tower the head is only valid with, and how images are prepared for it."""
     tower, pre, head = config.get("tower", {}), config.get("preprocess", {}), config.get("head", {})
     model = tower.get("model", "unknown")
-    tower_pin = tower.get("revision") or (f"weights sha256 {tower['weights_sha256']}" if tower.get("weights_sha256") else "")
+    family = f"{tower['family']} family" if tower.get("family") else "unknown family"
     head_desc = ", ".join(f"{k} {v}" for k, v in head.items())
     return [
         "## Tower and preprocessing",
         "",
-        f"- tower: `{model}` ({tower.get('family', 'unknown family')}), {tower_pin or 'unpinned'}, "
+        f"- tower: `{model}` ({family}; {_tower_pin(tower)}), "
         f"feature dimension {tower.get('feature_dim', head.get('in_dim', 'n/a'))}",
         f"- preprocessing: mode `{pre.get('mode')}`, size {pre.get('size')}, interpolation "
         f"`{pre.get('interpolation')}`, mean {pre.get('mean')}, std {pre.get('std')}",
         f"- features: {json.dumps(config.get('features', {}))}",
         f"- head: {head_desc}",
+        *(["- the tower is a local checkpoint, named here by its folder's name: load the head with "
+           "`DeepfakeClassifier.from_pretrained(\"REPO_ID\", model=\"DIR\")`, DIR holding that tower "
+           "(its weights' sha256 is checked)"] if tower.get("weights_sha256") else []),
         "",
     ]
+
+
+def _augmentation(train_args: dict) -> str:
+    """The augmentation options in effect (none when both probabilities are 0), never the idle ones."""
+    on = []
+    if (train_args.get("blur_prob") or 0) > 0:
+        on.append(f"Gaussian blur with probability {train_args['blur_prob']}, sigma up to {train_args.get('blur_sigma')}")
+    if (train_args.get("jpeg_prob") or 0) > 0:
+        on.append(f"JPEG with probability {train_args['jpeg_prob']}, quality {train_args.get('jpeg_quality')}")
+    if not on:
+        return "none" if "blur_prob" in train_args or "jpeg_prob" in train_args else "n/a"
+    return "; ".join(on) + f" ({train_args.get('aug_views', 'n/a')} augmented views cached per image)"
 
 
 def _card_training(config: dict, run_summary: dict | None) -> list[str]:
@@ -233,12 +325,11 @@ def _card_training(config: dict, run_summary: dict | None) -> list[str]:
     ]
     if run_summary:
         lines.append(f"- images: {run_summary.get('n_train', 'n/a')} training, {run_summary.get('n_val', 'n/a')} validation")
-    aug = {k: train_args[k] for k in ("blur_prob", "jpeg_prob", "aug_views") if k in train_args}
     return lines + [
         f"- epochs: {train_args.get('num_epochs', 'n/a')} (this head: epoch {config.get('epoch', 'n/a')}), "
         f"learning rate {train_args.get('learning_rate', 'n/a')}, batch size {train_args.get('batch_size', 'n/a')}, "
         f"seed {config.get('seed', 'n/a')}",
-        f"- augmentation: {json.dumps(aug) if aug else 'n/a'}",
+        f"- augmentation: {_augmentation(train_args)}",
         "",
     ]
 

@@ -13,13 +13,15 @@ A training run whose features are all cached therefore never builds it.
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from deepfake.towers.backbones import Backbone, backbone_for, preprocess_from_processor_config
+from deepfake.towers.backbones import KNOWN_BACKBONES, Backbone, backbone_for, preprocess_from_processor_config
 from deepfake.towers.base import ImageTower, TowerOutput, TransformersTower, tower_identity
 from deepfake.towers.deferred import DeferredTower
 from deepfake.towers.registry import TowerFamily, family, family_for_config
@@ -27,10 +29,37 @@ from deepfake.towers.weights import WeightFiles, WeightsError, file_sha256, read
 
 __all__ = [
     "WeightsError", "WeightFiles", "DeferredTower", "ImageTower", "TowerOutput", "TransformersTower",
-    "file_sha256", "load_tower", "read_state_dict", "resolve_weights",
+    "check_model", "file_sha256", "load_tower", "read_state_dict", "resolve_weights",
 ]
 
 log = logging.getLogger(__name__)
+
+# A hub model id: org/name, letters, digits, '-', '_' and '.' (no leading '.' or '-').
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def check_model(model: str) -> str:
+    """``model`` when it can name a tower: a known name, a local directory or a hub id ``org/name``.
+
+    Checked before any data is read, so a typo costs nothing; the error lists the known names
+    and the closest one. Whether a hub id exists is found when it is loaded.
+    """
+    if model in KNOWN_BACKBONES or Path(model).expanduser().is_dir():
+        return model
+    if Path(model).expanduser().exists():
+        raise WeightsError(f"{model}: a file, not a checkpoint directory (a tower is a folder holding "
+                           "config.json and its weights)")
+    if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
+        return model
+    known = list(KNOWN_BACKBONES)
+    # Match whole names and the part after the org ("dinov2-large" -> facebook/dinov2-large), any case.
+    names = {**{n.lower().split("/")[-1]: n for n in known}, **{n.lower(): n for n in known}}
+    close = difflib.get_close_matches(model.lower(), list(names), n=1, cutoff=0.6)
+    hint = f"did you mean {names[close[0]]}? " if close else ""
+    looks_local = "/" in model or "\\" in model or model.startswith((".", "~"))
+    what = "not a checkpoint directory nor a hub id (no such directory)" if looks_local else "not a known tower name"
+    raise WeightsError(f"{model}: {what}; {hint}valid: {', '.join(known)}, a local checkpoint "
+                       "directory, or a hub id org/name")
 
 
 
@@ -75,6 +104,7 @@ def load_tower(
     ``memo_root``: a cache root where the hash of a local directory's weights is remembered by
     their stamps (:mod:`deepfake.utils.stamp_memo`), so that naming the tower does not read them again.
     """
+    check_model(model)
     backbone = backbone_for(model, revision)
     if backbone.family != "auto" and family(backbone.family).weightless:
         tower = family(backbone.family).load(None, backbone.with_mode(preprocess_mode), {})

@@ -5,6 +5,10 @@
 ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``) and, for a hub id, the
 commit they were resolved at. Hub files go through huggingface_hub's cache, so
 ``HF_HUB_OFFLINE=1`` works from that cache and a miss is a clear error.
+
+Offline is found at once (:func:`hub_offline_reason`): ``HF_HUB_OFFLINE`` set, or one TCP connection
+to the hub (or the proxy) that fails or stays unanswered for a few seconds. Files are then read from
+the cache only, instead of huggingface_hub's retries (about 25 s), and a miss says what works offline.
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -23,6 +31,16 @@ from deepfake.utils.stamp_memo import memo_path, memoized
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+# Seconds one connection to the hub may take before it counts as offline, and how long an answer holds.
+HUB_PROBE_TIMEOUT = 3.0
+HUB_PROBE_TTL = 60.0
+# What a user can do without the hub: named in every offline message about a tower.
+OFFLINE_ALTERNATIVES = ("what works offline: --model spectrum (the weight-free spectral tower) or --model DIR "
+                        "(a local checkpoint directory), and `deepfake demo` (the whole job on a synthetic "
+                        "benchmark, no downloads)")
+_TRUE = ("1", "ON", "YES", "TRUE")
+_probed: dict[tuple[str, int], tuple[float, str | None]] = {}  # (host, port) -> (when, reason)
 
 
 class WeightsError(ValueError):
@@ -104,29 +122,94 @@ def _local(directory: Path) -> WeightFiles:
     raise WeightsError(f"{directory}: no weights; expected one of {', '.join(WEIGHT_FILES + INDEX_FILES)}")
 
 
-def _hub_file(repo_id: str, filename: str, revision: str | None) -> str:
+def offline_env() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set to a true value (as huggingface_hub reads it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE
+
+
+def _probe_target() -> tuple[str, int]:
+    """The host and port a hub request connects to first: the HTTPS proxy when one is set, else the endpoint."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        if os.environ.get(name):
+            url = urlsplit(os.environ[name] if "://" in os.environ[name] else f"http://{os.environ[name]}")
+            return url.hostname or "", url.port or 80
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
+    return url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _probe(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to ``host:port`` opens within ``timeout`` s, else why not.
+
+    In a thread: name resolution has no timeout of its own and can hang on a machine without network.
+    """
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"no connection to {host}:{port}: {exc.strerror or exc}")
+
+    worker = threading.Thread(target=connect, name="hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return outcome[0] if outcome else f"no answer from {host}:{port} within {timeout:g} s"
+
+
+def hub_offline_reason(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why the Hugging Face hub cannot be reached now, or None when it can.
+
+    ``HF_HUB_OFFLINE`` answers at once; otherwise one connection to the hub's host (or the proxy)
+    decides, within ``timeout`` seconds, instead of huggingface_hub's five retries. The answer
+    holds for a minute, so the several files of one tower cost one probe.
+    """
+    if offline_env():
+        return "HF_HUB_OFFLINE is set"
+    host, port = _probe_target()
+    if not host:
+        return None
+    when, reason = _probed.get((host, port), (-HUB_PROBE_TTL, None))
+    if time.monotonic() - when >= HUB_PROBE_TTL:
+        reason = _probe(host, port, timeout)
+        _probed[(host, port)] = (time.monotonic(), reason)
+    return reason
+
+
+def hub_download(repo_id: str, filename: str, revision: str | None, offline: bool) -> str:
+    """``hf_hub_download``, from the local hub cache only when ``offline`` (no network attempt, no retries)."""
     from huggingface_hub import hf_hub_download
 
-    return hf_hub_download(repo_id=repo_id, filename=filename, revision=revision)
+    return hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, local_files_only=offline)
+
+
+def _offline_miss(source: str, reason: str) -> WeightsError:
+    return WeightsError(f"{source}: not in the local hub cache, and the Hugging Face hub cannot be reached "
+                        f"({reason}); {OFFLINE_ALTERNATIVES}")
 
 
 def _hub(source: str, revision: str | None) -> WeightFiles:
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    reason = hub_offline_reason()
     try:
-        config = Path(_hub_file(source, "config.json", revision))
+        config = Path(hub_download(source, "config.json", revision, reason is not None))
     except Exception as exc:  # network, auth, offline cache miss: all end the same way
-        offline = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise WeightsError(f"{source}: cannot fetch config.json{offline}: {exc}") from exc
+        if reason is not None:
+            raise _offline_miss(source, reason) from exc
+        raise WeightsError(f"{source}: cannot fetch config.json: {exc}") from exc
 
     def optional(name: str) -> Path | None:
         try:
-            return Path(_hub_file(source, name, revision))
+            return Path(hub_download(source, name, revision, reason is not None))
+        except LocalEntryNotFoundError:
+            # Offline, a file never fetched may simply not exist in the repository: the next candidate decides.
+            if reason is not None:
+                return None
+            raise WeightsError(f"{source}: cannot fetch {name}: the hub did not answer") from None
         except EntryNotFoundError:
             return None
         except Exception as exc:
-            if name == PREPROCESSOR_CONFIG and os.environ.get("HF_HUB_OFFLINE"):
-                return None  # offline and never fetched: the repository may simply not have one
             raise WeightsError(f"{source}: cannot fetch {name}: {exc}") from exc
 
     preprocessor = optional(PREPROCESSOR_CONFIG)
@@ -139,11 +222,19 @@ def _hub(source: str, revision: str | None) -> WeightFiles:
     for name in INDEX_FILES:
         index = optional(name)
         if index is not None:
-            shards = tuple(Path(_hub_file(source, p.name, revision)) for p in _shards(index))
+            shards = tuple(Path(optional(p.name) or _missing_shard(source, p.name, reason)) for p in _shards(index))
             return WeightFiles(index.parent, index.parent / "config.json", shards, index, preprocessor,
                                    index.parent.name)
     del config
+    if reason is not None:
+        raise _offline_miss(source, reason)
     raise WeightsError(f"{source}: the repository has none of {', '.join(WEIGHT_FILES + INDEX_FILES)}")
+
+
+def _missing_shard(source: str, name: str, reason: str | None) -> Path:
+    if reason is not None:
+        raise _offline_miss(source, reason)
+    raise WeightsError(f"{source}: shard {name} named by its index is not in the repository")
 
 
 def resolve_weights(source: str, revision: str | None = None) -> WeightFiles:

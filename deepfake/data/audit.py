@@ -1,14 +1,17 @@
 """Bias audit: what besides generation artefacts tells a data set's reals from its fakes.
 
-Per domain and class: file formats, JPEG quality (estimated from the quantisation tables),
-image sizes and how many are smaller than the crop, colour modes, and EXIF / camera metadata.
-Each difference between reals and fakes that a detector could learn instead of artefacts is
-flagged with a one-line explanation. Only file headers are read (Pillow opens lazily, the
-pixels are never decoded); a class with more than ``--max_per_group`` images is sampled, and
-the report says so. ``python -m deepfake audit`` prints it; it also runs, summarised, at the
-top of every training and evaluation run and is saved with its results. Given the feature cache
-root, the probes are remembered there (:mod:`deepfake.utils.stamp_memo`), so a rerun on unchanged
-files opens none of them; the report is the same either way.
+Per domain and class: file formats and files whose extension is not their format, JPEG quality
+and whether the quantisation tables are the IJG standard ones (:mod:`deepfake.data.jpeg_tables`),
+the distribution of image sizes (short-side percentiles, distinct sizes, the most common ones) and
+how many are smaller than the tower's input, colour modes, and EXIF / camera metadata. Each
+difference between reals and fakes that a detector could learn instead of artefacts is flagged
+with a one-line explanation that follows the tower's :class:`Preprocess` record (a resizing tower
+and a native-pixel one are fooled by different things). Only file headers are read (Pillow opens
+lazily, the pixels are never decoded); a class with more than ``--max_per_group`` images is
+sampled, and the report says so. ``python -m deepfake audit`` prints it; it also runs, summarised,
+at the top of every training and evaluation run and is saved with its results. Given the feature
+cache root, the probes are remembered there (:mod:`deepfake.utils.stamp_memo`), so a rerun on
+unchanged files opens none of them; the report is the same either way.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import statistics
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -24,6 +28,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deepfake.config import DataConfig
+from deepfake.data.jpeg_tables import match_ijg
+from deepfake.data.preprocess import Preprocess
 from deepfake.utils.stamp_memo import memo_path, memoized
 from deepfake.utils.text import pct
 
@@ -31,44 +37,31 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PER_GROUP = DataConfig.audit_max  # one default: the config's
 CLASS_NAMES = ("real", "fake")
-# The IJG (libjpeg) quality-50 tables in natural order; quality Q scales them (jcparam.c).
-IJG_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.int64)
+PROBE_VERSION = 2  # what a probe records; part of the memo's identity, so older memos are not reused
 EXIF_MAKE, EXIF_MODEL = 271, 272
 HEADER_EXIF_FORMATS = {"TIFF", "MPO"}  # EXIF lives in their main header
-SHARE_GAP = 0.2  # a format, mode or metadata share this much apart between the classes is flagged
-SIZE_RATIO = 1.1  # median short sides this far apart are flagged
-
-
-def _ijg_table(quality: int) -> np.ndarray:
-    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
-    return np.clip((IJG_LUMA * scale + 50) // 100, 1, 255)
-
-
-IJG_TABLES = {q: _ijg_table(q) for q in range(1, 101)}
-
-
-def estimate_jpeg_quality(quantization: dict) -> tuple[int, bool] | None:
-    """(quality, exact) of the IJG table closest to the luminance table; ``exact`` when it matches."""
-    if not quantization or 0 not in quantization:
-        return None
-    table = np.asarray(list(quantization[0]), dtype=np.int64)
-    if table.shape != (64,):
-        return None
-    errors = {q: int(np.abs(t - table).sum()) for q, t in IJG_TABLES.items()}
-    best = min(errors, key=lambda q: (errors[q], -q))
-    return best, errors[best] == 0
+JPEG_FORMATS = {"JPEG", "MPO"}  # MPO: a JPEG with more pictures after the first
+# What a file's extension promises; other extensions are not judged.
+EXTENSION_FORMATS = {
+    **dict.fromkeys((".jpg", ".jpeg", ".jpe", ".jfif"), JPEG_FORMATS), ".png": {"PNG"}, ".webp": {"WEBP"},
+    ".tif": {"TIFF"}, ".tiff": {"TIFF"}, ".bmp": {"BMP", "DIB"}, ".gif": {"GIF"},
+}
+SHARE_GAP = 0.2  # a format, mode, metadata or table share this much apart between the classes is flagged
+MINOR_GAP = 0.1  # shares of exceptions (too small, misnamed) this much apart are flagged
+SIZE_RATIO = 1.1  # short sides this far apart at the 10th, 50th or 90th percentile are flagged
+ONE_SIZE_GAP = 0.5  # a size held by this much more of one class than of the other is flagged
+TOP_SIZES = 5  # the most common sizes recorded per class
+QUALITY_GAP = 5  # median JPEG qualities this far apart are flagged
+RESIZING_MODES = ("resize", "squash")  # the Preprocess modes that resample; the others read native pixels
 
 
 def probe_image(image: Image.Image) -> dict:
-    """Header facts of an opened image: format, mode, size, JPEG quality, EXIF and camera tags."""
+    """Header facts of an opened image: format, mode, size, JPEG tables, EXIF and camera tags."""
     info = {"format": image.format or "unknown", "mode": image.mode, "size": image.size}
-    if image.format == "JPEG":
-        quality = estimate_jpeg_quality(getattr(image, "quantization", None))
-        if quality is not None:
-            info["jpeg_quality"], info["jpeg_exact"] = quality
+    if image.format in JPEG_FORMATS:
+        match = match_ijg(getattr(image, "quantization", None))
+        if match is not None:
+            info.update(jpeg_quality=match.quality, jpeg_standard=match.standard, jpeg_distance=match.distance)
     # Only where the header already holds it: Pillow's PNG getexif() decodes the whole image to look.
     exif = image.getexif() if (image.format in HEADER_EXIF_FORMATS or "exif" in image.info) else {}
     info["exif"] = len(exif) > 0
@@ -77,12 +70,12 @@ def probe_image(image: Image.Image) -> dict:
 
 
 def probe(path: str) -> dict:
-    """:func:`probe_image` of a file, reading its header only (the pixels are never decoded)."""
+    """:func:`probe_image` of a file and its extension, reading its header only (no pixel is decoded)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
-                return probe_image(image)
+                return {**probe_image(image), "ext": os.path.splitext(path)[1].lower()}
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         return {"error": str(exc) or type(exc).__name__}
 
@@ -92,12 +85,22 @@ def probe_from_json(stored: dict) -> dict:
     if "error" in stored:
         raise ValueError("failed probes are not stored")
     size = stored["size"]
+    jpeg_ok = ("jpeg_quality" not in stored or (
+        isinstance(stored["jpeg_quality"], int) and isinstance(stored["jpeg_standard"], bool)
+        and isinstance(stored["jpeg_distance"], (int, float))))
     if not (isinstance(stored["format"], str) and isinstance(stored["mode"], str) and len(size) == 2
             and all(isinstance(v, int) for v in size) and isinstance(stored["exif"], bool)
-            and isinstance(stored["camera"], bool) and isinstance(stored.get("jpeg_quality", 0), int)
-            and isinstance(stored.get("jpeg_exact", False), bool)):
+            and isinstance(stored["camera"], bool) and isinstance(stored.get("ext", ""), str) and jpeg_ok):
         raise ValueError("malformed probe record")
     return {**stored, "size": tuple(size)}
+
+
+def misnamed(info: dict) -> str | None:
+    """``".png is JPEG"`` when a probed file's extension promises another format than its content."""
+    expected = EXTENSION_FORMATS.get(info.get("ext", ""))
+    if expected is None or info["format"] in expected:
+        return None
+    return f"{info['ext']} is {info['format']}"
 
 
 def _shares(counter: Counter, n: int) -> dict:
@@ -109,74 +112,212 @@ def sample_group(paths: list[str], max_per_group: int, rng: random.Random) -> li
     return sorted(rng.sample(paths, max_per_group)) if len(paths) > max_per_group else paths
 
 
+def _jpeg_stats(jpegs: list[dict]) -> dict | None:
+    """Quality (the nearest IJG one) and how many JPEGs do not use standard tables."""
+    if not jpegs:
+        return None
+    qualities = [p["jpeg_quality"] for p in jpegs]
+    odd = [p["jpeg_distance"] for p in jpegs if not p["jpeg_standard"]]
+    return {"median": float(np.median(qualities)), "min": int(min(qualities)), "max": int(max(qualities)),
+            "exact_share": (len(jpegs) - len(odd)) / len(jpegs),  # share with standard IJG tables
+            "nonstandard": len(odd),
+            "nonstandard_quality": float(np.median([p["jpeg_quality"] for p in jpegs if not p["jpeg_standard"]]))
+            if odd else None,
+            "nonstandard_distance": float(statistics.median(odd)) if odd else None}
+
+
 def summarize_probes(probes: list[dict], crop: int, total: int | None = None) -> dict:
     """Statistics of one group from its probes (``total``: the group's size when the probes are a sample)."""
     total = len(probes) if total is None else total
-    chosen = probes
     good = [p for p in probes if "error" not in p]
     n = len(good)
     short = np.array([min(p["size"]) for p in good]) if good else np.zeros(0)
-    qualities = [p["jpeg_quality"] for p in good if "jpeg_quality" in p]
-    formats = Counter(p["format"] for p in good)
-    out = {
-        "n": total, "probed": len(chosen), "sampled": total > len(chosen), "unreadable": len(probes) - n,
+    jpegs = [p for p in good if "jpeg_quality" in p]
+    formats, modes = Counter(p["format"] for p in good), Counter(p["mode"] for p in good)
+    sizes = Counter(f"{p['size'][0]}x{p['size'][1]}" for p in good)
+    return {
+        "n": total, "probed": len(probes), "sampled": total > len(probes), "unreadable": len(probes) - n,
         "formats": dict(formats.most_common()), "format_shares": _shares(formats, n),
-        "modes": dict(Counter(p["mode"] for p in good).most_common()),
-        "mode_shares": _shares(Counter(p["mode"] for p in good), n),
-        "jpeg": len(qualities),
-        "jpeg_quality": ({"median": float(np.median(qualities)), "min": int(min(qualities)), "max": int(max(qualities)),
-                          "exact_share": float(np.mean([p.get("jpeg_exact", False) for p in good if "jpeg_quality" in p]))}
-                         if qualities else None),
+        "modes": dict(modes.most_common()), "mode_shares": _shares(modes, n),
+        "jpeg": len(jpegs), "jpeg_quality": _jpeg_stats(jpegs),
         "short_side": ({"min": int(short.min()), "p10": float(np.percentile(short, 10)), "median": float(np.median(short)),
                         "p90": float(np.percentile(short, 90)), "max": int(short.max())} if n else None),
-        "sizes": dict(Counter(f"{p['size'][0]}x{p['size'][1]}" for p in good).most_common(5)),
+        "sizes": dict(sizes.most_common(TOP_SIZES)), "distinct_sizes": len(sizes),
         "smaller_than_crop": int(np.sum(short < crop)) if n else 0,
+        "misnamed": dict(Counter(m for p in good if (m := misnamed(p))).most_common()),
         "exif": sum(p["exif"] for p in good), "camera": sum(p["camera"] for p in good),
+        "n_read": n,
     }
-    out["n_read"] = n
-    return out
 
 
 def _pct(x: float) -> str:
     return pct(x, 0, "%")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _top(shares: dict) -> str:
     return ", ".join(f"{_pct(v)} {k}" for k, v in list(shares.items())[:3]) or "none"
 
 
-def compare_classes(real: dict, fake: dict, crop: int) -> list[dict]:
-    """Flags for every property in which reals and fakes differ enough for a detector to learn it."""
+def _resizes(pre: Preprocess) -> bool:
+    return pre.mode in RESIZING_MODES
+
+
+def tower_view(pre: Preprocess) -> str:
+    """What the tower does to an image's pixels, as the hints say it."""
+    if pre.mode == "resize":
+        return f"resizes the short side to {pre.resize_size or pre.size} px and crops {pre.size} px"
+    if pre.mode == "squash":
+        return f"resizes every image to {pre.size}x{pre.size} px"
+    if pre.mode == "crop":
+        return f"crops {pre.size} px without resizing"
+    if pre.mode == "window":
+        return f"reads a native window of up to {pre.size} px, never resized"
+    return f"reads {pre.grid}x{pre.grid} native tiles of {pre.size} px, never resized"
+
+
+def _jpeg_hint(pre: Preprocess) -> str:
+    if _resizes(pre):
+        return "the tower's resizing blurs JPEG's 8x8 block grid but does not remove it"
+    return "JPEG's 8x8 block grid reaches this tower unresized"
+
+
+def _size_hint(pre: Preprocess) -> str:
+    if _resizes(pre):
+        return (f"the tower {tower_view(pre)}, so each class is resampled by its own factors and carries its own "
+                f"interpolation traces (--align size:S resizes both)")
+    tiles = (f", and its tiles overlap below {pre.grid * pre.size} px and spread apart above"
+             if pre.mode == "tiles" else "")
+    return (f"the tower {tower_view(pre)}, so it sees a different share of each class's frame at each class's own "
+            f"scale{tiles} (--align size:S resizes both, at the cost of the native pixel grid this tower reads)")
+
+
+def _one_size_hint(pre: Preprocess, name: str) -> str:
+    if _resizes(pre):
+        return (f"the tower {tower_view(pre)}, so every {name} is resampled by the same factor and carries one "
+                f"interpolation trace a detector can learn (--align size:S resizes both; test on {name}s of other "
+                f"sizes)")
+    return (f"the tower {tower_view(pre)}, so it sees every {name} at one frame layout and scale, a cue a detector "
+            f"can tie to the class (test on {name}s of other sizes)")
+
+
+def _smaller_hint(pre: Preprocess) -> str:
+    if _resizes(pre):
+        target = f"{pre.resize_size or pre.size} px" if pre.mode == "resize" else f"{pre.size}x{pre.size} px"
+        return f"the tower upsamples them to {target}, leaving upsampling traces that only one class has"
+    if pre.mode == "window":
+        return "the tower's window shrinks to their size and masks the rest, a layout that only one class has"
+    what = f"{pre.size} px tiles are" if pre.mode == "tiles" else f"{pre.size} px crop is"
+    return f"the tower's {what} zero-padded on them: black borders that only one class has"
+
+
+def _gap(a: dict, b: dict) -> float:
+    return max((abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b)), default=0.0)
+
+
+def _format_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
+    """File formats and misnamed files."""
     flags = []
-    if not real.get("n_read") or not fake.get("n_read"):
-        return flags
-
-    def gap(a: dict, b: dict) -> float:
-        return max((abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b)), default=0.0)
-
-    if gap(real["format_shares"], fake["format_shares"]) >= SHARE_GAP:
+    if _gap(real["format_shares"], fake["format_shares"]) >= SHARE_GAP:
+        jpeg = JPEG_FORMATS & (set(real["formats"]) | set(fake["formats"]))
         flags.append({"property": "format", "message":
                       f"format: reals {_top(real['format_shares'])}, fakes {_top(fake['format_shares'])}; a detector "
-                      f"can learn the file format instead of generation artefacts (--align jpeg:Q re-encodes both)"})
+                      f"can learn the file format instead of generation artefacts ("
+                      + (f"{_jpeg_hint(pre)}; " if jpeg else "") + "--align jpeg:Q re-encodes both)"})
+    shares = [sum(s["misnamed"].values()) / s["n_read"] for s in (real, fake)]
+    if abs(shares[0] - shares[1]) >= MINOR_GAP:
+        def which(s: dict) -> str:
+            return f" ({', '.join(f'{v} {k}' for k, v in s['misnamed'].items())})" if s["misnamed"] else ""
+        flags.append({"property": "extension", "message":
+                      f"file extension: {_pct(shares[0])} of reals{which(real)} and {_pct(shares[1])} of fakes"
+                      f"{which(fake)} are not the format their extension names; one class went through another "
+                      f"pipeline, and a step that trusts the extension (a format filter, a lossless re-save) treats "
+                      f"it differently"})
+    return flags
+
+
+def _quality(share: float, stats: dict | None) -> str:
+    """``"100% JPEG at median quality 90"``, saying when the tables are not the IJG ones."""
+    text = f"{_pct(share)} JPEG"
+    if stats:
+        text += f" at median quality {stats['median']:.0f}"
+        if stats["exact_share"] < 1:
+            text += f" (nearest IJG; {_pct(1 - stats['exact_share'])} with non-standard tables)"
+    return text
+
+
+def _tables(stats: dict) -> str:
+    text = f"{_pct(stats['exact_share'])} standard IJG tables"
+    if stats["nonstandard"]:
+        text += (f", {stats['nonstandard']} non-standard (nearest IJG quality {stats['nonstandard_quality']:.0f}, "
+                 f"mean distance {stats['nonstandard_distance']:.1f} per coefficient)")
+    return text
+
+
+def _jpeg_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
+    """JPEG share and quality; standard against non-standard quantisation tables."""
+    flags = []
     rj, fj = real["jpeg"] / real["n_read"], fake["jpeg"] / fake["n_read"]
     rq, fq = real["jpeg_quality"], fake["jpeg_quality"]
-    if abs(rj - fj) >= SHARE_GAP or (rq and fq and abs(rq["median"] - fq["median"]) >= 5):
-        def q(share, stats):
-            return f"{_pct(share)} JPEG" + (f" at median quality {stats['median']:.0f}" if stats else "")
+    if abs(rj - fj) >= SHARE_GAP or (rq and fq and abs(rq["median"] - fq["median"]) >= QUALITY_GAP):
         flags.append({"property": "jpeg_quality", "message":
-                      f"JPEG quality: reals {q(rj, rq)}, fakes {q(fj, fq)}; compression strength separates the "
-                      f"classes (--align jpeg:Q re-encodes both at one quality)"})
-    rs, fs = real["short_side"]["median"], fake["short_side"]["median"]
-    if max(rs, fs) / max(min(rs, fs), 1) >= SIZE_RATIO:
+                      f"JPEG quality: reals {_quality(rj, rq)}, fakes {_quality(fj, fq)}; compression strength "
+                      f"separates the classes ({_jpeg_hint(pre)}; --align jpeg:Q re-encodes both at one quality)"})
+    if rq and fq and abs(rq["exact_share"] - fq["exact_share"]) >= SHARE_GAP:
+        flags.append({"property": "jpeg_tables", "message":
+                      f"quantisation tables: reals' JPEGs {_tables(rq)}; fakes' {_tables(fq)}; a detector can learn "
+                      f"the encoder instead of generation artefacts ({_jpeg_hint(pre)}; --align jpeg:Q re-encodes "
+                      f"both with standard tables)"})
+    return flags
+
+
+def _top_size_share(own: dict, other: dict) -> tuple[str, float, float | None]:
+    """(own most common size, its share of own, its share of other: ``None`` when not recorded).
+
+    ``other`` records only its most common sizes; when the size is not among them, its share there
+    is at most that of the least common recorded one, which the comparison then assumes.
+    """
+    top, count = next(iter(own["sizes"].items()))
+    if top in other["sizes"] or other["distinct_sizes"] <= len(other["sizes"]):
+        return top, count / own["n_read"], other["sizes"].get(top, 0) / other["n_read"]
+    return top, count / own["n_read"], None
+
+
+def _size_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
+    """Short-side percentiles beyond the median, and one size for a whole class."""
+    flags = []
+    rs, fs = real["short_side"], fake["short_side"]
+    if any(max(rs[k], fs[k]) / max(min(rs[k], fs[k]), 1) >= SIZE_RATIO for k in ("p10", "median", "p90")):
         flags.append({"property": "size", "message":
-                      f"size: median short side reals {rs:.0f} px, fakes {fs:.0f} px; resizing to the tower's input "
-                      f"leaves different interpolation traces per class (--align size:S resizes both)"})
+                      f"size: median short side reals {rs['median']:.0f} px, fakes {fs['median']:.0f} px (10th-90th "
+                      f"percentile {rs['p10']:.0f}-{rs['p90']:.0f} and {fs['p10']:.0f}-{fs['p90']:.0f} px); "
+                      f"{_size_hint(pre)}"})
+    candidates = []
+    for (name, own), (other_name, other) in ((("real", real), ("fake", fake)), (("fake", fake), ("real", real))):
+        top, share, elsewhere = _top_size_share(own, other)
+        bound = elsewhere if elsewhere is not None else min(other["sizes"].values()) / other["n_read"]
+        if share - bound >= ONE_SIZE_GAP:
+            at = f"{_pct(elsewhere)} at {top}" if elsewhere is not None else \
+                f"{top} not among their {len(other['sizes'])} most common"
+            candidates.append((share - bound, {"property": "one_size", "message":
+                               f"one size: {_pct(share)} of {name}s are {top}, {other_name}s come in "
+                               f"{_count(other['distinct_sizes'], 'size')}, {at}; {_one_size_hint(pre, name)}"}))
+    if candidates:
+        flags.append(max(candidates, key=lambda c: c[0])[1])
     rc, fc = real["smaller_than_crop"] / real["n_read"], fake["smaller_than_crop"] / fake["n_read"]
-    if abs(rc - fc) >= 0.1:
+    if abs(rc - fc) >= MINOR_GAP:
         flags.append({"property": "smaller_than_crop", "message":
-                      f"smaller than {crop} px: {_pct(rc)} of reals, {_pct(fc)} of fakes; in crop mode they get black "
-                      f"borders that only one class has"})
-    if gap(real["mode_shares"], fake["mode_shares"]) >= SHARE_GAP:
+                      f"smaller than {pre.size} px: {_pct(rc)} of reals, {_pct(fc)} of fakes; {_smaller_hint(pre)}"})
+    return flags
+
+
+def _image_flags(real: dict, fake: dict) -> list[dict]:
+    """Colour modes and metadata."""
+    flags = []
+    if _gap(real["mode_shares"], fake["mode_shares"]) >= SHARE_GAP:
         flags.append({"property": "mode", "message":
                       f"colour mode: reals {_top(real['mode_shares'])}, fakes {_top(fake['mode_shares'])}; "
                       f"grayscale, palette or alpha images convert to RGB with their own statistics"})
@@ -189,6 +330,17 @@ def compare_classes(real: dict, fake: dict, crop: int) -> list[dict]:
     return flags
 
 
+def compare_classes(real: dict, fake: dict, preprocess: Preprocess) -> list[dict]:
+    """Flags for every property in which reals and fakes differ enough for a detector to learn it.
+
+    The hints say what the difference does to what this tower reads (``preprocess``: its record).
+    """
+    if not real.get("n_read") or not fake.get("n_read"):
+        return []
+    return (_format_flags(real, fake, preprocess) + _jpeg_flags(real, fake, preprocess)
+            + _size_flags(real, fake, preprocess) + _image_flags(real, fake))
+
+
 def _memo_identity(groups: dict[tuple[str, int], list[str]], seed: int, max_per_group: int) -> dict:
     """What decides the sample: the data set's folder, the groups, the seed and the sample size."""
     ends = [p for paths in groups.values() for p in (paths[0], paths[-1])]  # each group is sorted
@@ -198,16 +350,21 @@ def _memo_identity(groups: dict[tuple[str, int], list[str]], seed: int, max_per_
     except ValueError:  # absolute and relative paths mixed: relative ones are relative to here
         root = os.getcwd()
     return {"root": os.fsdecode(root), "seed": seed, "max_per_group": max_per_group,
-            "groups": sorted([domain, label] for domain, label in groups)}
+            "groups": sorted([domain, label] for domain, label in groups), "probe": PROBE_VERSION}
 
 
-def audit_samples(items: list[tuple[str, str, int]], crop: int = 224, max_per_group: int = DEFAULT_MAX_PER_GROUP,
-                  seed: int = 0, cache_root: str | os.PathLike | None = None) -> dict:
+def audit_samples(items: list[tuple[str, str, int]], preprocess: Preprocess | None = None,
+                  max_per_group: int = DEFAULT_MAX_PER_GROUP, seed: int = 0,
+                  cache_root: str | os.PathLike | None = None) -> dict:
     """Audit ``(path, domain, label)`` items: statistics per domain and class, and flags per domain.
 
+    ``preprocess``: the record of the tower the images are for (``None``: the default tower's
+    resize to 224 px); images smaller than its size are counted and the hints follow its mode.
     With several domains, all of them pooled are audited too (as ``all``). ``cache_root``: the
     feature cache root, where the header probes are remembered between runs (``None``: no memo).
     """
+    preprocess = preprocess or Preprocess()
+    crop = preprocess.size
     groups: dict[tuple[str, int], list[str]] = {}
     for path, domain, label in items:
         groups.setdefault((domain, label), []).append(path)
@@ -233,7 +390,8 @@ def audit_samples(items: list[tuple[str, str, int]], crop: int = 224, max_per_gr
     # Reals shared by several domains (and the pooled groups) are read once.
     probes = memoized((p for *_, chosen in plan for p in chosen), probe, memo, identity, probe_from_json)
 
-    report = {"crop": crop, "max_per_group": max_per_group, "seed": seed, "domains": {}, "flags": []}
+    view = {k: v for k, v in preprocess.to_dict().items() if k in ("mode", "size", "resize_size", "grid")}
+    report = {"crop": crop, "preprocess": view, "max_per_group": max_per_group, "seed": seed, "domains": {}, "flags": []}
     pooled: dict[str, dict] = {}
     for is_pooled, domain, name, total, chosen in plan:
         stats = summarize_probes([probes[p] for p in chosen], crop, total)
@@ -243,33 +401,57 @@ def audit_samples(items: list[tuple[str, str, int]], crop: int = 224, max_per_gr
             report["domains"].setdefault(domain, {})[name] = stats
     for domain, entry in report["domains"].items():
         if len(entry) == 2:
-            report["flags"].extend({"domain": domain, **f} for f in compare_classes(entry["real"], entry["fake"], crop))
+            report["flags"].extend({"domain": domain, **f} for f in compare_classes(entry["real"], entry["fake"],
+                                                                                    preprocess))
     if len(domains) > 1:
         report["pooled"] = pooled
         if len(pooled) == 2:
-            report["flags"].extend({"domain": "all", **f} for f in compare_classes(pooled["real"], pooled["fake"], crop))
+            report["flags"].extend({"domain": "all", **f} for f in compare_classes(pooled["real"], pooled["fake"],
+                                                                                 preprocess))
     report["sampled"] = sorted({f"{d}/{name}" for d, entry in report["domains"].items()
                                 for name, s in entry.items() if s["sampled"]})
     return report
+
+
+def _jpeg_line(q: dict | None) -> str:
+    if not q:
+        return ""
+    text = f"; JPEG q {q['min']}-{q['max']} (median {q['median']:.0f}"
+    if not q["nonstandard"]:
+        return text + ", standard IJG tables)"
+    return text + (f"; {q['nonstandard']} with non-standard quantisation tables, nearest IJG quality "
+                   f"{q['nonstandard_quality']:.0f} at a mean distance of {q['nonstandard_distance']:.1f})")
+
+
+def _size_line(s: dict, crop: int) -> str:
+    side = s["short_side"]
+    if not side:
+        return ""
+    top, count = next(iter(s["sizes"].items()))
+    common = (f"1 size ({top})" if s["distinct_sizes"] == 1 else
+              f"{_count(s['distinct_sizes'], 'size')} (most common {top}, {_pct(count / s['n_read'])})")
+    return (f"; short side {side['min']}-{side['max']} px (median {side['median']:.0f}), {common}, "
+            f"{s['smaller_than_crop']} below {crop}")
+
+
+def format_class(domain: str, name: str, s: dict, crop: int) -> str:
+    """One line of a domain and class's statistics."""
+    sampled = f" ({s['probed']} sampled)" if s["sampled"] else ""
+    misnamed_files = sum(s["misnamed"].values())
+    return (f"{domain}/{name}: {s['n']} images{sampled}; {_top(s['format_shares'])}"
+            + (f" ({misnamed_files} misnamed: {', '.join(f'{v} {k}' for k, v in s['misnamed'].items())})"
+               if misnamed_files else "")
+            + _jpeg_line(s["jpeg_quality"]) + _size_line(s, crop)
+            + f"; modes {_top(s['mode_shares'])}; EXIF {s['exif']}, camera {s['camera']}"
+            + (f"; {s['unreadable']} unreadable" if s["unreadable"] else ""))
 
 
 def format_audit(report: dict, brief: bool = False) -> str:
     """The audit as text: the flags (brief), or a line per domain and class followed by the flags."""
     lines = []
     if not brief:
-        for domain, entry in report["domains"].items():
-            for name, s in entry.items():
-                q = s["jpeg_quality"]
-                side = s["short_side"]
-                sampled = f" ({s['probed']} sampled)" if s["sampled"] else ""
-                lines.append(
-                    f"{domain}/{name}: {s['n']} images{sampled}; "
-                    f"{_top(s['format_shares'])}"
-                    + (f"; JPEG q {q['min']}-{q['max']} (median {q['median']:.0f})" if q else "")
-                    + (f"; short side {side['min']}-{side['max']} px (median {side['median']:.0f}), "
-                       f"{s['smaller_than_crop']} below {report['crop']}" if side else "")
-                    + f"; modes {_top(s['mode_shares'])}; EXIF {s['exif']}, camera {s['camera']}"
-                    + (f"; {s['unreadable']} unreadable" if s["unreadable"] else ""))
+        lines.extend(format_class(domain, name, s, report["crop"])
+                     for domain, entry in report["domains"].items() for name, s in entry.items())
     flags = report["flags"]
     if flags:
         lines.append(f"bias audit: {len(flags)} difference(s) between reals and fakes a detector could learn "

@@ -205,8 +205,9 @@ def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict
     audit = None
     if is_main_process():
         print(summarize(samples))
-        # The audit counts images smaller than what the head's tower takes in.
-        audit = audit_samples([(s.path, s.generator, s.label) for s in samples], crop=classifier.preprocess.size,
+        # The audit counts images smaller than what the head's tower takes in; its hints follow that preprocessing.
+        audit = audit_samples([(s.path, s.generator, s.label) for s in samples],
+                              _protocol_preprocess(classifier, protocol, warn=False),
                               max_per_group=config.data.audit_max, seed=config.seed, cache_root=config.cache.root())
         print(format_audit(audit, brief=True))
     setting, calibration, (threshold_source, threshold_calibration) = _prepare(config, classifier, samples, align,

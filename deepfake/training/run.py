@@ -25,6 +25,7 @@ from deepfake.data.alignment import Alignment, parse_align
 from deepfake.data.audit import audit_samples, format_audit
 from deepfake.data.layouts import parse_label_dirs
 from deepfake.data.perturbations import BlurJpegAugment
+from deepfake.data.preprocess import Preprocess
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample, training_samples
 from deepfake.features.extraction import (
     ExtractionSettings,
@@ -133,7 +134,7 @@ def train(config: TrainConfig) -> dict:
         return _fit(plan, tables, extract_seconds)
 
 
-def _read_data(config: TrainConfig, crop: int) -> tuple[list[Sample], list[Sample], dict | None]:
+def _read_data(config: TrainConfig, preprocess: Preprocess) -> tuple[list[Sample], list[Sample], dict | None]:
     """The training and validation samples; on the main rank their counts and bias audit are printed."""
     labels = parse_label_dirs(list(config.data.label_dirs) if config.data.label_dirs else None)
     train_samples, val_samples = training_samples(config.data.dataset_dir, split_list(config.data.categories),
@@ -141,7 +142,7 @@ def _read_data(config: TrainConfig, crop: int) -> tuple[list[Sample], list[Sampl
     audit = None
     if is_main_process():
         print(summarize_training(train_samples, val_samples))
-        audit = audit_samples([(s.path, s.category, s.label) for s in train_samples], crop=crop,
+        audit = audit_samples([(s.path, s.category, s.label) for s in train_samples], preprocess,
                               max_per_group=config.data.audit_max, seed=config.seed, cache_root=config.cache.root())
         print(format_audit(audit, brief=True))
         release_free_heap()  # the audit's parsed headers are gone: hand their pages back before the tables
@@ -162,8 +163,8 @@ def _plan(config: TrainConfig) -> _Plan:
     tower = load_tower(config.tower.model, config.tower.revision, config.tower.preprocess, defer=True,
                        memo_root=config.cache.root())
     tower = prepare_tower(tower, precision, device, compile=config.cache.compile)
-    # The audit counts images smaller than what this tower takes in.
-    train_samples, val_samples, audit = _read_data(config, crop=tower.preprocess.size)
+    # The audit counts images smaller than what this tower takes in, and its hints follow its preprocessing.
+    train_samples, val_samples, audit = _read_data(config, tower.preprocess)
     blocks = _feature_blocks(config, tower)
     tap = kind_tap(config.head.kind)
     settings = ExtractionSettings.for_run(config.runtime, precision, blocks, batch_size=config.extract_batch_size,

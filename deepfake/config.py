@@ -250,6 +250,61 @@ class CompareConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
 
 
+def _at_least(name: str, value: Any, low: float, kind: type = int) -> None:
+    """Refuse a serve limit below ``low`` (or not a number of ``kind``), naming its flag."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value != float("inf")
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok or value < low:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"--{name} must be {what} >= {low:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``deepfake serve`` binds to, what one request may ask and how much it holds at once.
+
+    Every limit is checked when the config is made, so a bad flag stops the server before
+    the model loads (``deepfake serve --max_batch 0`` exits 2 naming the flag).
+    """
+
+    host: str = "127.0.0.1"  # this machine only: the server has no authentication
+    port: int = 8000
+    allow_host: tuple[str, ...] = ()  # further Host names answered (a reverse proxy's, a LAN name)
+    tiles: int = 0
+    max_upload_mb: float = 20.0  # request body; larger ones get 413 before they are read
+    max_files: int = 64
+    max_batch: int = 16  # images per scoring pass
+    # Per image: lower than predict's, a server holds many requests at once.
+    max_pixels: int = 64_000_000
+    # Per request, and per scoring pass: the pixels the worker decodes before it looks at the queue again.
+    max_request_pixels: int = 128_000_000
+    max_queue: int = 64  # requests waiting to be scored; one more gets 503 with Retry-After
+    max_connections: int = 256  # open connections; more get 503 (uploads in progress are spooled to disk)
+    timeout: float = 60.0  # seconds for a request's headers, and again for its body
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ValueError(f"--host must name an address, got {self.host!r}")
+        _at_least("port", self.port, 0)
+        if self.port > 65535:
+            raise ValueError(f"--port must be in 0..65535, got {self.port!r}")
+        object.__setattr__(self, "allow_host", tuple(self.allow_host or ()))
+        for name in ("max_files", "max_batch", "max_pixels", "max_request_pixels", "max_queue", "max_connections"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("tiles", self.tiles, 0)
+        _at_least("max_upload_mb", self.max_upload_mb, 1e-3, float)
+        _at_least("timeout", self.timeout, 0.1, float)
+        if self.max_request_pixels < self.max_pixels:
+            raise ValueError(f"--max_request_pixels ({self.max_request_pixels}) is below --max_pixels "
+                             f"({self.max_pixels}): the largest image allowed could never be scored")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The request body limit in bytes."""
+        return int(self.max_upload_mb * (1 << 20))
+
+
 def flag_name(f: dataclasses.Field) -> str:
     """The command-line destination a config field stands for."""
     return f.metadata.get("flag", f.name)

@@ -118,6 +118,39 @@ INTENDED_TEXT["help_deepfake.txt"] = [(
     "  split    Turn flat real/fake folders into the ForenSynths layout: python -m deepfake split SRC OUT\n",
     "  split    Turn flat real/fake folders into the ForenSynths layout: python -m deepfake split SRC OUT\n"
     "  import   Import a published detector's released head as a run: deepfake import ufd|rine FILE --out RUN\n")]
+# Serving: the bound Host names, the queue, the request pixel budget, connection and time limits (and their help).
+INTENDED_TEXT["help_serve.txt"] = [
+    ('usage: deepfake serve [-h] --checkpoint CHECKPOINT [--host HOST] [--port PORT]\n',
+     'usage: deepfake serve [-h] --checkpoint CHECKPOINT [--host HOST] [--port PORT] [--allow_host NAME]\n'),
+    ('                      [--max_pixels MAX_PIXELS] [--tiles [TILES]] [--threshold THRESHOLD]\n',
+     '                      [--max_pixels MAX_PIXELS] [--max_request_pixels MAX_REQUEST_PIXELS]\n'
+     '                      [--max_queue MAX_QUEUE] [--max_connections MAX_CONNECTIONS]\n'
+     '                      [--timeout TIMEOUT] [--tiles [TILES]] [--threshold THRESHOLD]\n'),
+    ('127.0.0.1 by default. It has no authentication: bind to another address only on a network\n'
+     'where everyone who can reach it may use it.\n',
+     "127.0.0.1 by default and answers only the names it is bound to (``--allow_host`` adds\n"
+     "more), refuses POSTs from other web pages' origins, and bounds what it holds: a full queue\n"
+     "(``--max_queue``) answers 503 with Retry-After. It has no authentication: bind to another\n"
+     "address only on a network where everyone who can reach it may use it.\n"),
+    ('  --port PORT\n',
+     "  --port PORT\n"
+     "  --allow_host NAME     also answer requests whose Host is NAME (repeatable; a reverse proxy's or\n"
+     "                        a LAN name). Other Host names get 400 (default: loopback names and the\n"
+     "                        --host address)\n"),
+    ('                        refuse images with more pixels than this (default: 64000000)\n',
+     "                        refuse images with more pixels than this (default: 64000000)\n"
+     "  --max_request_pixels MAX_REQUEST_PIXELS\n"
+     "                        pixels one request may have decoded, read from the files' headers; files\n"
+     "                        past it are skipped with that reason. Also the most one scoring pass\n"
+     "                        decodes (default: 128000000)\n"
+     "  --max_queue MAX_QUEUE\n"
+     "                        requests waiting to be scored; when full, more get 503 with Retry-After\n"
+     "                        (default: 64)\n"
+     "  --max_connections MAX_CONNECTIONS\n"
+     "                        open connections; past it requests get 503 (default: 256)\n"
+     "  --timeout TIMEOUT     seconds a client has to send a request's headers, and again its body;\n"
+     "                        slower ones are dropped (408) (default: 60.0)\n"),
+]
 for _name, _train_args in (("best.json", ("train_args",)), ("demo_best.json", ("train_args",)),
                            ("run.json", ("config", "train_args")), ("demo_run.json", ("config", "train_args"))):
     INTENDED_JSON.setdefault(_name, {})[(*_train_args, "nproj")] = 4

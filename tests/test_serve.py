@@ -6,7 +6,11 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -23,7 +27,10 @@ from deepfake import DeepfakeClassifier
 from deepfake.__main__ import main as deepfake_main
 from deepfake.utils.fileio import atomic_write
 
+from .conftest import TOWER
+
 MAX_UPLOAD_MB = 1
+MAX_PIXELS = 4_000_000  # per image and per request
 # The README's picture of the page is made by this test on request only (tests never write into the
 # checkout): DEEPFAKE_SCREENSHOT=images/serve_page.png python -m pytest tests/test_serve.py -k page
 SCREENSHOT_ENV = "DEEPFAKE_SCREENSHOT"
@@ -70,7 +77,8 @@ def server(trained_run):
         mp.setattr(DeepfakeClassifier, "from_pretrained", classmethod(counted))
         mp.setattr(dc, "load_tower", counted_tower)
         args = build_parser().parse_args(["--checkpoint", str(trained_run["run"]), "--port", "0", "--tiles", "4",
-                                          "--max_upload_mb", str(MAX_UPLOAD_MB)])
+                                          "--max_upload_mb", str(MAX_UPLOAD_MB), "--max_pixels", str(MAX_PIXELS),
+                                          "--max_request_pixels", str(MAX_PIXELS)])
         server = build_server(args)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -94,11 +102,11 @@ def test_serve_binds_localhost_by_default_and_warns_for_other_addresses(caplog, 
     assert serve.is_loopback("127.0.0.1") and serve.is_loopback("::1") and serve.is_loopback("localhost")
     assert not serve.is_loopback("0.0.0.0") and not serve.is_loopback("192.168.1.5")
 
-    def no_server(args):
+    def no_server(args, config=None):
         raise ValueError("stop before loading")
 
     monkeypatch.setattr(serve, "build_server", no_server)
-    assert serve.main(["--checkpoint", "x", "--host", "0.0.0.0"]) == 2
+    assert serve.main(["--checkpoint", "x", "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "it has no authentication" in caplog.text
 
 
@@ -107,6 +115,9 @@ def test_health_answers(server):
         health = json.loads(response.read())
     assert health["status"] == "ok" and health["tiles"] == 4
     assert health["max_upload_bytes"] == MAX_UPLOAD_MB << 20
+    # Names, not paths: the run folder's name and the tower's.
+    assert health["checkpoint"] == server["run"]["run"].name
+    assert health["tower"] == Path(TOWER).name
 
 
 def test_api_scores_equal_deepfake_predict(server, tmp_path):
@@ -195,6 +206,152 @@ def test_fifty_concurrent_requests_all_succeed_on_one_loaded_model(server):
     assert server["loads"] == loads_before  # no request loaded a model
 
 
+def request(url: str, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, bytes]:
+    """One raw HTTP request with exactly these headers (``Host`` included), and its status and body."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for key, value in {**headers, "Content-Length": str(len(body or b""))}.items():
+            conn.putheader(key, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_only_the_bound_host_names_are_answered(server):
+    port = server["url"].rsplit(":", 1)[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert request(server["url"], "GET", "/health", {"Host": host})[0] == 200, host
+    # A page whose name was pointed at this machine (DNS rebinding) sends its own name.
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example"):
+        status, body = request(server["url"], "GET", "/health", {"Host": host})
+        assert status == 400 and b"does not answer to Host" in body, (host, body)
+    good = sorted((server["run"]["data"] / "test").rglob("*.png"))[0]
+    body, content_type = multipart([(good.name, good.read_bytes())])
+    status, _ = request(server["url"], "POST", "/predict", {"Host": "attacker.example", "Content-Type": content_type},
+                        body)
+    assert status == 400
+
+
+def test_a_post_from_another_origin_is_refused_and_same_origin_or_no_origin_is_served(server):
+    good = sorted((server["run"]["data"] / "test").rglob("*.png"))[0]
+    body, content_type = multipart([(good.name, good.read_bytes())])
+    host = server["url"].removeprefix("http://")
+    before = json.loads(urllib.request.urlopen(server["url"] + "/health", timeout=30).read())["images_scored"]
+    status, answer = request(server["url"], "POST", "/predict",
+                             {"Host": host, "Origin": "http://evil.example", "Content-Type": content_type}, body)
+    assert status == 403 and b"cross-origin" in answer
+    after = json.loads(urllib.request.urlopen(server["url"] + "/health", timeout=30).read())["images_scored"]
+    assert after == before  # refused before anything was scored
+    same = request(server["url"], "POST", "/predict", {"Host": host, "Origin": server["url"], "Content-Type": content_type},
+                   body)
+    assert same[0] == 200 and json.loads(same[1])["predictions"][0]["probability"] is not None
+    assert request(server["url"], "POST", "/predict", {"Host": host, "Content-Type": content_type}, body)[0] == 200
+    # Reading is not refused: a browser keeps another origin from reading the answer anyway (no CORS headers).
+    assert request(server["url"], "GET", "/health", {"Host": host, "Origin": "http://evil.example"})[0] == 200
+
+
+ABSOLUTE_PATH = re.compile(r"""(?:^|[\s"'(=:,])(/[^\s"'/]+){2,}""")
+
+
+def test_no_answer_contains_a_local_path(server, tmp_path):
+    good = sorted((server["run"]["data"] / "test").rglob("*.png"))[0]
+    host = server["url"].removeprefix("http://")
+    bodies = [urllib.request.urlopen(server["url"] + "/health", timeout=30).read()]
+    for files in ([(good.name, good.read_bytes())], list(_hostile_files().items()),
+                  [("/home/someone/photo.png", good.read_bytes())], [("../../x.jpg", b"")]):
+        body, content_type = multipart(files)
+        bodies.append(request(server["url"], "POST", "/predict", {"Host": host, "Content-Type": content_type}, body)[1])
+    bodies.append(request(server["url"], "POST", "/predict", {"Host": host, "Content-Type": "text/plain"}, b"x")[1])
+    bodies.append(request(server["url"], "GET", "/health", {"Host": "attacker.example"})[1])
+    bodies.append(request(server["url"], "POST", "/predict", {"Host": host, "Origin": "http://evil.example",
+                                                             "Content-Type": "text/plain"}, b"x")[1])
+    local = [str(server["run"]["run"]), str(server["run"]["data"]), TOWER, tempfile.gettempdir(), str(Path.home())]
+    for body in bodies:
+        text = body.decode()
+        assert not ABSOLUTE_PATH.search(text), text
+        assert not any(path in text for path in local), text
+    assert json.loads(bodies[3])["predictions"][0]["path"] == "photo.png"
+
+
+def test_the_planted_path_is_caught_by_the_path_check():
+    assert ABSOLUTE_PATH.search('{"checkpoint": "/tmp/pytest-0/run/best.safetensors"}')
+    assert ABSOLUTE_PATH.search("unreadable: [Errno 2] No such file: '/tmp/deepfake-upload-x/0000.png'")
+    assert not ABSOLUTE_PATH.search('{"detail": "use POST /predict (--max_upload_mb) 1/2"}')
+
+
+def test_files_past_the_requests_pixel_budget_are_skipped_with_the_reason(server):
+    def png(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.linear_gradient("L").resize((width, height)).convert("RGB").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    files = [("a.png", png(1000, 1500)), ("b.png", png(1000, 1500)), ("c.png", png(1000, 1500)), ("d.png", png(64, 64))]
+    status, answer = post(server["url"], files)
+    assert status == 200
+    a, b, c, d = answer["predictions"]
+    assert a["probability"] is not None and b["probability"] is not None
+    assert c["probability"] is None and "over the request's pixel budget" in c["skipped"]
+    assert f"max_request_pixels {MAX_PIXELS}" in c["skipped"]
+    assert d["probability"] is not None  # a small file after it still fits
+
+
+def test_every_serve_flag_default_is_the_configs_and_a_command_line_becomes_the_config():
+    import dataclasses
+
+    from deepfake.cli.serve import build_parser, serve_config
+    from deepfake.config import ServeConfig
+
+    parser = build_parser()
+    defaults = {a.dest: a.default for a in parser._actions}
+    for f in dataclasses.fields(ServeConfig):
+        default = defaults[f.name]
+        assert (tuple(default) if isinstance(default, list) else default) == getattr(ServeConfig(), f.name), f.name
+    config = serve_config(parser.parse_args(["--checkpoint", "x", "--max_queue", "4", "--allow_host", "a.lan",
+                                             "--allow_host", "b.lan", "--timeout", "2.5"]))
+    assert (config.max_queue, config.allow_host, config.timeout) == (4, ("a.lan", "b.lan"), 2.5)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--max_batch", "0"], "--max_batch"), (["--max_queue", "0"], "--max_queue"), (["--timeout", "0"], "--timeout"),
+    (["--max_upload_mb", "-1"], "--max_upload_mb"), (["--max_files", "0"], "--max_files"),
+    (["--port", "70000"], "--port"), (["--tiles", "-1"], "--tiles"), (["--max_connections", "0"], "--max_connections"),
+    (["--max_request_pixels", "1000"], "--max_request_pixels"), (["--max_pixels", "0"], "--max_pixels"),
+])
+def test_a_bad_serve_flag_exits_2_before_the_model_loads(flags, named, monkeypatch, caplog):
+    import deepfake.cli.serve as serve
+
+    def no_server(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(serve, "build_server", no_server)
+    assert serve.main(["--checkpoint", "x", "--port", "0", *flags]) == 2
+    assert named in caplog.text
+
+
+def test_a_port_in_use_exits_2_before_the_model_loads(monkeypatch, caplog):
+    import socket
+
+    import deepfake.cli.serve as serve
+
+    monkeypatch.setattr(serve, "build_server", lambda *a, **k: pytest.fail("the model was loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert serve.main(["--checkpoint", "x", "--port", str(taken.getsockname()[1])]) == 2
+    assert "cannot listen on 127.0.0.1" in caplog.text
+
+
+def test_deepfake_serve_max_batch_0_exits_2_at_start_up(trained_run):
+    result = subprocess.run([sys.executable, "-m", "deepfake", "serve", "--checkpoint", str(trained_run["run"]),
+                             "--port", "0", "--max_batch", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "--max_batch must be a whole number >= 1, got 0" in result.stderr
+
+
 # --- the page, in a real browser ------------------------------------------------------------
 
 
@@ -261,3 +418,40 @@ def test_page_in_headless_chromium_shows_the_apis_probabilities(server, tmp_path
     screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "serve_page.png")
     atomic_write(screenshot, lambda tmp: Path(tmp).write_bytes(png))
     assert Image.open(screenshot).size[0] > 0
+
+
+def test_page_shows_cards_in_selection_order_a_skip_reason_instead_of_a_broken_image_and_tells_same_names_apart(
+        server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    scenes = _page_images(tmp_path)
+    first, second = tmp_path / "a" / "1.jpg", tmp_path / "b" / "1.jpg"
+    for scene, target in zip(scenes, (first, second)):
+        target.parent.mkdir()
+        Image.open(scene).save(target, format="JPEG", quality=90)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is a text file, not an image\n" * 20)
+    selection = [first, broken, second]
+    expected = [post(server["url"], [(p.name, p.read_bytes())])[1]["predictions"][0] for p in selection]
+    browser = _browser()
+    try:
+        browser.get(server["url"] + "/")
+        WebDriverWait(browser, 60).until(lambda b: "P(fake) >" in b.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in selection))
+        WebDriverWait(browser, 120).until(
+            lambda b: len(b.find_elements(By.CSS_SELECTOR, ".result:not([data-state=pending])")) == 3)
+        cards = browser.find_elements(By.CSS_SELECTOR, ".result")
+        assert [c.get_attribute("data-index") for c in cards] == ["1", "2", "3"]
+        assert [c.get_attribute("data-name") for c in cards] == ["1.jpg", "broken.png", "1.jpg"]
+        one, skipped, two = cards
+        for card, answer in ((one, expected[0]), (two, expected[2])):
+            assert float(card.get_attribute("data-probability")) == answer["probability"]
+        assert one.text != two.text and "#1" in one.text and "#3" in two.text
+        # The skipped file: its reason in words, and no image element to show as broken.
+        assert skipped.get_attribute("data-state") == "skipped"
+        assert f"skipped: {expected[1]['skipped']}" in skipped.text
+        assert skipped.find_elements(By.CSS_SELECTOR, "img") == []
+        assert skipped.find_elements(By.CSS_SELECTOR, ".placeholder")
+    finally:
+        browser.quit()

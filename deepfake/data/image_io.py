@@ -1,7 +1,10 @@
 """Reading images from disk: one loader for training, evaluation and prediction.
 
 Every file either becomes an RGB ``PIL.Image`` or raises :class:`ImageSkipped` with a
-short reason; nothing else escapes, so a run over a folder of odd files goes on.
+short reason; nothing else escapes, so a run over a folder of odd files goes on. Only the
+formats of :data:`IMAGE_FORMATS` are opened, whatever a file is named: Pillow would hand
+an EPS, PS or PDF file to Ghostscript, an external program, and a file is identified by
+its content, so an EPS named ``photo.png`` would otherwise get there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from deepfake.config import DEFAULT_MAX_PIXELS
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif", ".ppm", ".pgm"}
 )
+
+# Pillow's decoders for the extensions above (MPO, a camera JPEG with a second picture, comes
+# through JPEG's). Nothing here runs an external program.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "PPM")
 
 # Pillow's limit is process-wide state that belongs to the application. It is never
 # changed for good: a --max_pixels above it lifts it for the duration of one open only.
@@ -115,7 +122,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, re
         _check_file(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with _pillow_allows(max_pixels), Image.open(path) as image:
+            with _pillow_allows(max_pixels), Image.open(path, formats=IMAGE_FORMATS) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageSkipped(
@@ -154,6 +161,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, re
         raise ImageSkipped(path, f"unreadable: {message}") from None
     except (ValueError, SyntaxError, EOFError) as exc:
         raise ImageSkipped(path, f"corrupt image: {exc}") from None
+    except Exception as exc:  # any other failure of one file's decoder fails that file only
+        raise ImageSkipped(path, f"unreadable: {type(exc).__name__}: {exc}") from None
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:

@@ -33,7 +33,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deepfake.data.preprocess import Preprocess, center_crop, normalize  # noqa: E402
+from deepfake.data.preprocess import (  # noqa: E402
+    Preprocess,
+    center_crop,
+    normalize,
+    resize_short_side,
+    resize_square,
+)
 
 MODELS = ("spectrum", "spectrum-window512", "spectrum-crop256")
 
@@ -42,7 +48,7 @@ MODELS = ("spectrum", "spectrum-window512", "spectrum-crop256")
 
 
 def naive_pixels(image: Image.Image, spec: Preprocess) -> torch.Tensor:
-    """The first implementation's preprocessing of the spectral modes: the whole image as float first."""
+    """The first implementation's preprocessing: the whole image as float first (three full-size copies on the way)."""
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     x = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
     if spec.mode == "window":  # [4, S, S]: RGB and a plane marking the image's own square
@@ -57,6 +63,10 @@ def naive_pixels(image: Image.Image, spec: Preprocess) -> torch.Tensor:
         lefts = np.linspace(0, max(w - spec.size, 0), spec.grid).round().astype(int)
         tiles = [center_crop(x[:, t : t + spec.size, left : left + spec.size], spec.size) for t in tops for left in lefts]
         return normalize(torch.stack(tiles).contiguous(), spec.mean, spec.std).mean(dim=1)
+    if spec.mode == "resize":
+        x = resize_short_side(x, spec.resize_size or spec.size, spec.interpolation)
+    elif spec.mode == "squash":
+        x = resize_square(x, spec.size, spec.interpolation)
     return normalize(center_crop(x, spec.size).contiguous(), spec.mean, spec.std)
 
 
@@ -124,11 +134,30 @@ def measure(path: str, model: str, folder: str, batch_size: int) -> dict:
         loader = DataLoader(Naive(samples, tower.preprocess), batch_size=batch_size, collate_fn=collate)
         with torch.inference_mode():
             feats = torch.cat([naive_features(b["pixel_values"], tower.preprocess, tower.feature_dim) for b in loader])
+        feats = feats.half().float()  # rounded as the project's features are for the cache
     else:
         settings = ExtractionSettings(batch_size=batch_size, num_workers=0, progress=False)
         feats = extract_features(tower, DeepfakeDataset(samples, tower.preprocess), settings).embeds.float()
     seconds = time.perf_counter() - start
-    return {"images": len(feats), "seconds": seconds, "peak_mib": _peak_mib(), "checksum": float(feats.sum())}
+    return {"images": len(feats), "seconds": seconds, "peak_mib": _peak_mib(), "features": feats.flatten().tolist()}
+
+
+def measure_decode(path: str, model: str, photo: str) -> dict:
+    """Decode and preprocess one large photo by one path: the process's peak RSS above what it held before."""
+    from deepfake.data.image_io import load_image
+    from deepfake.data.preprocess import preprocess_image
+    from deepfake.towers.backbones import backbone_for
+
+    spec = backbone_for(model).preprocess or Preprocess()
+    before = _rss_mib()
+    image = load_image(photo)
+    x = (naive_pixels if path == "naive" else preprocess_image)(image, spec)
+    return {"peak_mib": _peak_mib() - before, "shape": list(x.shape)}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def write_photos(folder: Path, n: int, size: tuple[int, int]) -> None:
@@ -142,13 +171,34 @@ def write_photos(folder: Path, n: int, size: tuple[int, int]) -> None:
         Image.fromarray(field.clip(0, 255).astype(np.uint8)).save(folder / f"{i:04d}.jpg", quality=90)
 
 
-def run_child(path: str, model: str, folder: Path, batch_size: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", path, "--models", model, "--folder", str(folder),
-                           "--batch_size", str(batch_size)], capture_output=True, text=True, env=os.environ)
+def run_child(path: str, model: str, *where: str) -> dict:
+    """One measurement in a fresh process: ``where`` is ``--folder DIR --batch_size B`` or ``--photo FILE``."""
+    done = subprocess.run([sys.executable, __file__, "--child", path, "--models", model, *where],
+                          capture_output=True, text=True, env=os.environ)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
         sys.exit(f"{path} {model} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     return json.loads(line[7:])
+
+
+def compare_folders(models: list[str], folder: Path, batch_size: int) -> None:
+    print(f"{'record':<20} {'path':<8} {'img/s':>7} {'peak RSS':>10}")
+    for model in models:
+        rows = {path: run_child(path, model, "--folder", str(folder), "--batch_size", str(batch_size))
+                for path in ("naive", "project")}
+        for path, r in rows.items():
+            print(f"{model:<20} {path:<8} {r['images'] / r['seconds']:7.2f} {r['peak_mib']:7.0f} MiB", flush=True)
+        naive, project = rows["naive"], rows["project"]
+        print(f"{'':<20} speed-up {naive['seconds'] / project['seconds']:.2f}x, peak RSS "
+              f"{project['peak_mib'] / naive['peak_mib']:.2f}x the naive path's; fp16 features differ by at most "
+              f"{max(abs(a - b) for a, b in zip(naive['features'], project['features'])):.1e}", flush=True)
+
+
+def compare_decode(models: list[str], photo: Path) -> None:
+    print(f"{'record':<34} {'naive':>9} {'project':>9}  (peak RSS above the process before the photo)")
+    for model in models:
+        naive, project = (run_child(path, model, "--photo", str(photo))["peak_mib"] for path in ("naive", "project"))
+        print(f"{model:<34} {naive:5.0f} MiB {project:5.0f} MiB", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,22 +209,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=64, help="images per batch asked for (predict's default)")
     parser.add_argument("--child", choices=("naive", "project"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--photo", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args.models, args.folder, args.batch_size)))
+        if args.photo:
+            result = measure_decode(args.child, args.models, args.photo)
+        else:
+            result = measure(args.child, args.models, args.folder, args.batch_size)
+        print("RESULT " + json.dumps(result))
         return 0
     w, h = (int(v) for v in args.size.lower().split("x"))
+    models = args.models.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         write_photos(Path(tmp), args.n, (w, h))
-        print(f"{args.n} JPEG photos of {w}x{h}, --batch_size {args.batch_size}, one process per row")
-        print(f"{'record':<20} {'path':<8} {'img/s':>7} {'peak RSS':>10}")
-        for model in args.models.split(","):
-            rows = {path: run_child(path, model, Path(tmp), args.batch_size) for path in ("naive", "project")}
-            for path, r in rows.items():
-                print(f"{model:<20} {path:<8} {r['images'] / r['seconds']:7.2f} {r['peak_mib']:7.0f} MiB", flush=True)
-            naive, project = rows["naive"], rows["project"]
-            print(f"{'':<20} speed-up {naive['seconds'] / project['seconds']:.2f}x, "
-                  f"peak RSS {project['peak_mib'] / naive['peak_mib']:.2f}x the naive path's", flush=True)
+        print(f"{args.n} JPEG photos of {w}x{h}, --batch_size {args.batch_size}, each path in a process of its own")
+        compare_folders(models, Path(tmp), args.batch_size)
+        big = Path(tmp) / "big"
+        big.mkdir()
+        write_photos(big, 1, (8192, 6144))
+        print("\none 50 MP JPEG (8192x6144): decode and preprocess")
+        compare_decode([*models, "LanguageBind/LanguageBind_Image"], next(big.glob("*.jpg")))
     return 0
 
 

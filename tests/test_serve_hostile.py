@@ -146,6 +146,25 @@ def test_eps_named_png_never_reaches_ghostscript_in_deepfake_predict(trained_run
     assert not log.exists(), log.read_text()
 
 
+def test_any_error_of_one_files_decoder_skips_that_file_only(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    from PIL import PngImagePlugin
+
+    from deepfake.data.image_io import ImageSkipped, load_image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.jpg")
+
+    def crash(self):
+        raise sp.CalledProcessError(1, ["gs"])  # what a crashing external decoder raised before
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", crash)
+    with pytest.raises(ImageSkipped, match="unreadable: CalledProcessError"):
+        load_image(tmp_path / "a.png")
+    assert load_image(tmp_path / "b.jpg").size == (8, 8)
+
+
 def test_forty_large_uploads_get_503_when_the_queue_is_full_and_memory_stays_bounded(hostile_server, large_png):
     url, pid = hostile_server["url"], hostile_server["pid"]
     peak = {"rss": 0}

@@ -441,3 +441,12 @@ def test_evaluation_audits_with_the_preprocessing_its_images_get(trained_run, tm
     assert plain["preprocess"]["mode"] == "resize"  # the tower's own transform
     # UFD's protocol crops without resizing: the hints and the count below the input follow that.
     assert ufd["preprocess"] == {"mode": "crop", "size": plain["crop"]} and ufd["crop"] == plain["crop"]
+
+
+def test_probe_describes_only_formats_the_loader_opens(tmp_path):
+    """An EPS named .png is an unreadable file to the audit, as it is to the loader, not an "EPS" image."""
+    from deepfake.data.audit import probe
+
+    eps = tmp_path / "evil.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n")
+    assert "error" in probe(str(eps))

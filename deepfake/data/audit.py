@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deepfake.config import DataConfig
+from deepfake.data.image_io import IMAGE_FORMATS
 from deepfake.data.jpeg_tables import match_ijg
 from deepfake.data.preprocess import Preprocess
 from deepfake.utils.stamp_memo import memo_path, memoized
@@ -74,7 +75,8 @@ def probe(path: str) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            # The loader's formats only: what training would not open is not described either.
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
                 return {**probe_image(image), "ext": os.path.splitext(path)[1].lower()}
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         return {"error": str(exc) or type(exc).__name__}

@@ -154,6 +154,9 @@ INTENDED_TEXT["help_serve.txt"] = [
 for _name, _train_args in (("best.json", ("train_args",)), ("demo_best.json", ("train_args",)),
                            ("run.json", ("config", "train_args")), ("demo_run.json", ("config", "train_args"))):
     INTENDED_JSON.setdefault(_name, {})[(*_train_args, "nproj")] = 4
+# A checkpoint's config records the sha256 of its weights (normalized by make_golden: it follows every float).
+for _name in ("best.json", "demo_best.json"):
+    INTENDED_JSON[_name][("head_weights_sha256",)] = "<SHA256>"
 
 
 # Per-dimension standardisation of the head's features (--standardize, on by default for the spectral towers).

@@ -8,12 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import test_ClassifierHead
 from deepfake import DeepfakeClassifier
 from deepfake.model.calibration import calibration_record, read_calibration, write_calibration
-from deepfake.model.checkpoint import FORMAT
+from deepfake.model.checkpoint import save_checkpoint
 
 from .conftest import run_test_script, write_images
 
@@ -107,9 +107,10 @@ def _copy_run(trained_run: dict, tmp_path) -> dict:
 
 
 def _retrain_weights(weights) -> None:
-    """Replace the head's weights in place, as a second training run into the same directory does."""
+    """Replace the head's weights and their config, as a second training run into the same directory does."""
     state = load_file(weights)
-    save_file({k: v + 0.01 for k, v in state.items()}, weights, {"format": FORMAT})
+    config = json.loads(weights.with_suffix(".json").read_text())
+    save_checkpoint(weights.parent, weights.stem, {k: v + 0.01 for k, v in state.items()}, config)
 
 
 def test_calibration_fitted_on_earlier_weights_is_ignored_and_not_shared(trained_run, tmp_path, caplog):

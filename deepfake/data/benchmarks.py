@@ -100,9 +100,32 @@ def available_presets() -> list[str]:
 
 
 def _relative(value: str, where: str, key: str) -> str:
-    if os.path.isabs(value) or ".." in Path(value).parts:
+    if os.path.isabs(value) or ".." in Path(value).parts or "\0" in value:
         raise LayoutError(f"{where}: {key!r} folder {value!r} must be relative to the data root, without '..'")
     return value
+
+
+def _categories(value, where: str) -> tuple[str, ...]:
+    """The names that fill ``{category}``: each one folder name, so a filled folder stays under the data root."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise LayoutError(f"{where}: 'categories' must be a list of folder names (strings), got {json.dumps(value)[:80]}")
+    for name in value:
+        if not name.strip() or name in (".", "..") or any(c in name for c in "/\0"):
+            raise LayoutError(f"{where}: category {name!r} must be one folder name (no '/', '.' or '..'): "
+                              f"it fills {{category}} in a folder relative to the data root")
+    if len(set(value)) != len(value):
+        raise LayoutError(f"{where}: 'categories' lists a name twice")
+    return tuple(value)
+
+
+def _text(doc: dict, key: str, where: str) -> str:
+    """An optional text field: a string (or absent / null), never a number read as one."""
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise LayoutError(f"{where}: {key!r} must be a string, got {json.dumps(value)[:80]}")
+    return value or ""
 
 
 def _folders(value, where: str, key: str) -> tuple[Folder, ...]:
@@ -151,17 +174,20 @@ def parse_benchmark(doc: dict, where: str) -> Benchmark:
         seen.add(d["name"])
         if "fake" not in d or "real" not in d:
             raise LayoutError(f"{at}: needs both 'fake' and 'real' folders")
-        categories = tuple(d.get("categories") or ())
+        categories = _categories(d.get("categories"), at)
+        if not isinstance(d.get("real_root", False), bool):
+            raise LayoutError(f"{at}: 'real_root' must be true or false")
         fake, real = _folders(d["fake"], at, "fake"), _folders(d["real"], at, "real")
         templated = any("{category}" in f for folder in fake + real for f in folder)
         if templated and not categories:
             raise LayoutError(f"{at}: folders use {{category}} but no 'categories' are listed")
         if categories and not templated:
             raise LayoutError(f"{at}: 'categories' listed but no folder uses {{category}}")
-        domains.append(DomainSpec(d["name"], fake, real, str(d.get("family") or ""), str(d.get("source") or ""),
-                                  categories, bool(d.get("real_root", False))))
-    text = {k: str(doc.get(k) or "") for k in ("title", "source", "download", "data_root", "real_root")}
-    return Benchmark(str(doc.get("name") or Path(where).stem), tuple(domains), path=where,
+        _text(d, "note", at)
+        domains.append(DomainSpec(d["name"], fake, real, _text(d, "family", at), _text(d, "source", at),
+                                  categories, d.get("real_root", False)))
+    text = {k: _text(doc, k, where) for k in ("title", "source", "download", "data_root", "real_root")}
+    return Benchmark(_text(doc, "name", where) or Path(where).stem, tuple(domains), path=where,
                      layout_roots=_layout_roots(doc, where), **text)
 
 

@@ -12,7 +12,9 @@ per kind (``embeds`` [n, D], ``layer.<block>`` [n, hidden] for block outputs and
 for ln_2 outputs), so a reader memory-maps and touches only what it uses. Shards are written
 atomically, so a run killed during extraction leaves whole shards behind and the next run
 extracts only what is missing; a shard that does not parse, or whose bytes fail their
-checksum, is set aside (``.corrupt``) and its images are redone. An image whose size or mtime changed is extracted again.
+checksum, is set aside (``.corrupt``) and its images are redone. An image whose size or mtime changed is
+extracted again: the stamp recorded is the one taken before the image was read, so a file replaced
+while it was being extracted is extracted again by the next run.
 
 Beside every shard, ``<shard>.jsonl`` lists its images (path, size, mtime, label,
 category, split, row, skip reason) for people and scripts: ``cat *.jsonl`` is the
@@ -36,7 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepfake.utils.fileio import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from deepfake.utils.fileio import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+    sweep_temp_files_once,
+)
 from deepfake.utils.hashing import cache_key, file_stamp
 
 log = logging.getLogger(__name__)
@@ -214,6 +221,17 @@ class ShardMaps:
         self._maps.clear()
 
 
+def _entries(paths: list[str], skipped: list[tuple[str, str]],
+             stamps: Sequence[tuple[int, int] | None] | None) -> list[list]:
+    """A shard's entries: [path, size, mtime, row, skip reason] per row, then per skip (no stamp: -1, -1)."""
+    if stamps is None:
+        stamps = [file_stamp(path) for path in paths] + [file_stamp(path) for path, _ in skipped]
+    if len(stamps) != len(paths) + len(skipped):
+        raise ValueError(f"write_shard: {len(stamps)} stamps for {len(paths)} rows and {len(skipped)} skips")
+    rows = [(path, row, "") for row, path in enumerate(paths)] + [(path, -1, reason) for path, reason in skipped]
+    return [[absolute_path(path), *(stamp or (-1, -1)), row, reason] for (path, row, reason), stamp in zip(rows, stamps)]
+
+
 class FeatureCache:
     """The shards of one cache key under ``root/<key>/``."""
 
@@ -224,6 +242,7 @@ class FeatureCache:
         self.dir = self.root / self.key
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            sweep_temp_files_once(self.dir)  # the temp files of shards whose writer was killed
             key_file = self.dir / "key.json"
             if not key_file.exists():
                 atomic_write_json(key_file, self.info)
@@ -371,24 +390,21 @@ class FeatureCache:
         limits: str = "",
         records: list[dict] | None = None,
         tap: str = "block",
+        stamps: Sequence[tuple[int, int] | None] | None = None,
     ) -> Path:
         """Write one shard: rows for ``paths``, skip records for ``skipped`` (path, reason).
 
         ``layers`` maps block numbers to [n, hidden] CLS tokens of ``tap``; ``records`` (one dict per
-        path, then per skip) adds label, category and split to the readable manifest.
+        path, then per skip) adds label, category and split to the readable manifest. ``stamps`` (one
+        per path, then per skip): each file's (size, mtime) taken before its image was read; without,
+        the files are stat'ed now, which is right only when none can have changed since they were read.
         """
         tensors: dict[str, torch.Tensor] = {}
         if embeds is not None and len(paths):
             tensors[EMBEDS] = embeds.to(STORE_DTYPE).contiguous()
             for block, value in (layers or {}).items():
                 tensors[layer_tensor(block, tap)] = value.to(STORE_DTYPE).contiguous()
-        entries = []
-        for row, path in enumerate(paths):
-            size, mtime = file_stamp(path) or (-1, -1)
-            entries.append([absolute_path(path), size, mtime, row, ""])
-        for path, reason in skipped:
-            size, mtime = file_stamp(path) or (-1, -1)
-            entries.append([absolute_path(path), size, mtime, -1, reason])
+        entries = _entries(paths, skipped, stamps)
         meta = {
             "entries": json.dumps(entries),
             "created_ns": str(time.time_ns()),

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from deepfake.config import DEFAULT_BATCH_PIXELS, RuntimeConfig
@@ -45,6 +45,7 @@ from deepfake.features.cache import (
 from deepfake.towers.base import BLOCK_TAP, TAP_FIRST_BLOCK, ImageTower, layers_request, tap_rows
 from deepfake.towers.deferred import DeferredTower
 from deepfake.utils.fileio import display_path
+from deepfake.utils.hashing import file_stamp
 from deepfake.utils.runtime import DTYPES, barrier, rank_and_world, release_free_heap, terminate_as_interrupt
 from deepfake.utils.text import parse_list
 
@@ -205,15 +206,46 @@ def images_per_batch(batch_size: int, shape: tuple[int, ...], budget: int = DEFA
     return max(1, min(batch_size, budget // max(1, math.prod(shape))))
 
 
+class _Stamped(Dataset):
+    """``dataset[i]`` for ``i`` in ``indices``, with the file's (size, mtime) stamp taken BEFORE the image is read.
+
+    The cache records this stamp beside the features: a file replaced after it was stat'ed gets a
+    new stamp, so the next run sees the change and extracts it again (a stamp taken when the
+    shard is written, up to a shard of images later, would describe the new file and keep the old
+    file's features for ever).
+    """
+
+    def __init__(self, dataset: DeepfakeDataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple:
+        i = self.indices[k]
+        stamp = file_stamp(self.dataset.samples[i].path)
+        return (*self.dataset[i], stamp)
+
+
+def _collate_stamped(items: list[tuple]) -> dict:
+    batch = collate([item[:3] for item in items])
+    batch["stamps"] = {item[0]: item[3] for item in items}
+    return batch
+
+
 def iterate_tower(
     tower: ImageTower,
     dataset: DeepfakeDataset,
     indices: list[int],
     settings: ExtractionSettings,
     desc: str = "features",
+    stamps: dict[int, tuple[int, int] | None] | None = None,
 ):
-    """Yield (sample indices, embeds, {block: CLS tokens} or None, [(index, reason)] skipped) per batch."""
-    subset = torch.utils.data.Subset(dataset, indices)
+    """Yield (sample indices, embeds, {block: CLS tokens} or None, [(index, reason)] skipped) per batch.
+
+    ``stamps``: filled with each sample's file stamp, taken before its image was read (for the cache).
+    """
+    subset = torch.utils.data.Subset(dataset, indices) if stamps is None else _Stamped(dataset, indices)
     device = tower.device
     # The budget bounds the batches the loader holds: each worker prefetches two.
     spec = getattr(dataset, "preprocess", None)
@@ -223,7 +255,7 @@ def iterate_tower(
         batch_size=batch_size,
         shuffle=False,
         num_workers=settings.num_workers,
-        collate_fn=collate,
+        collate_fn=collate if stamps is None else _collate_stamped,
         pin_memory=device.type == "cuda",
         # Workers draw their seed from this generator, not the global RNG, so runs stay repeatable.
         generator=torch.Generator().manual_seed(0),
@@ -237,6 +269,8 @@ def iterate_tower(
     for batch in loader:
         positions = batch["indices"].tolist()  # the dataset's own indices (Subset passes them through)
         skipped = batch["skipped"]
+        if stamps is not None:
+            stamps.update(batch["stamps"])
         embeds = layers = None
         if positions:
             # Inference mode only around the tower: it is thread state and must not leak past the yield.
@@ -400,6 +434,7 @@ class _ShardWriter:
         self.embeds: list[torch.Tensor] = []
         self.layers: list[dict] = []
         self.skipped: list[tuple[int, str]] = []
+        self.stamps: dict[int, tuple[int, int] | None] = {}  # filled by iterate_tower, before each read
         self.done = 0
 
     def __len__(self) -> int:
@@ -431,10 +466,11 @@ class _ShardWriter:
                 limits=self.limits,
                 records=[self._record(i) for i in self.idx] + [self._record(i) for i, _ in self.skipped],
                 tap=self.tap,
+                stamps=[self.stamps.get(i) for i in self.idx] + [self.stamps.get(i) for i, _ in self.skipped],
             )
             self.known.record(written.name, self.idx, self.skipped)
             self.done += len(self)
-        for part in (self.idx, self.embeds, self.layers, self.skipped):
+        for part in (self.idx, self.embeds, self.layers, self.skipped, self.stamps):
             part.clear()
 
 
@@ -457,7 +493,7 @@ def _extract_missing(tower, dataset, settings: ExtractionSettings, cache: Featur
     writer = _ShardWriter(cache, dataset.samples, rank, limits, known, settings.tap)
     try:
         with terminate_as_interrupt():
-            for batch in iterate_tower(tower, dataset, missing, settings, desc):
+            for batch in iterate_tower(tower, dataset, missing, settings, desc, writer.stamps):
                 writer.add(*batch)
                 if len(writer) >= settings.shard_size:
                     writer.flush()

@@ -17,13 +17,30 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfake.model.checkpoint import resolve_checkpoint_path
+from deepfake.model.checkpoint import CheckpointRefused, resolve_checkpoint_path, threshold_check
+from deepfake.utils.fields import FieldRule, check_fields, integer, mapping, nullable, number, sha256_hex, text
 from deepfake.utils.fileio import atomic_write_json
 from deepfake.utils.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
 FORMAT = "deepfake-calibration/1"
+
+_COUNT = integer(0, 1 << 40)
+# Every field a calibration record is read for, as deepfake.model.checkpoint checks a checkpoint's.
+CALIBRATION_FIELDS: tuple[FieldRule, ...] = (
+    FieldRule("threshold", threshold_check, required=True),
+    FieldRule("format", text(FORMAT)),
+    FieldRule("checkpoint", nullable(text())),
+    FieldRule("weights_sha256", nullable(sha256_hex())),
+    FieldRule("real_dir", nullable(text())),
+    FieldRule("target_fpr", number(0.0, 1.0)),
+    FieldRule("achieved_fpr", number(0.0, 1.0)),
+    FieldRule("n_false_positives", _COUNT),
+    FieldRule("n_images", _COUNT),
+    FieldRule("n_unreadable", _COUNT),
+    *(FieldRule(name, nullable(mapping())) for name in ("tower", "preprocess", "align")),
+)
 
 
 def calibration_record(real_dir: str, threshold: float, target_fpr: float, scores: np.ndarray,
@@ -61,6 +78,18 @@ def write_calibration(out_dir: Path, checkpoint: str | None, calibration: dict, 
     return written
 
 
+def _read_json(path: Path) -> dict:
+    """A calibration or results file as a JSON object; refused naming the file otherwise."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointRefused(f"{path}: unreadable calibration file: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise CheckpointRefused(f"{path}: calibration file is a JSON {type(doc).__name__}, not an object of fields "
+                                f"(threshold, target_fpr, ...)")
+    return doc
+
+
 def read_calibration(path: str | os.PathLike) -> dict | None:
     """The calibration of a checkpoint (its file or run directory), or read from a calibration/results JSON.
 
@@ -77,9 +106,13 @@ def read_calibration(path: str | os.PathLike) -> dict | None:
         path = sidecar_path(weights)
     if not path.is_file():
         return None
-    doc = json.loads(path.read_text())
+    doc = _read_json(path)
     if doc.get("format") != FORMAT:
-        return doc.get("calibration")  # a results.json
+        found = doc.get("calibration")  # a results.json
+        if found is not None:
+            check_fields(found, CALIBRATION_FIELDS, str(path), "calibration", CheckpointRefused)
+        return found
+    check_fields(doc, CALIBRATION_FIELDS, str(path), "calibration", CheckpointRefused)
     if weights is not None and Path(weights).is_file():
         fitted_on = doc.get("weights_sha256")
         if fitted_on != file_sha256(weights):

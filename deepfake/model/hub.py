@@ -21,9 +21,14 @@ from pathlib import Path
 
 import torch
 
-from deepfake.model.checkpoint import FORMAT, PRETRAINED_CONFIG, PRETRAINED_WEIGHTS, CheckpointRefused
+from deepfake.model.checkpoint import (
+    PRETRAINED_CONFIG,
+    PRETRAINED_WEIGHTS,
+    CheckpointRefused,
+    write_checkpoint_pair,
+)
 from deepfake.towers.weights import hub_download, hub_offline_reason
-from deepfake.utils.fileio import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from deepfake.utils.fileio import atomic_write_text
 from deepfake.utils.text import pct as percent
 
 log = logging.getLogger(__name__)
@@ -141,8 +146,8 @@ def save_head_folder(directory: str | os.PathLike, head_state: dict[str, torch.T
     directory.mkdir(parents=True, exist_ok=True)
     config = head_config_for_sharing(config)
     state = {k: v.detach().cpu().contiguous() for k, v in head_state.items()}
-    atomic_save_safetensors(directory / WEIGHTS_NAME, state, {"format": FORMAT})
-    atomic_write_json(directory / CONFIG_NAME, {"format": FORMAT, **config})
+    # One unit, as a run's checkpoints: config.json records the sha256 of the weights written here.
+    write_checkpoint_pair(directory / WEIGHTS_NAME, directory / CONFIG_NAME, state, config)
     atomic_write_text(directory / CARD_NAME, model_card(config, run_summary))
     return directory
 

@@ -46,6 +46,7 @@ from deepfake.towers.loading import load_tower
 from deepfake.training.loop import EpochResult, drop_old_epochs, epoch_config, fit, run_config, validation_metrics
 from deepfake.training.resume import (
     RESUMABLE_CHANGES,
+    RESUME_STATE,
     check_resumable,
     load_resume_state,
     read_resume_meta,
@@ -72,8 +73,28 @@ log = logging.getLogger(__name__)
 def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
     """A new run never writes into a user's non-empty folder unless told to."""
     refuse_overwrite(path, None, overwrite or resume,
-                     hint="pass --overwrite to write new checkpoints over the ones there (other files are left "
-                          "alone) or --resume to continue that run")
+                     hint="pass --overwrite to replace the run there (its checkpoints, resume state and run.json; "
+                          "other files are left alone) or --resume to continue that run")
+
+
+# What a training run writes into its folder: all of it belongs to that run, and --overwrite removes it all (the
+# resume state first, so that nothing of the old run can be continued), leaving other files alone.
+RUN_FILES = (f"{RESUME_STATE}.safetensors", f"{BEST}.safetensors", f"{BEST}.json", f"{BEST}.calibration.json",
+             "epoch_*.safetensors", "epoch_*.json", "run.json")
+
+
+def clear_previous_run(out: Path) -> list[str]:
+    """Remove an earlier run's files from ``out`` (:data:`RUN_FILES`); returns their names."""
+    removed = []
+    for pattern in RUN_FILES:
+        for path in sorted(out.glob(pattern)):
+            if path.is_file() or path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+    if removed:
+        log.info("--overwrite: removed the earlier run's %d file(s) in %s (%s)", len(removed), out,
+                 ", ".join(removed[:4]) + (", ..." if len(removed) > 4 else ""))
+    return removed
 
 
 def summarize_training(train: list[Sample], val: list[Sample]) -> str:
@@ -182,6 +203,9 @@ def _plan(config: TrainConfig) -> _Plan:
     plan.standardize = resolve_standardize(config.head.standardize, tower)
     plan.identity, plan.hyper = _identity(plan), _hyper(config)
     plan.resume = config.resume and _check_resume(plan)
+    if config.overwrite and not config.resume and is_main_process():
+        # Every check has passed: from here the folder holds this run or nothing (never the old one's state).
+        clear_previous_run(out)
     return plan
 
 

@@ -1,12 +1,23 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic writes: a reader sees the old file or the new one, never half of either.
+
+A write goes to ``.NAME.<host>-<pid>.XXXXXXXX.tmp`` beside its target, then is renamed onto it. A
+process killed mid-write leaves that file behind; the first atomic write of a later process into
+the same folder removes it once it is sure the write is dead: its process is gone from this host,
+or (another host's, or a name without host and pid) it is over a day old. A write in progress,
+such as another rank's shard in a shared cache, is never touched.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +25,17 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+log = logging.getLogger(__name__)
+
 _UMASK_LOCK = threading.Lock()
+# Temporary files of atomic writes: ``.NAME.<host>-<pid>.XXXXXXXX.tmp`` (and, from earlier versions,
+# ``.NAME.XXXXXXXX.tmp``); the 8 characters are mkstemp's.
+_TEMP_NAME = re.compile(
+    r"^\.(?P<name>.+?)(?:\.(?P<host>[A-Za-z0-9-]{1,32})-(?P<pid>\d{1,10}))?\.[A-Za-z0-9_]{8}\.tmp$")
+# A leftover temp file of another host (or of an earlier version) is stale after this long: no write lasts a day.
+STALE_TEMP_SECONDS = 24 * 3600
+_SWEPT: set[str] = set()  # folders this process has already cleared of leftover temp files
+_SWEPT_LOCK = threading.Lock()
 
 
 def current_umask() -> int:
@@ -25,15 +46,19 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
+                 before_replace: Callable[[str], None] | None = None) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
 
     The file gets the permissions a plain ``open`` would give it (0666 less the umask), not
     ``mkstemp``'s private 0600, so a lab can share run folders and caches as it shares others.
+    ``before_replace(tmp_path)`` runs once the bytes are on disk, just before the rename (a
+    checkpoint writes the config recording the weights' hash there); if it raises, nothing is renamed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_temp_files_once(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -41,6 +66,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             # After the write: some writers (safetensors) create the file anew with their own mode.
             os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -65,11 +92,88 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_save_safetensors(
-    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+    before_replace: Callable[[str], None] | None = None,
 ) -> Path:
-    """Save ``tensors`` as a safetensors file atomically."""
+    """Save ``tensors`` as a safetensors file atomically (``before_replace``: as :func:`atomic_write`)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), before_replace)
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "-", socket.gethostname())[:32] or "host"
+
+
+def _temp_prefix(name: str) -> str:
+    """``.NAME.<host>-<pid>.``: who writes it, so that a later process can tell a dead write from a live one."""
+    if len(os.fsencode(name)) > 160:  # the temp name must stay under the file system's 255 bytes
+        name = name[:60]
+    return f".{name}.{_host_tag()}-{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or an unusable number): leave it alone
+    return True
+
+
+def is_stale_temp(path: str | os.PathLike, now: float | None = None) -> bool:
+    """Whether ``path`` is a temp file of an atomic write that will never finish.
+
+    Of this host: its process is gone. Of another host (a shared folder): older than
+    ``STALE_TEMP_SECONDS``. Without host and pid (an earlier version's name, which other programs'
+    temp files may share): older than that, and only beside the file it was to become. This
+    process's own writes are never stale.
+    """
+    found = _TEMP_NAME.match(os.path.basename(path))
+    if found is None:
+        return False
+    pid = int(found["pid"]) if found["pid"] else None
+    if found["host"] == _host_tag() and pid is not None:
+        return pid != os.getpid() and not _pid_alive(pid)
+    if pid is None and not os.path.lexists(os.path.join(os.path.dirname(path), found["name"])):
+        return False
+    try:
+        age = (time.time() if now is None else now) - os.lstat(path).st_mtime
+    except OSError:
+        return False
+    return age > STALE_TEMP_SECONDS
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove the leftover temp files of killed atomic writes in ``folder`` (see :func:`is_stale_temp`)."""
+    removed = []
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.name.endswith(".tmp") and entry.is_file()]
+    except OSError:
+        return removed
+    for name in names:
+        path = Path(folder) / name
+        if is_stale_temp(path):
+            with contextlib.suppress(FileNotFoundError):  # another process removed it first
+                path.unlink()
+                removed.append(path)
+    if removed:
+        log.info("%s: removed %d temp file(s) left by interrupted writes (%s)", folder, len(removed),
+                 ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else ""))
+    return removed
+
+
+def sweep_temp_files_once(folder: str | os.PathLike) -> None:
+    """The first write of this process into ``folder`` clears it of dead writes' temp files."""
+    key = os.path.abspath(folder)
+    with _SWEPT_LOCK:
+        if key in _SWEPT:
+            return
+        _SWEPT.add(key)
+    try:
+        remove_stale_temp_files(folder)
+    except OSError as exc:  # a read-only or vanishing folder: the write itself says what is wrong
+        log.debug("%s: leftover temp files not checked (%s)", folder, exc)
 
 
 def display_path(path: str | os.PathLike) -> str:

@@ -42,8 +42,11 @@ COMMANDS = ("train", "test", "predict", "demo", "serve", "push", "audit", "split
 
 # Wall-clock durations in the JSON files: the only numbers that differ between two runs of one commit.
 TIMING_KEYS = frozenset({"feature_seconds", "seconds"})
+# Digests of files whose bytes depend on every float of the weights (the floats themselves are compared elsewhere).
+DIGEST_KEYS = frozenset({"head_weights_sha256"})
 VERSION = "<VERSION>"
 SECONDS = "<SECONDS>"
+SHA256 = "<SHA256>"
 
 # The train/test/predict run: a subset of the demo's data (files sorted by name, the first N of each folder).
 SUBSET = {"train": (12, None), "val": (5, None), "test": (5, ("tconv", "nearest"))}
@@ -67,8 +70,9 @@ def normalize(text: str, tmp: Path, repo: Path) -> str:
 
 def normalize_json(obj, tmp: Path, repo: Path):
     """``normalize`` applied to every string of a parsed JSON document, plus: the values under ``versions``
-    (python/torch/transformers) become ``<VERSION>`` and wall-clock durations (``feature_seconds``, a level's
-    ``seconds``) become ``<SECONDS>``. Keys are kept, so a key that appears or disappears still shows."""
+    (python/torch/transformers) become ``<VERSION>``, wall-clock durations (``feature_seconds``, a level's
+    ``seconds``) become ``<SECONDS>``, and a checkpoint's weights digest (``head_weights_sha256``) ``<SHA256>``.
+    Keys are kept, so a key that appears or disappears still shows."""
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
@@ -76,6 +80,8 @@ def normalize_json(obj, tmp: Path, repo: Path):
                 out[key] = {name: VERSION for name in value}
             elif key in TIMING_KEYS and isinstance(value, (int, float)):
                 out[key] = SECONDS
+            elif key in DIGEST_KEYS and isinstance(value, str):
+                out[key] = SHA256
             else:
                 out[key] = normalize_json(value, tmp, repo)
         return out

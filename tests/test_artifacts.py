@@ -196,7 +196,7 @@ def test_checkpoint_written_before_weight_hashes_loads_with_a_warning(trained_ru
 MALFORMED = [
     ("preprocess.mean", 5), ("preprocess.mean", [0.5]), ("preprocess.std", [0, 0, 0]), ("preprocess.size", 0),
     ("preprocess.mode", "zoom"), ("preprocess.interpolation", 3), ("head.in_dim", 1e12), ("head.in_dim", 10**12),
-    ("head.kind", ["mlp"]), ("head.dropout", 1.5), ("head.num_classes", 3),
+    ("head.kind", ["mlp"]), ("head.standardize", "yes"), ("head.dropout", 1.5), ("head.num_classes", 3),
     ("tower.model", 5), ("tower.model", ""), ("features", "x"), ("features.precision", "fp8"),
     ("val_threshold", 7), ("threshold", float("nan")), ("categories", "car"), ("calibration", 5),
     (WEIGHTS_HASH, "abc"), ("metrics", [1]),

@@ -29,6 +29,7 @@ from deepfake.model.heads import head_from_config, head_kinds, required_head_fie
 from deepfake.towers.base import TAP_FIRST_BLOCK
 from deepfake.utils.fields import (
     FieldRule,
+    boolean,
     check_fields,
     integer,
     mapping,
@@ -268,6 +269,8 @@ CHECKPOINT_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("head.dropout", _dropout),
     FieldRule("head.importance", text("block", "feature")),
     FieldRule("head.tap", text(*TAP_FIRST_BLOCK)),
+    FieldRule("head.standardize", boolean()),
+    FieldRule("standardize", boolean()),
     FieldRule("threshold", threshold_check),
     FieldRule("val_threshold", nullable(threshold_check)),
     FieldRule("calibration", nullable(mapping())),

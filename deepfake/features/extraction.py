@@ -233,6 +233,26 @@ def _collate_stamped(items: list[tuple]) -> dict:
     return batch
 
 
+def _image_loader(dataset: DeepfakeDataset, indices: list[int], settings: ExtractionSettings, stamped: bool,
+                  pin: bool) -> DataLoader:
+    """Batches of ``dataset[indices]`` in order, bounded by the pixel budget; ``stamped``: with file stamps."""
+    subset = _Stamped(dataset, indices) if stamped else torch.utils.data.Subset(dataset, indices)
+    # The budget bounds the batches the loader holds: each worker prefetches two.
+    spec = getattr(dataset, "preprocess", None)
+    batch_size = images_per_batch(settings.batch_size, preprocessed_shape(spec) if spec else (1,), settings.batch_pixels)
+    return DataLoader(
+        subset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=settings.num_workers,
+        collate_fn=_collate_stamped if stamped else collate,
+        pin_memory=pin,
+        # Workers draw their seed from this generator, not the global RNG, so runs stay repeatable.
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=False,
+    )
+
+
 def iterate_tower(
     tower: ImageTower,
     dataset: DeepfakeDataset,
@@ -245,22 +265,8 @@ def iterate_tower(
 
     ``stamps``: filled with each sample's file stamp, taken before its image was read (for the cache).
     """
-    subset = torch.utils.data.Subset(dataset, indices) if stamps is None else _Stamped(dataset, indices)
     device = tower.device
-    # The budget bounds the batches the loader holds: each worker prefetches two.
-    spec = getattr(dataset, "preprocess", None)
-    batch_size = images_per_batch(settings.batch_size, preprocessed_shape(spec) if spec else (1,), settings.batch_pixels)
-    loader = DataLoader(
-        subset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=settings.num_workers,
-        collate_fn=collate if stamps is None else _collate_stamped,
-        pin_memory=device.type == "cuda",
-        # Workers draw their seed from this generator, not the global RNG, so runs stay repeatable.
-        generator=torch.Generator().manual_seed(0),
-        persistent_workers=False,
-    )
+    loader = _image_loader(dataset, indices, settings, stamped=stamps is not None, pin=device.type == "cuda")
     # Progress goes to stderr, and only to a terminal (disable=None): piped output stays clean.
     bar = tqdm(total=len(indices), desc=desc, unit="img", disable=None if settings.progress else True, leave=False)
     start = time.perf_counter()

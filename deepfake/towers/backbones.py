@@ -134,6 +134,9 @@ KNOWN_BACKBONES: dict[str, Backbone] = {
         Backbone("spectrum", "spectrum", "", Preprocess(mode="tiles", size=256, grid=4, **_SPECTRUM_PIXELS)),
         Backbone("spectrum-crop256", "spectrum", "", Preprocess(mode="crop", size=256, **_SPECTRUM_PIXELS)),
         Backbone("spectrum-window512", "spectrum", "", Preprocess(mode="window", size=512, **_SPECTRUM_PIXELS)),
+        Backbone("spectrum-tiles256", "spectrum", "", Preprocess(mode="tiles", size=256, grid=4, **_SPECTRUM_PIXELS)),
+        Backbone("spectrum-tiles512", "spectrum", "", Preprocess(mode="tiles", size=512, grid=2, **_SPECTRUM_PIXELS)),
+        Backbone("spectrum-window1024", "spectrum", "", Preprocess(mode="window", size=1024, **_SPECTRUM_PIXELS)),
     )
 }
 

@@ -34,6 +34,8 @@ RINE_NPROJ = 4
 RINE_DROPOUT = 0.5
 DEFAULT_SEED = 512
 LR_SCHEDULES = ("constant", "cosine", "step")
+# --standardize: auto follows the tower's record (its features' offsets and spreads), on and off force it.
+STANDARDIZE_CHOICES = ("auto", "on", "off")
 
 
 def default_workers() -> int:
@@ -106,6 +108,12 @@ class HeadConfig:
     proj_dim: int = HEAD_HIDDEN  # layers and rine heads: projection width
     importance: str = "block"  # layers head: one weight per block, or per block and feature
     nproj: int = RINE_NPROJ  # rine head: [Linear, ReLU, Dropout] stages in each of its two projections
+    # Per-dimension standardisation of what the head reads, from the training features (stored in the head).
+    standardize: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.standardize not in STANDARDIZE_CHOICES:
+            raise ValueError(f"standardize {self.standardize!r}: choose from {', '.join(STANDARDIZE_CHOICES)}")
 
     def options(self) -> dict:
         """Every size option; a head kind takes the ones it declares (``deepfake.model.heads.head_sizes``)."""

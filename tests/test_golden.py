@@ -119,6 +119,38 @@ for _name, _train_args in (("best.json", ("train_args",)), ("demo_best.json", ("
     INTENDED_JSON.setdefault(_name, {})[(*_train_args, "nproj")] = 4
 
 
+# Per-dimension standardisation of the head's features (--standardize, on by default for the spectral towers).
+# The capture pins it off, the behaviour the goldens hold (PINNED); the runs record the flag in train_args and
+# the resolved choice beside the head.
+PINNED = ("--standardize", "off")
+_STANDARDIZE_HELP = ("  --standardize {auto,on,off}\n"
+                     "                        standardise each feature dimension with the training features' mean and\n"
+                     "                        std, stored in the head (auto, the default: where the tower's record asks\n"
+                     "                        for it, as the spectral towers' does)\n")
+_IMPORTANCE_HELP = ("  --importance {block,feature}\n"
+                    "                        layers head: one weight per block, or per block and feature (RINE's exact\n"
+                    "                        estimator)\n")
+INTENDED_TEXT["help_train.txt"] += [
+    ("                      [--importance {block,feature}] [--contrastive_weight CONTRASTIVE_WEIGHT]\n",
+     "                      [--importance {block,feature}] [--standardize {auto,on,off}]\n"
+     "                      [--contrastive_weight CONTRASTIVE_WEIGHT]\n"),
+    (_IMPORTANCE_HELP, _IMPORTANCE_HELP + _STANDARDIZE_HELP)]
+INTENDED_TEXT["help_train_ClassifierHead.txt"] += [
+    ("                               [--nproj NPROJ] [--importance {block,feature}]\n",
+     "                               [--nproj NPROJ] [--importance {block,feature}]\n"
+     "                               [--standardize {auto,on,off}]\n"),
+    (_IMPORTANCE_HELP, _IMPORTANCE_HELP + _STANDARDIZE_HELP)]
+INTENDED_TEXT["help_demo.txt"] = [
+    ("                     [--num_epochs NUM_EPOCHS] [--seed SEED] [--overwrite]\n",
+     "                     [--num_epochs NUM_EPOCHS] [--seed SEED] [--standardize {auto,on,off}]\n"
+     "                     [--overwrite]\n"),
+    ("  --seed SEED\n", "  --seed SEED\n" + _STANDARDIZE_HELP)]
+for _name, _parents in (("best.json", ()), ("demo_best.json", ()), ("run.json", ("config",)),
+                        ("demo_run.json", ("config",))):
+    INTENDED_JSON[_name][(*_parents, "train_args", "standardize")] = "off"
+    INTENDED_JSON[_name][(*_parents, "standardize")] = False
+
+
 def _load_make_golden():
     spec = importlib.util.spec_from_file_location("make_golden", REPO / "tests" / "golden" / "make_golden.py")
     module = importlib.util.module_from_spec(spec)
@@ -139,7 +171,7 @@ def captured(tmp_path_factory) -> Path:
     """The capture of this checkout, normalized like the golden files (one run for the whole module)."""
     base = tmp_path_factory.mktemp("golden")
     out = base / "out"
-    make_golden.capture(out, REPO, work_dir=base / "work")
+    make_golden.capture(out, REPO, work_dir=base / "work", pinned=PINNED)
     return out
 
 

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from deepfake.config import (
     LR_SCHEDULES,
+    STANDARDIZE_CHOICES,
     AugmentConfig,
     DataConfig,
     EvalConfig,
@@ -167,6 +168,7 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
                       help="rine head: [Linear, ReLU, Dropout] stages in each of its two projections")
     head.add_argument("--importance", default=HEAD.importance, choices=("block", "feature"),
                       help="layers head: one weight per block, or per block and feature (RINE's exact estimator)")
+    add_standardize_arg(head)
     head.add_argument("--contrastive_weight", type=float, default=SCHEDULE.contrastive_weight,
                       help="weight of the supervised contrastive term on the head's representation (RINE; 0: off)")
     head.add_argument("--contrastive_temperature", type=float, default=SCHEDULE.contrastive_temperature)
@@ -189,6 +191,14 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write checkpoints into a non-empty output dir")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir")
     return p
+
+
+def add_standardize_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--standardize auto|on|off``: per-dimension standardisation of the head's features (train, demo)."""
+    parser.add_argument("--standardize", default=HEAD.standardize, choices=STANDARDIZE_CHOICES,
+                        help="standardise each feature dimension with the training features' mean and std, "
+                             "stored in the head (auto, the default: where the tower's record asks for it, "
+                             "as the spectral towers' does)")
 
 
 def _floats(text: str) -> list[float]:

@@ -14,11 +14,12 @@ import logging
 import sys
 from pathlib import Path
 
-from deepfake.cli.args import setup_logging
+from deepfake.cli.args import add_standardize_arg, setup_logging
 from deepfake.config import (
     CacheConfig,
     DataConfig,
     EvalConfig,
+    HeadConfig,
     RuntimeConfig,
     ScheduleConfig,
     TowerConfig,
@@ -40,18 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_family", default="tconv", choices=FAMILIES, help="the one generator trained on")
     p.add_argument("--num_epochs", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    add_standardize_arg(p)
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
     return p
 
 
-def demo_configs(out: Path, model: str, num_epochs: int, seed: int) -> tuple[TrainConfig, EvalConfig]:
+def demo_configs(out: Path, model: str, num_epochs: int, seed: int,
+                 standardize: str = HeadConfig.standardize) -> tuple[TrainConfig, EvalConfig]:
     """The demo's training run (lr 1e-3, batch 32) and its evaluation on every generator, sharing one cache."""
     cache = CacheConfig(cache_dir=str(out / "cache"))
     data = out / "data"
     train_config = TrainConfig(
         data=DataConfig(dataset_dir=str(data)), output_dir=str(out / "run"), seed=seed,
         tower=TowerConfig(model=model), runtime=RuntimeConfig(batch_size=32, quiet=True), cache=cache,
-        schedule=ScheduleConfig(num_epochs=num_epochs, learning_rate=1e-3), overwrite=True)
+        schedule=ScheduleConfig(num_epochs=num_epochs, learning_rate=1e-3), head=HeadConfig(standardize=standardize),
+        overwrite=True)
     eval_config = EvalConfig(checkpoint=str(out / "run"), data=DataConfig(dataset_dir=str(data / "test")),
                              output_dir=str(out / "eval"), overwrite=True, runtime=RuntimeConfig(quiet=True),
                              cache=cache)
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         refuse_overwrite(out, None, args.overwrite, hint="pass --overwrite to reuse it or choose another --out")
         if not (out / "data" / "test").is_dir():
             generate(out / "data", seed=args.seed, train_family=args.train_family)
-        train_config, eval_config = demo_configs(out, args.model, args.num_epochs, args.seed)
+        train_config, eval_config = demo_configs(out, args.model, args.num_epochs, args.seed, args.standardize)
         summary = train(train_config)
         print(f"trained on '{args.train_family}' fakes: best val AP {summary['best_val_ap']:.4f}")
         evaluate(eval_config)

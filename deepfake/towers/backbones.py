@@ -82,6 +82,9 @@ class Backbone:
     ``family`` is ``"auto"`` when the checkpoint's config decides; ``preprocess`` is ``None``
     when the checkpoint's ``preprocessor_config.json`` (or the family's default) decides.
     ``options`` holds family settings that change the features (e.g. the spectral analysis).
+    ``standardize`` says that a head should standardise the features per dimension (``--standardize
+    auto``): true where they have large offsets and small spreads (log power spectra), false where
+    they are already of a scale a head trains on (CLIP-like embeddings).
     """
 
     name: str
@@ -90,6 +93,7 @@ class Backbone:
     preprocess: Preprocess | None
     revision: str | None = None
     options: tuple[tuple[str, object], ...] = ()
+    standardize: bool = False
 
     def with_mode(self, mode: str | None) -> Backbone:
         """This record with another preprocessing mode (``None`` keeps the record's own).
@@ -115,6 +119,7 @@ class Backbone:
 # CLIP normalisation. The default averages the spectra of 4 x 4 tiles of 256 px spread over the
 # whole image (see deepfake/towers/families/spectrum.py for why); "spectrum-crop256" is the earlier 256 px
 # centre crop and "spectrum-window512" the largest centred square up to 512 px, for comparison.
+# Log power spectra have large offsets and small spreads: a head standardises them (docs/heads.md).
 _SPECTRUM_PIXELS = {"mean": (0.0,) * 3, "std": (1.0,) * 3}
 
 KNOWN_BACKBONES: dict[str, Backbone] = {
@@ -131,12 +136,18 @@ KNOWN_BACKBONES: dict[str, Backbone] = {
         Backbone("facebook/dinov2-with-registers-large", "dinov2", "facebook/dinov2-with-registers-large", None),
         Backbone("facebook/dinov3-vitl16-pretrain-lvd1689m", "dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m",
                  None),
-        Backbone("spectrum", "spectrum", "", Preprocess(mode="tiles", size=256, grid=4, **_SPECTRUM_PIXELS)),
-        Backbone("spectrum-crop256", "spectrum", "", Preprocess(mode="crop", size=256, **_SPECTRUM_PIXELS)),
-        Backbone("spectrum-window512", "spectrum", "", Preprocess(mode="window", size=512, **_SPECTRUM_PIXELS)),
-        Backbone("spectrum-tiles256", "spectrum", "", Preprocess(mode="tiles", size=256, grid=4, **_SPECTRUM_PIXELS)),
-        Backbone("spectrum-tiles512", "spectrum", "", Preprocess(mode="tiles", size=512, grid=2, **_SPECTRUM_PIXELS)),
-        Backbone("spectrum-window1024", "spectrum", "", Preprocess(mode="window", size=1024, **_SPECTRUM_PIXELS)),
+        Backbone("spectrum", "spectrum", "", Preprocess(mode="tiles", size=256, grid=4, **_SPECTRUM_PIXELS),
+                 standardize=True),
+        Backbone("spectrum-crop256", "spectrum", "", Preprocess(mode="crop", size=256, **_SPECTRUM_PIXELS),
+                 standardize=True),
+        Backbone("spectrum-window512", "spectrum", "", Preprocess(mode="window", size=512, **_SPECTRUM_PIXELS),
+                 standardize=True),
+        Backbone("spectrum-tiles256", "spectrum", "", Preprocess(mode="tiles", size=256, grid=4, **_SPECTRUM_PIXELS),
+                 standardize=True),
+        Backbone("spectrum-tiles512", "spectrum", "", Preprocess(mode="tiles", size=512, grid=2, **_SPECTRUM_PIXELS),
+                 standardize=True),
+        Backbone("spectrum-window1024", "spectrum", "", Preprocess(mode="window", size=1024, **_SPECTRUM_PIXELS),
+                 standardize=True),
     )
 }
 

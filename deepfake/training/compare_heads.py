@@ -29,13 +29,14 @@ from deepfake.features.extraction import (
     prepare_tower,
 )
 from deepfake.model.checkpoint import BEST, save_checkpoint
-from deepfake.model.heads import head_kinds, head_sizes, kind_tap, new_head
+from deepfake.model.heads import head_kinds, head_sizes, kind_tap, new_head, resolve_standardize
 from deepfake.model.scoring import fake_probabilities
 from deepfake.towers.base import ImageTower
 from deepfake.towers.loading import load_tower
 from deepfake.training.loop import epoch_config, fit, run_config, validation_metrics
 from deepfake.training.schedule import FitState, TrainOptions, make_optimizer
 from deepfake.training.sources import CachedFeatures
+from deepfake.training.standardize import fit_standardizer
 from deepfake.utils.fileio import atomic_write, atomic_write_json, atomic_write_text, display_path, refuse_overwrite
 from deepfake.utils.runtime import choose_device, resolve_precision, seed_everything, versions
 from deepfake.utils.text import pct, split_list
@@ -164,7 +165,13 @@ def train_and_test(kind: str, shared: _Shared, run_dir: Path) -> dict:
     generator = torch.Generator().manual_seed(config.seed)
     head_blocks = tuple(shared.settings.layers) if kind == "layers" else ()
     sizes = head_sizes(kind, HeadConfig(kind=kind, proj_dim=config.proj_dim, importance=config.importance).options())
-    head = new_head(kind, shared.tower, head_blocks, **sizes).to(shared.device)
+    # Standardised as a training run's head is by default: where the tower's record asks for it.
+    standardize = resolve_standardize(HeadConfig.standardize, shared.tower)
+    head = new_head(kind, shared.tower, head_blocks, standardize, **sizes)
+    source = CachedFeatures([tables["train"]], generator, head_blocks)
+    if standardize:
+        fit_standardizer(head, source, config.runtime.batch_size)
+    head = head.to(shared.device)
     run_opts = shared.opts if kind != "linear" else replace(shared.opts, contrastive_weight=0.0)
     base = run_config(shared.tower, shared.settings, head, run_opts, shared.train_samples, config.seed)
     best: dict = {}
@@ -176,7 +183,7 @@ def train_and_test(kind: str, shared: _Shared, run_dir: Path) -> dict:
     log.info("training the %s head", kind)
     val_table, val_labels = tables["val"], np.array(shared.val_labels)
     labels = torch.tensor([s.label for s in shared.train_samples])
-    state = fit(head, CachedFeatures([tables["train"]], generator, head_blocks), labels,
+    state = fit(head, source, labels,
                 lambda h: validation_metrics(h, val_table, val_labels[val_table.ok.numpy()]), run_opts, generator,
                 shared.device, make_optimizer(head, run_opts), FitState(), keep_best, progress=not config.runtime.quiet)
     head.load_state_dict(best["state"])

@@ -69,9 +69,11 @@ RESUMABLE_CHANGES = ("learning_rate", "weight_decay", "batch_size", "num_epochs"
 # The command-line option behind each entry of an identity field, named when a resume is refused.
 IDENTITY_OPTIONS = {"kind": "--head", "blocks": "--feature_layers", "proj_dim": "--proj_dim",
                     "importance": "--importance", "contrastive_weight": "--contrastive_weight",
-                    "contrastive_temperature": "--contrastive_temperature"}
+                    "contrastive_temperature": "--contrastive_temperature", "standardize": "--standardize"}
 # What a field a run does not record stands for (no ``loss``: no contrastive term).
 IDENTITY_ABSENT = {"loss": {"contrastive_weight": 0.0}}
+# What an entry a field does not record stands for (a head without ``standardize``: not standardised).
+ENTRY_ABSENT = {"standardize": False}
 
 
 def save_resume_state(out: Path, head, optimizer, generator, epoch: int, best: tuple, history: list,
@@ -128,9 +130,7 @@ def check_resumable(out: Path, meta: dict, identity: dict, hyper: dict) -> list[
         if saved.get(field_name) != identity.get(field_name):
             was, now = (saved.get(field_name) or IDENTITY_ABSENT.get(field_name, {}),
                         identity.get(field_name) or IDENTITY_ABSENT.get(field_name, {}))
-            options = [f"{IDENTITY_OPTIONS[k]} {json.dumps(was[k])} -> {json.dumps(now[k])}"
-                       for k in was if k in IDENTITY_OPTIONS and k in now and was[k] != now[k]
-                       ] if isinstance(was, dict) and isinstance(now, dict) else []
+            options = _changed_options(was, now) if isinstance(was, dict) and isinstance(now, dict) else []
             named = f" ({'; '.join(options)})" if options else ""
             raise ValueError(f"{path}: cannot resume: {field_name} differs{named} from the run being resumed "
                              f"(saved {json.dumps(saved.get(field_name))[:200]}, now "
@@ -141,6 +141,17 @@ def check_resumable(out: Path, meta: dict, identity: dict, hyper: dict) -> list[
         if name in before and before[name] != hyper[name]:
             changes.append(f"--{name} {before[name]} -> {hyper[name]}")
     return changes
+
+
+def _changed_options(was: dict, now: dict) -> list[str]:
+    """``--option old -> new`` for each entry of an identity field that a command-line option sets and that changed."""
+    changed = []
+    for key in dict.fromkeys([*was, *now]):
+        before, after = was.get(key, ENTRY_ABSENT.get(key)), now.get(key, ENTRY_ABSENT.get(key))
+        if key in IDENTITY_OPTIONS and before is not None and after is not None and before != after:
+            values = [("on" if v else "off") if key == "standardize" else json.dumps(v) for v in (before, after)]
+            changed.append(f"{IDENTITY_OPTIONS[key]} {values[0]} -> {values[1]}")
+    return changed
 
 
 def load_resume_state(out: Path, head, optimizer, generator, hyper: dict) -> tuple[int, tuple, list]:

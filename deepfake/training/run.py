@@ -38,7 +38,7 @@ from deepfake.features.extraction import (
     report_skipped,
 )
 from deepfake.model.checkpoint import BEST, save_checkpoint
-from deepfake.model.heads import head_sizes, kind_tap, new_head
+from deepfake.model.heads import head_sizes, kind_tap, new_head, resolve_standardize
 from deepfake.towers.base import ImageTower
 from deepfake.towers.deferred import DeferredTower
 from deepfake.towers.loading import load_tower
@@ -53,6 +53,7 @@ from deepfake.training.resume import (
 )
 from deepfake.training.schedule import FitState, TrainOptions, make_optimizer
 from deepfake.training.sources import CachedFeatures, TowerFeatures
+from deepfake.training.standardize import fit_standardizer
 from deepfake.utils.fileio import atomic_write_json, refuse_overwrite, removed_if_left_empty
 from deepfake.utils.runtime import (
     choose_device,
@@ -107,6 +108,7 @@ class _Plan:
     identity: dict
     hyper: dict
     resume: bool = False
+    standardize: bool = False  # --standardize resolved against the tower's record
 
 
 def train(config: TrainConfig) -> dict:
@@ -176,6 +178,7 @@ def _plan(config: TrainConfig) -> _Plan:
                                  max_pixels=max_pixels, align=align, decode=settings.decode),
                  DeepfakeDataset(val_samples, tower.preprocess, max_pixels=max_pixels, align=align,
                                  decode=settings.decode), {}, {})
+    plan.standardize = resolve_standardize(config.head.standardize, tower)
     plan.identity, plan.hyper = _identity(plan), _hyper(config)
     plan.resume = config.resume and _check_resume(plan)
     return plan
@@ -201,8 +204,10 @@ def _identity(plan: _Plan) -> dict:
     identity = run_identity(plan.tower, plan.settings, plan.augment, plan.n_views, config.seed, config.cache.no_cache,
                             plan.train_samples, plan.val_samples, str(config.data.dataset_dir))
     # A resumed run must rebuild the same head: its kind, blocks and sizes are part of the run.
+    # Standardisation only when on: the identity of a run without it is what earlier runs recorded.
     identity["head"] = {"kind": config.head.kind, "blocks": list(plan.head_blocks),
-                        **head_sizes(config.head.kind, config.head.options())}
+                        **head_sizes(config.head.kind, config.head.options()),
+                        **({"standardize": True} if plan.standardize else {})}
     if plan.align.enabled:
         identity["align"] = plan.align.to_dict()  # aligned images are other features: never resume across a change
     if config.schedule.contrastive_weight:
@@ -278,12 +283,16 @@ def _fit(plan: _Plan, tables: tuple | None, extract_seconds: float) -> dict:
         source, val_table = CachedFeatures(tables[0], generator, plan.head_blocks, plan.settings.tap), tables[1]
     seed_everything(config.seed)
     sizes = head_sizes(config.head.kind, config.head.options())
-    head = new_head(config.head.kind, plan.tower, plan.head_blocks, **sizes).to(plan.device)
+    head = new_head(config.head.kind, plan.tower, plan.head_blocks, plan.standardize, **sizes)
+    if plan.standardize and not plan.resume:
+        # From the training split only; a resumed run restores the ones it saved with the head.
+        fit_standardizer(head, source, config.runtime.batch_size)
+    head = head.to(plan.device)
     optimizer = make_optimizer(head, opts)
     state = _resumed_state(plan, head, optimizer, generator, source)
     out.mkdir(parents=True, exist_ok=True)
     base_config = {**run_config(plan.tower, plan.settings, head, opts, plan.train_samples, config.seed),
-                   "align": plan.align.to_dict(), "train_args": to_flags(config)}
+                   "standardize": plan.standardize, "align": plan.align.to_dict(), "train_args": to_flags(config)}
     val_labels = np.array([s.label for s in plan.val_samples])
 
     def validate(model: nn.Module) -> dict:

@@ -134,15 +134,17 @@ def _copy_subset(src: Path, dst: Path) -> None:
                     shutil.copyfile(f, out / f.name)
 
 
-def capture(out_dir: Path, repo: Path, work_dir: Path | None = None, log: list[str] | None = None) -> None:
+def capture(out_dir: Path, repo: Path, work_dir: Path | None = None, log: list[str] | None = None,
+            pinned: tuple[str, ...] = ()) -> None:
     """Run every command of the capture against the checkout REPO and write the normalized outputs into OUT_DIR.
 
     WORK_DIR: the scratch folder (default: a temporary folder, removed afterwards); LOG collects one line per command
-    with its wall time."""
+    with its wall time; PINNED: flags added to the demo and the training run that keep a default changed since the
+    goldens at its earlier behaviour (none for the old commit, which does not know them)."""
     out_dir, repo = Path(out_dir), Path(repo).resolve()
     if work_dir is None:
         with tempfile.TemporaryDirectory(prefix="deepfake-golden-") as tmp:
-            return capture(out_dir, repo, Path(tmp), log)
+            return capture(out_dir, repo, Path(tmp), log, pinned)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +163,7 @@ def capture(out_dir: Path, repo: Path, work_dir: Path | None = None, log: list[s
         write_text(name, src.read_text(encoding="utf-8"))
 
     # a. the demo: synthetic data, 40 epochs of the spectrum tower on tconv fakes, every family tested.
-    write_text("demo.txt", _run(["-m", "deepfake", "demo", "--out", "demo"], work, env, log))
+    write_text("demo.txt", _run(["-m", "deepfake", "demo", "--out", "demo", *pinned], work, env, log))
     write_json("demo_best.json", work / "demo" / "run" / "best.json")
     write_json("demo_run.json", work / "demo" / "run" / "run.json")
     write_json("demo_results.json", work / "demo" / "eval" / "results.json")
@@ -171,7 +173,8 @@ def capture(out_dir: Path, repo: Path, work_dir: Path | None = None, log: list[s
     _copy_subset(work / "demo" / "data", work / "data")
     write_text("train.txt", _run([train_script, "--dataset_dir", "data", "--output_dir", "run", "--model", "spectrum",
                                   "--num_epochs", "3", "--learning_rate", "1e-3", "--batch_size", "16", "--seed", "0",
-                                  "--precision", "fp32", "--num_workers", "0", "--cache_dir", "cache2"], work, env, log))
+                                  "--precision", "fp32", "--num_workers", "0", "--cache_dir", "cache2", *pinned],
+                                 work, env, log))
     write_json("best.json", work / "run" / "best.json")
     write_json("run.json", work / "run" / "run.json")
     write_text("test.txt", _run([test_script, "--checkpoint", "run", "--dataset_dir", "data/test", "--output_dir", "eval",

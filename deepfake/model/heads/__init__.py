@@ -20,6 +20,13 @@ one (P(fake) = sigmoid).
 
 Each kind is one module of this package whose class registers itself with ``@register_head``;
 the registry imports every module here on first lookup, so adding a kind is one new file.
+
+Any kind may standardise what it reads, per dimension: ``config["standardize"]`` true gives the
+head a :class:`FeatureStandardizer` (buffers ``standardizer.mean`` and ``standardizer.std``, saved
+with its weights; the final embedding's shape, or [blocks, hidden] for a head on block tokens)
+that maps ``x`` to ``(x - mean) / std`` in float32 before anything else. Being part of the head, it
+is applied identically wherever the head is loaded; a config without the key has none, as every
+checkpoint written before it.
 """
 
 from __future__ import annotations
@@ -31,10 +38,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from deepfake.config import STANDARDIZE_CHOICES
 from deepfake.features.batch import FeatureBatch
 from deepfake.towers.base import BLOCK_TAP
 
 DEFAULT_KIND = "mlp"
+# A dimension whose training spread is below this (absolutely, or half the fp16 cache's resolution
+# relative to its mean) carries nothing the cache kept: it is centred but not scaled (std 1).
+STD_FLOOR = 1e-6
+FP16_HALF_STEP = 2.0 ** -11
 
 HEADS: dict[str, type[nn.Module]] = {}
 _loaded = False
@@ -65,6 +77,51 @@ def final_embedding(batch: FeatureBatch | torch.Tensor) -> torch.Tensor:
     return batch.embeds if isinstance(batch, FeatureBatch) else batch
 
 
+class FeatureStandardizer(nn.Module):
+    """``(x - mean) / std`` per feature dimension, in float32; ``mean`` and ``std`` are buffers of ``shape``.
+
+    A fresh one is the identity (mean 0, std 1) until :meth:`set_statistics` gives it the training
+    features' statistics.
+    """
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float32))
+        self.register_buffer("std", torch.ones(shape, dtype=torch.float32))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store a mean and standard deviation (any float dtype), degenerate dimensions guarded."""
+        mean, std = guarded_statistics(mean, std)
+        if mean.shape != self.mean.shape:
+            raise ValueError(f"statistics of shape {list(mean.shape)} for features of shape {list(self.mean.shape)}")
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+def guarded_statistics(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (mean, std) with every entry finite: a non-finite mean becomes 0, a degenerate std 1."""
+    mean, std = mean.double(), std.double()
+    mean = torch.where(torch.isfinite(mean), mean, torch.zeros_like(mean))
+    floor = torch.clamp(mean.abs() * FP16_HALF_STEP, min=STD_FLOOR)
+    std = torch.where(torch.isfinite(std) & (std > floor), std, torch.ones_like(std))
+    return mean.float(), std.float()
+
+
+def standardized(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through the head's standardizer, or unchanged (not even cast) when it has none."""
+    standardizer = getattr(head, "standardizer", None)
+    return x if standardizer is None else standardizer(x)
+
+
+def standardize_config(head: nn.Module) -> dict:
+    """``{"standardize": True}`` for a head with a standardizer, else nothing (configs stay as they were)."""
+    return {"standardize": True} if getattr(head, "standardizer", None) is not None else {}
+
+
 def head_kinds() -> list[str]:
     return sorted(_load_all())
 
@@ -90,11 +147,17 @@ def required_head_fields(cfg: dict) -> tuple[str, ...]:
 
 
 def head_from_config(cfg: dict) -> nn.Module:
-    """The head a checkpoint's ``config["head"]`` describes (no ``kind``: the original MLP)."""
+    """The head a checkpoint's ``config["head"]`` describes (no ``kind``: the original MLP).
+
+    ``standardize`` true adds its :class:`FeatureStandardizer` (statistics come with the weights).
+    """
     kind = cfg.get("kind", DEFAULT_KIND)
     if kind not in _load_all():
         raise ValueError(f"unknown head kind {kind!r}; known kinds: {', '.join(head_kinds())}")
-    return HEADS[kind].from_config(cfg)
+    head = HEADS[kind].from_config(cfg)
+    if cfg.get("standardize"):
+        head.standardizer = FeatureStandardizer(tuple(head.feature_shape))
+    return head
 
 
 def head_sizes(kind: str, options: dict) -> dict:
@@ -103,11 +166,25 @@ def head_sizes(kind: str, options: dict) -> dict:
     return {name: options[name] for name in getattr(cls, "size_options", ()) if name in options}
 
 
-def new_head(kind: str, tower, blocks: list[int] | tuple[int, ...] = (), **sizes) -> nn.Module:
-    """A fresh head of ``kind`` sized from ``tower`` (its feature dim, hidden size) and ``blocks``."""
+def resolve_standardize(choice: str, tower) -> bool:
+    """Whether a head standardises its features: ``on``, ``off``, or (``auto``) what the tower's record says."""
+    if choice not in STANDARDIZE_CHOICES:
+        raise ValueError(f"--standardize {choice!r}: choose from {', '.join(STANDARDIZE_CHOICES)}")
+    if choice == "auto":
+        return bool(getattr(getattr(tower, "backbone", None), "standardize", False))
+    return choice == "on"
+
+
+def new_head(kind: str, tower, blocks: list[int] | tuple[int, ...] = (), standardize: bool = False,
+             **sizes) -> nn.Module:
+    """A fresh head of ``kind`` sized from ``tower`` (its feature dim, hidden size) and ``blocks``.
+
+    ``standardize``: with a standardizer, the identity until its statistics are set.
+    """
     if kind not in _load_all():
         raise ValueError(f"unknown head kind {kind!r}; known kinds: {', '.join(head_kinds())}")
-    head = head_from_config(HEADS[kind].config_for(tower, tuple(blocks), **sizes))
+    cfg = HEADS[kind].config_for(tower, tuple(blocks), **sizes)
+    head = head_from_config({**cfg, "standardize": True} if standardize else cfg)
     problem = head.check_tower(tower)
     if problem:
         raise ValueError(f"--head {kind}: {problem}")

@@ -8,7 +8,7 @@ from torch import nn
 
 from deepfake.config import HEAD_DROPOUT, HEAD_HIDDEN
 from deepfake.features.batch import FeatureBatch
-from deepfake.model.heads import head_from_config, register_head
+from deepfake.model.heads import head_from_config, register_head, standardize_config, standardized
 
 
 @register_head("layers")
@@ -63,7 +63,7 @@ class LayersHead(nn.Module):
         if batch.layers.shape[1:] != (len(self.blocks), self.hidden_size):
             raise ValueError(f"the layers head expects tokens of shape [B, {len(self.blocks)}, {self.hidden_size}], "
                              f"got {list(batch.layers.shape)}")
-        g = self.project(batch.layers)
+        g = self.project(standardized(self, batch.layers))
         w = self.weights()
         z = (g * (w[None, :, None] if w.dim() == 1 else w[None])).sum(dim=1)
         return self.mlp(z), z
@@ -75,7 +75,13 @@ class LayersHead(nn.Module):
         mlp = self.mlp.config()
         return {"kind": self.kind, "hidden_size": self.hidden_size, "blocks": list(self.blocks),
                 "proj_dim": self.proj.out_features, "importance": self.importance_kind,
-                "hidden": mlp["hidden"], "dropout": mlp["dropout"], "num_classes": mlp["num_classes"]}
+                "hidden": mlp["hidden"], "dropout": mlp["dropout"], "num_classes": mlp["num_classes"],
+                **standardize_config(self)}
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """What one image's features are to this head: one token per block (standardised per block and feature)."""
+        return (len(self.blocks), self.hidden_size)
 
     @classmethod
     def from_config(cls, cfg: dict) -> LayersHead:

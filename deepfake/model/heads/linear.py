@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from deepfake.features.batch import FeatureBatch
-from deepfake.model.heads import final_embedding, register_head
+from deepfake.model.heads import final_embedding, register_head, standardize_config, standardized
 
 
 @register_head("linear")
@@ -22,14 +22,20 @@ class LinearHead(nn.Module):
         self.fc = nn.Linear(in_dim, num_classes)
 
     def forward(self, batch: FeatureBatch | torch.Tensor) -> torch.Tensor:
-        return self.fc(final_embedding(batch))
+        return self.fc(standardized(self, final_embedding(batch)))
 
     def forward_with_embedding(self, batch: FeatureBatch | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = final_embedding(batch)
+        x = standardized(self, final_embedding(batch))
         return self.fc(x), x
 
     def config(self) -> dict:
-        return {"kind": self.kind, "in_dim": self.fc.in_features, "num_classes": self.fc.out_features}
+        return {"kind": self.kind, "in_dim": self.fc.in_features, "num_classes": self.fc.out_features,
+                **standardize_config(self)}
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """What one image's features are to this head: its final embedding."""
+        return (self.fc.in_features,)
 
     @classmethod
     def from_config(cls, cfg: dict) -> LinearHead:

@@ -7,7 +7,7 @@ from torch import nn
 
 from deepfake.config import HEAD_DROPOUT, HEAD_HIDDEN
 from deepfake.features.batch import FeatureBatch
-from deepfake.model.heads import final_embedding, register_head
+from deepfake.model.heads import final_embedding, register_head, standardize_config, standardized
 
 
 @register_head("mlp")
@@ -29,12 +29,17 @@ class MLPHead(nn.Sequential):
 
     def forward_with_embedding(self, batch: FeatureBatch | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, hidden activations): the latter is what a contrastive term shapes."""
-        hidden = self[1](self[0](final_embedding(batch)))
+        hidden = self[1](self[0](standardized(self, final_embedding(batch))))
         return self[3](self[2](hidden)), hidden
 
     def config(self) -> dict:
         return {"kind": self.kind, "in_dim": self[0].in_features, "hidden": self[0].out_features,
-                "dropout": self[2].p, "num_classes": self[3].out_features}
+                "dropout": self[2].p, "num_classes": self[3].out_features, **standardize_config(self)}
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """What one image's features are to this head: its final embedding."""
+        return (self[0].in_features,)
 
     @classmethod
     def from_config(cls, cfg: dict) -> MLPHead:

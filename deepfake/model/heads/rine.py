@@ -20,7 +20,7 @@ from torch import nn
 
 from deepfake.config import HEAD_HIDDEN, RINE_DROPOUT, RINE_NPROJ
 from deepfake.features.batch import FeatureBatch
-from deepfake.model.heads import register_head
+from deepfake.model.heads import register_head, standardize_config, standardized
 
 
 def _projection(in_dim: int, proj_dim: int, nproj: int, dropout: float) -> nn.Sequential:
@@ -78,7 +78,7 @@ class RINEHead(nn.Module):
         if tuple(batch.layers.shape[1:]) != (len(self.blocks), self.hidden_size):
             raise ValueError(f"the rine head expects tokens of shape [B, {len(self.blocks)}, {self.hidden_size}], "
                              f"got {list(batch.layers.shape)}")
-        g = self.proj1(batch.layers.float())
+        g = self.proj1(standardized(self, batch.layers.float()))
         z = self.proj2(torch.sum(torch.softmax(self.alpha, dim=1) * g, dim=1))
         return self.head(z), z
 
@@ -88,7 +88,12 @@ class RINEHead(nn.Module):
     def config(self) -> dict:
         return {"kind": self.kind, "hidden_size": self.hidden_size, "blocks": list(self.blocks),
                 "proj_dim": self.proj_dim, "nproj": self.nproj, "dropout": self.dropout, "num_classes": 1,
-                "tap": self.tap}
+                "tap": self.tap, **standardize_config(self)}
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """What one image's features are to this head: one ln_2 token per block (standardised per block and feature)."""
+        return (len(self.blocks), self.hidden_size)
 
     @classmethod
     def from_config(cls, cfg: dict) -> RINEHead:

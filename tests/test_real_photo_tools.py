@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from deepfake.data.preprocess import preprocess_image
-from deepfake.towers.backbones import KNOWN_BACKBONES
 from deepfake.towers.loading import load_tower
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"

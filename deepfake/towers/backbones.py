@@ -117,8 +117,10 @@ class Backbone:
 
 # Spectral baseline: no weights, the full-resolution pixel grid matters, so no resizing and no
 # CLIP normalisation. The default averages the spectra of 4 x 4 tiles of 256 px spread over the
-# whole image (see deepfake/towers/families/spectrum.py for why); "spectrum-crop256" is the earlier 256 px
-# centre crop and "spectrum-window512" the largest centred square up to 512 px, for comparison.
+# whole image (see deepfake/towers/families/spectrum.py for why; "spectrum-tiles256" names that analysis
+# for good). For comparison: "spectrum-crop256" is the earlier 256 px centre crop, "spectrum-tiles512" 2 x 2
+# tiles of 512 px, "spectrum-window512" / "-window1024" the largest centred square up to 512 / 1024 px
+# (benchmarks/spectral_real_photos.py compares them on real photos: docs/towers.md).
 # Log power spectra have large offsets and small spreads: a head standardises them (docs/heads.md).
 _SPECTRUM_PIXELS = {"mean": (0.0,) * 3, "std": (1.0,) * 3}
 
@@ -141,6 +143,12 @@ KNOWN_BACKBONES: dict[str, Backbone] = {
         Backbone("spectrum-crop256", "spectrum", "", Preprocess(mode="crop", size=256, **_SPECTRUM_PIXELS),
                  standardize=True),
         Backbone("spectrum-window512", "spectrum", "", Preprocess(mode="window", size=512, **_SPECTRUM_PIXELS),
+                 standardize=True),
+        Backbone("spectrum-tiles256", "spectrum", "", Preprocess(mode="tiles", size=256, grid=4, **_SPECTRUM_PIXELS),
+                 standardize=True),
+        Backbone("spectrum-tiles512", "spectrum", "", Preprocess(mode="tiles", size=512, grid=2, **_SPECTRUM_PIXELS),
+                 standardize=True),
+        Backbone("spectrum-window1024", "spectrum", "", Preprocess(mode="window", size=1024, **_SPECTRUM_PIXELS),
                  standardize=True),
     )
 }

@@ -9,12 +9,17 @@ What is analysed is the record's preprocessing, always at native resolution. By 
 (``--model spectrum``, ``tiles`` mode) the spectra of 4 x 4 tiles of 256 px spread evenly over
 the whole image are averaged (Welch's method): a 256 px centre crop of a 1024 px photo keeps
 6% of its pixels, the tiles all of them, so the estimate is less noisy and does not depend on
-what happens to sit in the centre. ``--model spectrum-crop256`` is the earlier centre crop,
-``--model spectrum-window512`` one periodogram of the largest centred square up to 512 px. On
-the photo-sized synthetic benchmark the tiles gave the highest AP with the same classifier
-(``tests/test_synthetic.py`` asserts it against the crop; ``benchmarks/compare_towers.py``
-shows all three). Whatever the window, the spectrum is sampled at ``bins`` rings between DC
-and Nyquist, so every analysis gives the same feature size.
+what happens to sit in the centre. The other analyses are records of their own:
+``spectrum-tiles256`` (the default's analysis under a name that will not change),
+``spectrum-tiles512`` (2 x 2 tiles of 512 px), ``spectrum-crop256`` (the earlier centre crop),
+``spectrum-window512`` and ``spectrum-window1024`` (one periodogram of the largest centred square
+up to 512 or 1024 px). On the photo-sized synthetic benchmark the tiles gave the highest AP with
+the same classifier (``tests/test_synthetic.py`` asserts it against the crop). On two public sets
+of real photos and generated images (``benchmarks/spectral_real_photos.py``; docs/towers.md,
+"The spectral baseline on real photographs") every analysis stayed near chance, with the
+repaired head too; the 4 x 4 tiles had the best validation AP on the larger set and the default
+stayed. Whatever the window, the spectrum is sampled at ``bins`` rings between DC and Nyquist, so
+every analysis gives the same feature size.
 """
 
 from __future__ import annotations

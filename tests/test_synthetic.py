@@ -104,12 +104,14 @@ def test_spectrum_tiles_beat_the_256_crop_on_photo_sized_images(tmp_path):
     data = generate(tmp_path / "photos", n_train=10, n_val=2, n_test=10, seed=7, sizes=(1024, 1024),
                     jpeg_share=0.0, trace=0.15, test_families=("tconv",))
     ap = {}
+    # The unstandardised head, as this comparison was measured: standardised, both analyses reach the
+    # ceiling on this small set (AP 1.000 and 0.993) and it no longer tells them apart.
     for model in ("spectrum", "spectrum-crop256"):
         run, cache = tmp_path / model, tmp_path / "cache"
         assert train_ClassifierHead.main(["--dataset_dir", str(data), "--output_dir", str(run), "--model", model,
                                           "--cache_dir", str(cache), "--num_epochs", "30", "--learning_rate", "1e-3",
                                           "--batch_size", "16", "--num_workers", "0", "--seed", "0",
-                                          "--quiet"]) == 0
+                                          "--standardize", "off", "--quiet"]) == 0
         assert test_ClassifierHead.main(["--checkpoint", str(run), "--dataset_dir", str(data / "test"),
                                          "--output_dir", str(tmp_path / f"eval-{model}"), "--cache_dir", str(cache),
                                          "--num_workers", "0", "--quiet", "--no_plots"]) == 0

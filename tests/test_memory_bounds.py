@@ -81,3 +81,17 @@ print(status("VmHWM:") - before, image.size)
     assert size.strip() == "(4000, 3000)"
     # The copy exif_transpose used to return for every upright photo doubled this (2 x 46 MB at 12 MP).
     assert float(peak) < 1.5 * decoded, peak
+
+
+def test_predict_tiles_are_cut_before_conversion_with_the_same_values():
+    from deepfake.data.preprocess import center_crop, normalize, pil_to_tensor
+    from deepfake.data.tiling import tile_boxes, tile_views
+
+    spec = Preprocess(mode="crop", size=224)
+    for h, w in ((700, 1000), (150, 900), (100, 120)):
+        image = Image.fromarray(np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8))
+        x = pil_to_tensor(image)
+        expected = [normalize(center_crop(x[:, t : t + 224, left : left + 224], 224), spec.mean, spec.std)
+                    for t, left, _, _ in tile_boxes(h, w, 224, 6)]
+        views = tile_views(image, spec, 6)
+        assert len(views) == len(expected) and all(torch.equal(a, b) for a, b in zip(views, expected))

@@ -204,7 +204,7 @@ def tile_grid(image: Image.Image, size: int, grid: int, mean: tuple[float, ...],
     """
     h, w = image.height, image.width
     th, tw = min(size, h), min(size, w)
-    (pad_top, pad_left) = (size - th) // 2, (size - tw) // 2
+    pad_top, pad_left = (size - th) // 2, (size - tw) // 2
     out = torch.empty(grid * grid, size, size)
     if (th, tw) != (size, size):
         # Zero pixels after normalising, as center_crop pads before normalize: the mean of -mean/std.

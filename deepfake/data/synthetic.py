@@ -23,7 +23,9 @@ Layout::
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -61,29 +63,41 @@ def dead_leaves(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     scale = detail_scale(h, w)
     r_min, r_max = 2.0 * scale, max(h, w) / 3
     ys, xs = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    inner, outer = 1.0 / r_min**2, 1.0 / r_min**2 - 1.0 / r_max**2
     for _ in range(int(h * w / (180 * scale**2))):
+        # The draws of rng.uniform(), rng.uniform(0, h), rng.uniform(0, w) in one call (the same numbers).
+        u, fy, fx = rng.random(3).tolist()
         # Inverse-CDF draw from p(r) ~ r^-3 on [r_min, r_max].
-        u = rng.uniform()
-        r = 1.0 / np.sqrt(1.0 / r_min**2 - u * (1.0 / r_min**2 - 1.0 / r_max**2))
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        r = 1.0 / math.sqrt(inner - u * outer)
+        cy, cx = h * fy, w * fx
         y0, y1 = int(max(cy - r, 0)), int(min(cy + r + 1, h))
         x0, x1 = int(max(cx - r, 0)), int(min(cx + r + 1, w))
         if y0 >= y1 or x0 >= x1:
             continue
-        mask = (ys[y0:y1] - cy) ** 2 + (xs[:, x0:x1] - cx) ** 2 <= r * r
+        # Squares in float32, compared in float64 (as against numpy's r * r).
+        mask = (ys[y0:y1] - cy) ** 2 + (xs[:, x0:x1] - cx) ** 2 <= np.float64(r * r)
         # np.clip's own values, without its Python-level dispatch (hundreds of disks per image).
         colour = np.minimum(np.maximum(rng.normal(0.5, 0.25, 3), 0.0), 1.0)
         image[y0:y1, x0:x1][mask] = colour
     return image
 
 
-def pink_noise(rng: np.random.Generator, h: int, w: int, exponent: float = 1.0) -> np.ndarray:
-    """Noise with a 1/f^exponent amplitude spectrum, scaled to [0, 1]."""
+@functools.lru_cache(maxsize=8)
+def _falloff(h: int, w: int, exponent: float) -> np.ndarray:
+    """f**exponent over the real FFT's half plane (1 at DC): the same for every field of one size."""
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
     f = np.sqrt(fy**2 + fx**2)
     f[0, 0] = 1.0
-    spectrum = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f**exponent
+    falloff = f**exponent
+    falloff.flags.writeable = False
+    return falloff
+
+
+def pink_noise(rng: np.random.Generator, h: int, w: int, exponent: float = 1.0) -> np.ndarray:
+    """Noise with a 1/f^exponent amplitude spectrum, scaled to [0, 1]."""
+    falloff = _falloff(h, w, exponent)
+    spectrum = (rng.normal(size=falloff.shape) + 1j * rng.normal(size=falloff.shape)) / falloff
     field = np.fft.irfft2(spectrum, s=(h, w))
     field -= field.min()
     return (field / max(field.max(), 1e-8)).astype(np.float32)

@@ -186,14 +186,11 @@ def save(image: np.ndarray, path: Path, jpeg_quality: int | None) -> None:
         atomic_write(path, lambda tmp: pil.save(tmp, format="PNG", compress_level=0))
 
 
-def generate(out: str | Path, n_train: int = 60, n_val: int = 15, n_test: int = 20, seed: int = 0,
-             train_family: str = "tconv", sizes: tuple[int, int] = (256, 320), jpeg_share: float = 0.2,
-             trace: float = 1.0, test_families: tuple[str, ...] = FAMILIES) -> Path:
-    """Write the benchmark under ``out``; counts are per category and label. Returns ``out``.
-
-    ``sizes`` bounds each side (``PHOTO_SIZES`` for photo-sized images); ``trace`` < 1 weakens
-    the fakes' up-sampling trace (see :func:`fake_image`); ``test_families`` picks the test generators.
-    """
+def generation_jobs(out: str | Path, n_train: int = 60, n_val: int = 15, n_test: int = 20, seed: int = 0,
+                    train_family: str = "tconv", sizes: tuple[int, int] = (256, 320), jpeg_share: float = 0.2,
+                    trace: float = 1.0, test_families: tuple[str, ...] = FAMILIES) -> list[tuple[str, tuple]]:
+    """(split, job) for every folder :func:`generate` writes, the training and validation folders first;
+    :func:`write_folder` writes one."""
     out = Path(out)
     unknown = [f for f in (train_family, *test_families) if f not in FAMILIES]
     if unknown:
@@ -206,15 +203,28 @@ def generate(out: str | Path, n_train: int = 60, n_val: int = 15, n_test: int = 
             for label in (0, 1):
                 folder = out / split / (family or "") / category / ("0_real", "1_fake")[label]
                 # One random stream per folder: the result does not depend on how folders are scheduled.
-                jobs.append((folder, [seed, step, c, label], category, family or train_family if label else None,
-                             count, sizes, jpeg_share, trace))
+                jobs.append((split, (folder, [seed, step, c, label], category,
+                                     family or train_family if label else None, count, sizes, jpeg_share, trace)))
+    return jobs
+
+
+def generate(out: str | Path, n_train: int = 60, n_val: int = 15, n_test: int = 20, seed: int = 0,
+             train_family: str = "tconv", sizes: tuple[int, int] = (256, 320), jpeg_share: float = 0.2,
+             trace: float = 1.0, test_families: tuple[str, ...] = FAMILIES) -> Path:
+    """Write the benchmark under ``out``; counts are per category and label. Returns ``out``.
+
+    ``sizes`` bounds each side (``PHOTO_SIZES`` for photo-sized images); ``trace`` < 1 weakens
+    the fakes' up-sampling trace (see :func:`fake_image`); ``test_families`` picks the test generators.
+    """
+    jobs = generation_jobs(out, n_train, n_val, n_test, seed, train_family, sizes, jpeg_share, trace, test_families)
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(_write_folder, jobs))
+        list(pool.map(write_folder, [job for _, job in jobs]))
     log.info("synthetic benchmark written to %s", out)
-    return out
+    return Path(out)
 
 
-def _write_folder(job) -> None:
+def write_folder(job: tuple) -> None:
+    """Write one folder of :func:`generation_jobs` (in a worker process: one torch thread)."""
     folder, stream, category, family, count, sizes, jpeg_share, trace = job
     torch.set_num_threads(1)
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import torch
 
 from deepfake.cli.args import CliParser, add_standardize_arg, model_name, setup_logging
 from deepfake.config import (
@@ -25,7 +29,7 @@ from deepfake.config import (
     TowerConfig,
     TrainConfig,
 )
-from deepfake.data.synthetic import FAMILIES, generate
+from deepfake.data.synthetic import FAMILIES, generation_jobs, write_folder
 from deepfake.evaluation.run import evaluate
 from deepfake.training.run import train
 from deepfake.utils.fileio import refuse_overwrite
@@ -62,16 +66,41 @@ def demo_configs(out: Path, model: str, num_epochs: int, seed: int,
     return train_config, eval_config
 
 
+def generate_and_train(data: Path, seed: int, train_family: str, train_config: TrainConfig) -> dict:
+    """Write the benchmark (unless ``data`` holds it) and train; the test images are written meanwhile.
+
+    The workers are forked before the tower first runs (a fork after torch's threads have started
+    is not safe), and while they write, this process analyses the training images on one thread:
+    two threads would keep waiting for each other on cores the workers hold.
+    """
+    if (data / "test").is_dir():
+        return train(train_config)
+    jobs = generation_jobs(data, seed=seed, train_family=train_family)
+    threads = torch.get_num_threads()
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        written = [(split, pool.submit(write_folder, job)) for split, job in jobs]
+        for split, done in written:
+            if split != "test":
+                done.result()
+        torch.set_num_threads(1)
+        try:
+            summary = train(train_config)
+        finally:
+            torch.set_num_threads(threads)
+        for _, done in written:
+            done.result()
+    log.info("synthetic benchmark written to %s", data)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     out = Path(args.out)
     try:
         refuse_overwrite(out, None, args.overwrite, hint="pass --overwrite to reuse it or choose another --out")
-        if not (out / "data" / "test").is_dir():
-            generate(out / "data", seed=args.seed, train_family=args.train_family)
         train_config, eval_config = demo_configs(out, args.model, args.num_epochs, args.seed, args.standardize)
-        summary = train(train_config)
+        summary = generate_and_train(out / "data", args.seed, args.train_family, train_config)
         print(f"trained on '{args.train_family}' fakes: best val AP {summary['best_val_ap']:.4f}")
         evaluate(eval_config)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:

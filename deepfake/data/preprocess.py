@@ -199,20 +199,24 @@ def tile_grid(image: Image.Image, size: int, grid: int, mean: tuple[float, ...],
     Tiles overlap on images smaller than ``grid * size`` and leave even gaps on larger ones, so
     every image gives the same shape and the tiles always span the whole frame; an image smaller
     than one tile is zero-padded as ``crop`` does (before normalising). Gray (the channel mean
-    after normalising) because the spectral analysis needs no colour. Each tile is cut from the
-    decoded image and converted on its own: a 50 MP photo never becomes a float tensor, only its tiles do.
+    after normalising) because the spectral analysis needs no colour. Only the tiles' pixels are
+    converted to float: a 50 MP photo never becomes a float tensor, only its tiles do.
     """
     h, w = image.height, image.width
     th, tw = min(size, h), min(size, w)
-    (pad_top, pad_left) = (size - th) // 2, (size - tw) // 2
+    pad_top, pad_left = (size - th) // 2, (size - tw) // 2
     out = torch.empty(grid * grid, size, size)
     if (th, tw) != (size, size):
         # Zero pixels after normalising, as center_crop pads before normalize: the mean of -mean/std.
         out.fill_(float(np.mean(-np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32))))
     planes = out.numpy()
+    # Overlapping tiles (an image with fewer pixels than its tiles) are cut from one gray copy of the
+    # image, no larger than the tiles themselves; other images are converted tile by tile.
+    whole = gray_region(image, (0, 0, w, h), mean, std) if h * w <= grid * grid * th * tw else None
     for k, (top, left) in enumerate(tile_origins(h, w, size, grid)):
-        planes[k, pad_top : pad_top + th, pad_left : pad_left + tw] = gray_region(
-            image, (left, top, left + tw, top + th), mean, std)
+        planes[k, pad_top : pad_top + th, pad_left : pad_left + tw] = (
+            whole[top : top + th, left : left + tw] if whole is not None
+            else gray_region(image, (left, top, left + tw, top + th), mean, std))
     return out
 
 

@@ -23,7 +23,9 @@ Layout::
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -61,29 +63,41 @@ def dead_leaves(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     scale = detail_scale(h, w)
     r_min, r_max = 2.0 * scale, max(h, w) / 3
     ys, xs = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    inner, outer = 1.0 / r_min**2, 1.0 / r_min**2 - 1.0 / r_max**2
     for _ in range(int(h * w / (180 * scale**2))):
+        # The draws of rng.uniform(), rng.uniform(0, h), rng.uniform(0, w) in one call (the same numbers).
+        u, fy, fx = rng.random(3).tolist()
         # Inverse-CDF draw from p(r) ~ r^-3 on [r_min, r_max].
-        u = rng.uniform()
-        r = 1.0 / np.sqrt(1.0 / r_min**2 - u * (1.0 / r_min**2 - 1.0 / r_max**2))
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        r = 1.0 / math.sqrt(inner - u * outer)
+        cy, cx = h * fy, w * fx
         y0, y1 = int(max(cy - r, 0)), int(min(cy + r + 1, h))
         x0, x1 = int(max(cx - r, 0)), int(min(cx + r + 1, w))
         if y0 >= y1 or x0 >= x1:
             continue
-        mask = (ys[y0:y1] - cy) ** 2 + (xs[:, x0:x1] - cx) ** 2 <= r * r
+        # Squares in float32, compared in float64 (as against numpy's r * r).
+        mask = (ys[y0:y1] - cy) ** 2 + (xs[:, x0:x1] - cx) ** 2 <= np.float64(r * r)
         # np.clip's own values, without its Python-level dispatch (hundreds of disks per image).
         colour = np.minimum(np.maximum(rng.normal(0.5, 0.25, 3), 0.0), 1.0)
         image[y0:y1, x0:x1][mask] = colour
     return image
 
 
-def pink_noise(rng: np.random.Generator, h: int, w: int, exponent: float = 1.0) -> np.ndarray:
-    """Noise with a 1/f^exponent amplitude spectrum, scaled to [0, 1]."""
+@functools.lru_cache(maxsize=8)
+def _falloff(h: int, w: int, exponent: float) -> np.ndarray:
+    """f**exponent over the real FFT's half plane (1 at DC): the same for every field of one size."""
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
     f = np.sqrt(fy**2 + fx**2)
     f[0, 0] = 1.0
-    spectrum = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f**exponent
+    falloff = f**exponent
+    falloff.flags.writeable = False
+    return falloff
+
+
+def pink_noise(rng: np.random.Generator, h: int, w: int, exponent: float = 1.0) -> np.ndarray:
+    """Noise with a 1/f^exponent amplitude spectrum, scaled to [0, 1]."""
+    falloff = _falloff(h, w, exponent)
+    spectrum = (rng.normal(size=falloff.shape) + 1j * rng.normal(size=falloff.shape)) / falloff
     field = np.fft.irfft2(spectrum, s=(h, w))
     field -= field.min()
     return (field / max(field.max(), 1e-8)).astype(np.float32)
@@ -172,14 +186,11 @@ def save(image: np.ndarray, path: Path, jpeg_quality: int | None) -> None:
         atomic_write(path, lambda tmp: pil.save(tmp, format="PNG", compress_level=0))
 
 
-def generate(out: str | Path, n_train: int = 60, n_val: int = 15, n_test: int = 20, seed: int = 0,
-             train_family: str = "tconv", sizes: tuple[int, int] = (256, 320), jpeg_share: float = 0.2,
-             trace: float = 1.0, test_families: tuple[str, ...] = FAMILIES) -> Path:
-    """Write the benchmark under ``out``; counts are per category and label. Returns ``out``.
-
-    ``sizes`` bounds each side (``PHOTO_SIZES`` for photo-sized images); ``trace`` < 1 weakens
-    the fakes' up-sampling trace (see :func:`fake_image`); ``test_families`` picks the test generators.
-    """
+def generation_jobs(out: str | Path, n_train: int = 60, n_val: int = 15, n_test: int = 20, seed: int = 0,
+                    train_family: str = "tconv", sizes: tuple[int, int] = (256, 320), jpeg_share: float = 0.2,
+                    trace: float = 1.0, test_families: tuple[str, ...] = FAMILIES) -> list[tuple[str, tuple]]:
+    """(split, job) for every folder :func:`generate` writes, the training and validation folders first;
+    :func:`write_folder` writes one."""
     out = Path(out)
     unknown = [f for f in (train_family, *test_families) if f not in FAMILIES]
     if unknown:
@@ -192,15 +203,28 @@ def generate(out: str | Path, n_train: int = 60, n_val: int = 15, n_test: int = 
             for label in (0, 1):
                 folder = out / split / (family or "") / category / ("0_real", "1_fake")[label]
                 # One random stream per folder: the result does not depend on how folders are scheduled.
-                jobs.append((folder, [seed, step, c, label], category, family or train_family if label else None,
-                             count, sizes, jpeg_share, trace))
+                jobs.append((split, (folder, [seed, step, c, label], category,
+                                     family or train_family if label else None, count, sizes, jpeg_share, trace)))
+    return jobs
+
+
+def generate(out: str | Path, n_train: int = 60, n_val: int = 15, n_test: int = 20, seed: int = 0,
+             train_family: str = "tconv", sizes: tuple[int, int] = (256, 320), jpeg_share: float = 0.2,
+             trace: float = 1.0, test_families: tuple[str, ...] = FAMILIES) -> Path:
+    """Write the benchmark under ``out``; counts are per category and label. Returns ``out``.
+
+    ``sizes`` bounds each side (``PHOTO_SIZES`` for photo-sized images); ``trace`` < 1 weakens
+    the fakes' up-sampling trace (see :func:`fake_image`); ``test_families`` picks the test generators.
+    """
+    jobs = generation_jobs(out, n_train, n_val, n_test, seed, train_family, sizes, jpeg_share, trace, test_families)
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(_write_folder, jobs))
+        list(pool.map(write_folder, [job for _, job in jobs]))
     log.info("synthetic benchmark written to %s", out)
-    return out
+    return Path(out)
 
 
-def _write_folder(job) -> None:
+def write_folder(job: tuple) -> None:
+    """Write one folder of :func:`generation_jobs` (in a worker process: one torch thread)."""
     folder, stream, category, family, count, sizes, jpeg_share, trace = job
     torch.set_num_threads(1)
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepfake.data.preprocess import Preprocess, center_crop, normalize, pil_to_tensor
+from deepfake.data.preprocess import Preprocess, crop_to_tensor, normalize
 
 
 def tile_boxes(height: int, width: int, size: int, max_tiles: int) -> list[tuple[int, int, int, int]]:
@@ -29,11 +29,9 @@ def tile_boxes(height: int, width: int, size: int, max_tiles: int) -> list[tuple
 
 def tile_views(image: Image.Image, spec: Preprocess, max_tiles: int) -> list[torch.Tensor]:
     """Up to ``max_tiles`` non-resized crops of ``spec.size`` on an even grid over the image."""
-    x = pil_to_tensor(image)
-    h, w = x.shape[-2:]
     size = spec.size
     views = []
-    for top, left, _, _ in tile_boxes(h, w, size, max_tiles):
-        crop = center_crop(x[:, top : top + size, left : left + size], size)
-        views.append(normalize(crop.contiguous(), spec.mean, spec.std))
+    # Each crop is converted on its own: a large photo never becomes one float tensor.
+    for top, left, h, w in tile_boxes(image.height, image.width, size, max_tiles):
+        views.append(normalize(crop_to_tensor(image.crop((left, top, left + w, top + h)), size), spec.mean, spec.std))
     return views

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfake.evaluation.metrics import average_precision
+from deepfake.evaluation.metrics import average_precision, pr_curve, roc_auc, roc_curve
 from deepfake.utils.fileio import atomic_write
 
 
@@ -59,8 +59,6 @@ def write_plots(levels: list[dict], samples: list, out: Path, importance: dict |
 
 def _domain_figures(plt, level: dict, samples: list, threshold: float | None) -> tuple:
     """Per domain: a score histogram panel, and ROC and PR curves where both classes are present."""
-    from sklearn.metrics import auc, precision_recall_curve, roc_curve
-
     labels = np.array([s.label for s in samples])
     generators = np.array([s.generator for s in samples])
     probs = level["probabilities"]
@@ -85,9 +83,9 @@ def _domain_figures(plt, level: dict, samples: list, threshold: float | None) ->
                      fontsize=9)
         # ROC and PR are undefined without both classes: such domains get no curve at all.
         if len(present) == 2:
-            fpr, tpr, _ = roc_curve(y, s)
-            ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-            precision, recall, _ = precision_recall_curve(y, s)
+            fpr, tpr = roc_curve(y, s)
+            ax_roc.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(y, s):.3f})")
+            precision, recall = pr_curve(y, s)
             ax_pr.plot(recall, precision, label=f"{name} (AP {average_precision(y, s):.3f})")
             curves += 1
     for j in range(len(names), rows * cols):

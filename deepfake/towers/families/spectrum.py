@@ -36,9 +36,9 @@ from deepfake.towers.registry import TowerFamily, register
 SPECTRUM_VERSION = "1"  # in the cache key: change it when the features change beyond float rounding
 DEFAULT_BINS = 128
 # Pixels analysed at once: tiles (or windows) go through the FFT in chunks of about this many
-# pixels, so the working set is a few times 16 MB whatever the batch, the tile size or the grid;
-# fewer, larger steps keep thread hand-offs rare on a busy machine.
-CHUNK_PIXELS = 1 << 22
+# pixels (8 tiles of 256 px), so the working set is a few times 2 MB, in cache, whatever the batch,
+# the tile size or the grid (measured fastest on 2 cores: 0.49 ms a tile, 0.76 ms in chunks of 64).
+CHUNK_PIXELS = 1 << 19
 
 
 def _sum3(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""The synthetic benchmark's scenes stay the same pixels: the demo's table and figures are reproduced from them."""
+"""The synthetic benchmark's scenes and files stay the same pixels: the demo's table and figures are reproduced from them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from deepfake.data.synthetic import dead_leaves, detail_scale, pink_noise
+from deepfake.data.synthetic import dead_leaves, detail_scale, pink_noise, waves
 
 
 def first_dead_leaves(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -37,10 +37,51 @@ def first_pink_noise(rng: np.random.Generator, h: int, w: int, exponent: float) 
     return (field / max(field.max(), 1e-8)).astype(np.float32)
 
 
+def first_waves(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """The wave scene as first written: each edge blended through a boolean gather and scatter."""
+    image = np.stack([first_pink_noise(rng, h, w, 1.4) for _ in range(3)], axis=-1)
+    ys, xs = np.arange(h, dtype=np.float32)[:, None] - h / 2, np.arange(w, dtype=np.float32)[None, :] - w / 2
+    for _ in range(rng.integers(2, 6)):
+        angle = rng.uniform(0, np.pi)
+        offset = rng.uniform(-0.5, 0.5) * max(h, w)
+        side = (np.float32(np.cos(angle)) * xs + np.float32(np.sin(angle)) * ys) > offset
+        image[side] = image[side] * 0.6 + 0.4 * rng.uniform(0, 1, 3)
+    return image
+
+
 @pytest.mark.parametrize("h, w, seed", [(256, 320, 0), (301, 257, 1), (1030, 1100, 2)])
 def test_scenes_are_the_first_implementations_pixels_and_random_stream(h, w, seed):
     new, old = np.random.default_rng(seed), np.random.default_rng(seed)
     assert np.array_equal(dead_leaves(new, h, w), first_dead_leaves(old, h, w))
     for _ in range(2):  # the cached fall-off serves a second field of the same size
         assert np.array_equal(pink_noise(new, h, w, 1.4), first_pink_noise(old, h, w, 1.4))
+    for _ in range(3):
+        assert np.array_equal(waves(new, h, w), first_waves(old, h, w))
     assert new.random() == old.random()  # both consumed the same numbers
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (257, 301), (64, 3)])
+def test_stored_png_reads_back_as_the_same_rgb_pixels_in_pillow(tmp_path, h, w):
+    from PIL import Image
+
+    from deepfake.data.synthetic import stored_png
+
+    rgb = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    path = tmp_path / "scene.png"
+    path.write_bytes(stored_png(rgb))
+    with Image.open(path) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (w, h))
+        assert np.array_equal(np.asarray(image), rgb)
+
+
+def test_save_writes_the_pixels_pillow_would_have_written(tmp_path):
+    from PIL import Image
+
+    from deepfake.data.synthetic import real_image, save
+
+    image = real_image(np.random.default_rng(4), "waves", 98, 130)
+    expected = (image * 255 + 0.5).astype(np.uint8)  # the first implementation's rounding
+    save(image, tmp_path / "a.png", None)
+    with Image.open(tmp_path / "a.png") as written:
+        assert np.array_equal(np.asarray(written), expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary file left behind

@@ -47,13 +47,15 @@ def current_umask() -> int:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
-                 before_replace: Callable[[str], None] | None = None) -> Path:
+                 before_replace: Callable[[str], None] | None = None, durable: bool = True) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
 
     The file gets the permissions a plain ``open`` would give it (0666 less the umask), not
     ``mkstemp``'s private 0600, so a lab can share run folders and caches as it shares others.
     ``before_replace(tmp_path)`` runs once the bytes are on disk, just before the rename (a
     checkpoint writes the config recording the weights' hash there); if it raises, nothing is renamed.
+    ``durable=False`` skips the ``fsync``: the file is still whole or absent after a crash of the
+    process, but may be lost to a power cut (for data that is cheaper to make again than to sync).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
         with open(tmp, "rb+") as handle:
             # After the write: some writers (safetensors) create the file anew with their own mode.
             os.fchmod(handle.fileno(), 0o666 & ~current_umask())
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if before_replace is not None:
             before_replace(tmp)
         os.replace(tmp, path)

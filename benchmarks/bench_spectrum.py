@@ -57,12 +57,13 @@ def naive_pixels(image: Image.Image, spec: Preprocess) -> torch.Tensor:
         out[:3, :side, :side] = normalize(center_crop(x, side).contiguous(), spec.mean, spec.std)
         out[3, :side, :side] = 1.0
         return out
-    if spec.mode == "tiles":  # [grid * grid, S, S] gray tiles
+    if spec.mode == "tiles":  # [grid * grid, S, S] gray tiles ([grid * grid * 3, S, S] RGB ones in colour)
         h, w = x.shape[-2:]
         tops = np.linspace(0, max(h - spec.size, 0), spec.grid).round().astype(int)
         lefts = np.linspace(0, max(w - spec.size, 0), spec.grid).round().astype(int)
         tiles = [center_crop(x[:, t : t + spec.size, left : left + spec.size], spec.size) for t in tops for left in lefts]
-        return normalize(torch.stack(tiles).contiguous(), spec.mean, spec.std).mean(dim=1)
+        tiles = normalize(torch.stack(tiles).contiguous(), spec.mean, spec.std)
+        return tiles.flatten(0, 1) if spec.colour else tiles.mean(dim=1)
     if spec.mode == "resize":
         x = resize_short_side(x, spec.resize_size or spec.size, spec.interpolation)
     elif spec.mode == "squash":
@@ -70,30 +71,61 @@ def naive_pixels(image: Image.Image, spec: Preprocess) -> torch.Tensor:
     return normalize(center_crop(x, spec.size).contiguous(), spec.mean, spec.std)
 
 
-def naive_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
-    """[B, H, W] -> [B, bins]: 3x3 mean by convolution, full complex FFT, fftshift, index_add over rings."""
+def _naive_spectrum(gray: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] -> centred full complex FFT of the residual (3x3 mean by convolution; Hann window if square)."""
     kernel = torch.full((1, 1, 3, 3), 1.0 / 9.0, dtype=gray.dtype)
     residual = gray - F.conv2d(F.pad(gray[:, None], (1, 1, 1, 1), mode="reflect"), kernel)[:, 0]
     h, w = residual.shape[-2:]
     window = torch.hann_window(w)
     window = window[None, :] * torch.hann_window(h)[:, None] if h == w else 1.0
-    power = torch.log1p(torch.fft.fftshift(torch.fft.fft2(residual * window), dim=(-2, -1)).abs() ** 2)
+    return torch.fft.fftshift(torch.fft.fft2(residual * window), dim=(-2, -1))
+
+
+def _naive_rings(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """[B, H, W] centred-plane values -> [B, bins]: mean per ring (index_add), pooled or interpolated to ``bins``."""
+    h, w = values.shape[-2:]
     rings = max(1, min(h, w) // 2)
     ys = torch.arange(h, dtype=torch.float32) - h // 2
     xs = torch.arange(w, dtype=torch.float32) - w // 2
     ring = torch.clamp((torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2) / (min(h, w) / 2) * rings).long(), max=rings)
-    sums = torch.zeros(power.shape[0], rings + 1).index_add_(1, ring.flatten(), power.flatten(1))
+    sums = torch.zeros(values.shape[0], rings + 1).index_add_(1, ring.flatten(), values.flatten(1))
     profile = (sums / torch.bincount(ring.flatten(), minlength=rings + 1).clamp(min=1))[:, :rings]
     if rings > bins:
         profile = F.adaptive_avg_pool1d(profile[:, None], bins)[:, 0]
     elif rings < bins:
         profile = F.interpolate(profile[:, None], size=bins, mode="linear", align_corners=True)[:, 0]
+    return profile
+
+
+def _naive_log_power(spectrum: torch.Tensor, bins: int) -> torch.Tensor:
+    profile = _naive_rings(torch.log1p(spectrum.abs() ** 2), bins)
     return profile - profile.mean(dim=1, keepdim=True)
 
 
+def naive_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
+    """[B, H, W] -> [B, bins]: 3x3 mean by convolution, full complex FFT, fftshift, index_add over rings."""
+    return _naive_log_power(_naive_spectrum(gray), bins)
+
+
+def naive_colour_profile(rgb: torch.Tensor, bins: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 5 * bins]: each plane's full FFT; gray, R-G, B-G log power; R/G, B/G coherence."""
+    red, green, blue = (_naive_spectrum(rgb[:, c]) for c in range(3))
+
+    def coherence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        cross = _naive_rings((a * b.conj()).real, bins)
+        return cross / torch.sqrt(_naive_rings(a.abs() ** 2, bins) * _naive_rings(b.abs() ** 2, bins))
+
+    gray = _naive_spectrum(rgb.mean(dim=1))
+    return torch.cat([_naive_log_power(gray, bins), _naive_log_power(red - green, bins),
+                      _naive_log_power(blue - green, bins), coherence(red, green), coherence(blue, green)], dim=1)
+
+
 def naive_features(pixels: torch.Tensor, spec: Preprocess, bins: int = 128) -> torch.Tensor:
-    """The first implementation's tower: a batch of :func:`naive_pixels` -> [B, bins] features."""
+    """The first implementation's tower: a batch of :func:`naive_pixels` -> [B, bins] features ([B, 5 * bins] in colour)."""
     x = pixels.float()
+    if spec.mode == "tiles" and spec.colour:
+        b, s = len(x), spec.size
+        return naive_colour_profile(x.view(-1, 3, s, s), bins).view(b, -1, 5 * bins).mean(dim=1)
     if spec.mode == "tiles":
         b, t = x.shape[:2]
         return naive_profile(x.flatten(0, 1), bins).view(b, t, -1).mean(dim=1)
@@ -133,7 +165,7 @@ def measure(path: str, model: str, folder: str, batch_size: int) -> dict:
 
         loader = DataLoader(Naive(samples, tower.preprocess), batch_size=batch_size, collate_fn=collate)
         with torch.inference_mode():
-            feats = torch.cat([naive_features(b["pixel_values"], tower.preprocess, tower.feature_dim) for b in loader])
+            feats = torch.cat([naive_features(b["pixel_values"], tower.preprocess, tower.bins) for b in loader])
         feats = feats.half().float()  # rounded as the project's features are for the cache
     else:
         settings = ExtractionSettings(batch_size=batch_size, num_workers=0, progress=False)

@@ -54,10 +54,13 @@ def test_every_spectrum_record_gives_the_reference_formulas_features(record):
     for make in (_image, _photo):
         images = [make(h, w, seed) for seed, (h, w) in enumerate(SIZES)]
         project = tower(torch.stack([preprocess_image(im, spec) for im in images])).embeds
-        reference = naive_features(torch.stack([naive_pixels(im, spec) for im in images]), spec, tower.feature_dim)
+        reference = naive_features(torch.stack([naive_pixels(im, spec) for im in images]), spec, tower.bins)
         # Float rounding only (the cache stores fp16, 1e-3 at these magnitudes): same features, same cache key.
         assert project.shape == reference.shape == (len(images), tower.feature_dim)
-        assert torch.allclose(project, reference, rtol=0, atol=2e-4), (project - reference).abs().max()
+        power = tower.bins * 3 if tower.colour else tower.bins
+        assert torch.allclose(project[:, :power], reference[:, :power], rtol=0, atol=2e-4)
+        # Coherence is a ratio of sums that cancel on noise: float32 sums in another order move it by < 1e-3.
+        assert torch.allclose(project[:, power:], reference[:, power:], rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("side", [16, 31, 256, 300])
@@ -158,3 +161,56 @@ def test_crop_mode_is_normalised_like_the_resizing_modes():
 def test_spectrum_records_refuse_a_resizing_preprocess():
     with pytest.raises(ValueError, match="native pixels"):
         load_tower("spectrum", preprocess_mode="resize")
+
+
+def test_colour_features_begin_with_the_default_records_gray_features():
+    gray, colour = load_tower("spectrum"), load_tower("spectrum-colour")
+    assert colour.feature_dim == 5 * gray.feature_dim
+    images = [_photo(h, w, seed) for seed, (h, w) in enumerate(SIZES)]
+    g = gray(torch.stack([preprocess_image(im, gray.preprocess) for im in images])).embeds
+    c = colour(torch.stack([preprocess_image(im, colour.preprocess) for im in images])).embeds
+    assert torch.allclose(c[:, : gray.feature_dim], g, rtol=0, atol=1e-4)
+    assert not torch.allclose(c[:, gray.feature_dim : 2 * gray.feature_dim], g, atol=1e-2)  # colour adds information
+
+
+def test_colour_tiles_are_the_rgb_planes_whose_mean_is_the_gray_tiles():
+    gray, colour = KNOWN_BACKBONES["spectrum"].preprocess, KNOWN_BACKBONES["spectrum-colour"].preprocess
+    for h, w in ((720, 1280), (200, 150), (300, 460)):
+        image = _photo(h, w)
+        rgb = preprocess_image(image, colour)
+        assert rgb.shape == (16 * 3, 256, 256)
+        tiles = rgb.view(16, 3, 256, 256)
+        assert torch.allclose(tiles.mean(dim=1), preprocess_image(image, gray), rtol=0, atol=1e-6)
+        top, left = 0, 0  # the first tile starts at the corner (or is the zero-padded image)
+        if h >= 256 and w >= 256:
+            expected = crop_to_tensor(image.crop((left, top, left + 256, top + 256)), 256)
+            assert torch.equal(tiles[0], expected)
+
+
+def test_a_gray_image_has_no_opponent_power_and_full_coherence():
+    from deepfake.towers.families.spectrum import colour_profile
+
+    plane = torch.rand(2, 1, 256, 256)
+    features = colour_profile(plane.expand(2, 3, 256, 256), 128)
+    assert torch.equal(features[:, 128:384], torch.zeros(2, 256))
+    assert torch.allclose(features[:, 384:], torch.ones(2, 256))
+
+
+def test_coherence_of_faint_rings_stays_within_one_where_float32_products_underflow():
+    from deepfake.towers.families.spectrum import colour_profile
+
+    faint = torch.rand(1, 3, 256, 256) * 1e-15  # ring powers ~1e-25: their product is below float32's range
+    features = colour_profile(faint, 128)
+    assert torch.isfinite(features).all()
+    assert features[:, 384:].abs().max() <= 1.0
+    assert torch.isfinite(features.half()).all()  # as the cache stores them
+
+
+def test_colour_is_recorded_only_for_colour_records_so_gray_cache_keys_stay():
+    gray, colour = KNOWN_BACKBONES["spectrum"].preprocess, KNOWN_BACKBONES["spectrum-colour"].preprocess
+    assert "colour" not in gray.to_dict()
+    assert colour.to_dict()["colour"] is True
+    assert Preprocess.from_dict(colour.to_dict()) == colour and Preprocess.from_dict(gray.to_dict()) == gray
+    with pytest.raises(ValueError, match="colour planes"):
+        Preprocess(mode="crop", size=256, colour=True)
+    assert KNOWN_BACKBONES["spectrum-colour"].with_mode("crop").preprocess.colour is False

@@ -30,8 +30,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # - "window": native pixels, the largest centred square up to `size`, never resized, as a gray
 #   plane and a second plane that marks which pixels are the image.
 # - "tiles": native pixels, `grid` x `grid` tiles of `size` spread evenly over the whole image
-#   (overlapping on small images), as gray planes [grid * grid, size, size]: the spectral
-#   baseline at photo sizes.
+#   (overlapping on small images), as gray planes [grid * grid, size, size] (with `colour`, each
+#   tile's R, G and B planes: [grid * grid * 3, size, size]): the spectral baseline at photo sizes.
 PREPROCESS_MODES = ("resize", "squash", "crop", "window", "tiles")
 NATIVE_MODES = ("window", "tiles")
 # What --preprocess may ask for: the tower's own resize transform, or the unresized crop.
@@ -48,17 +48,20 @@ class Preprocess:
     interpolation: str = "bicubic"
     resize_size: int | None = None  # "resize": short side before the crop (None: `size`)
     grid: int | None = None  # "tiles": tiles per side
+    colour: bool = False  # "tiles": each tile's R, G and B planes instead of one gray plane
 
     def __post_init__(self) -> None:
         if self.mode not in PREPROCESS_MODES:
             raise ValueError(f"unknown preprocessing mode {self.mode!r}; choose one of {PREPROCESS_MODES}")
         if self.mode == "tiles" and not (self.grid and self.grid >= 1):
             raise ValueError("tiles preprocessing needs grid >= 1 (tiles per side)")
+        if self.colour and self.mode != "tiles":
+            raise ValueError("colour planes are a tiles preprocessing option")
 
     def to_dict(self) -> dict:
         data = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
-        for key in ("resize_size", "grid"):
-            if data[key] is None:
+        for key, absent in (("resize_size", None), ("grid", None), ("colour", False)):
+            if data[key] is absent:
                 # Absent rather than null: records written before the field existed keep their cache keys.
                 del data[key]
         return data
@@ -73,6 +76,7 @@ class Preprocess:
             interpolation=data.get("interpolation", "bicubic"),
             resize_size=int(data["resize_size"]) if data.get("resize_size") is not None else None,
             grid=int(data["grid"]) if data.get("grid") is not None else None,
+            colour=bool(data.get("colour", False)),
         )
 
 
@@ -193,36 +197,51 @@ def tile_origins(h: int, w: int, size: int, grid: int) -> list[tuple[int, int]]:
     return [(int(top), int(left)) for top in tops for left in lefts]
 
 
-def tile_grid(image: Image.Image, size: int, grid: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def rgb_region(image: Image.Image, box: tuple[int, int, int, int], mean: tuple[float, ...],
+               std: tuple[float, ...]) -> np.ndarray:
+    """The normalised R, G and B planes of ``box`` (left, top, right, bottom), float32 [3, h, w]."""
+    crop = np.asarray(image.crop(box), dtype=np.float32).transpose(2, 0, 1)
+    crop /= np.float32(255.0)
+    crop -= np.asarray(mean, dtype=np.float32)[:, None, None]
+    crop /= np.asarray(std, dtype=np.float32)[:, None, None]
+    return crop
+
+
+def tile_grid(image: Image.Image, size: int, grid: int, mean: tuple[float, ...], std: tuple[float, ...],
+              colour: bool = False) -> torch.Tensor:
     """``grid`` x ``grid`` unresized tiles of ``size`` spread evenly over the image, as gray [grid * grid, size, size].
 
     Tiles overlap on images smaller than ``grid * size`` and leave even gaps on larger ones, so
     every image gives the same shape and the tiles always span the whole frame; an image smaller
     than one tile is zero-padded as ``crop`` does (before normalising). Gray (the channel mean
-    after normalising) because the spectral analysis needs no colour. Only the tiles' pixels are
-    converted to float: a 50 MP photo never becomes a float tensor, only its tiles do.
+    after normalising) unless ``colour``, which gives each tile's R, G and B planes one after the
+    other ([grid * grid * 3, size, size]). Only the tiles' pixels are converted to float: a 50 MP
+    photo never becomes a float tensor, only its tiles do.
     """
     h, w = image.height, image.width
     th, tw = min(size, h), min(size, w)
     pad_top, pad_left = (size - th) // 2, (size - tw) // 2
-    out = torch.empty(grid * grid, size, size)
+    channels = 3 if colour else 1
+    out = torch.empty(grid * grid, channels, size, size)
     if (th, tw) != (size, size):
-        # Zero pixels after normalising, as center_crop pads before normalize: the mean of -mean/std.
-        out.fill_(float(np.mean(-np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32))))
+        # Zero pixels after normalising, as center_crop pads before normalize: -mean/std (gray: their mean).
+        zero = -np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
+        out.copy_(torch.from_numpy(zero if colour else zero.mean(keepdims=True))[:, None, None].expand_as(out))
     planes = out.numpy()
-    # Overlapping tiles (an image with fewer pixels than its tiles) are cut from one gray copy of the
+    region = rgb_region if colour else (lambda *a: gray_region(*a)[None])
+    # Overlapping tiles (an image with fewer pixels than its tiles) are cut from one copy of the
     # image, no larger than the tiles themselves; other images are converted tile by tile.
-    whole = gray_region(image, (0, 0, w, h), mean, std) if h * w <= grid * grid * th * tw else None
+    whole = region(image, (0, 0, w, h), mean, std) if h * w <= grid * grid * th * tw else None
     for k, (top, left) in enumerate(tile_origins(h, w, size, grid)):
-        planes[k, pad_top : pad_top + th, pad_left : pad_left + tw] = (
-            whole[top : top + th, left : left + tw] if whole is not None
-            else gray_region(image, (left, top, left + tw, top + th), mean, std))
-    return out
+        planes[k, :, pad_top : pad_top + th, pad_left : pad_left + tw] = (
+            whole[:, top : top + th, left : left + tw] if whole is not None
+            else region(image, (left, top, left + tw, top + th), mean, std))
+    return out.view(grid * grid * channels, size, size)
 
 
 def preprocessed_shape(spec: Preprocess) -> tuple[int, int, int]:
     """The shape of the tensor :func:`preprocess_image` gives for every image under ``spec``."""
-    planes = {"window": 2, "tiles": (spec.grid or 1) ** 2}.get(spec.mode, 3)
+    planes = {"window": 2, "tiles": (spec.grid or 1) ** 2 * (3 if spec.colour else 1)}.get(spec.mode, 3)
     return planes, spec.size, spec.size
 
 
@@ -242,7 +261,7 @@ def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
     if spec.mode == "window":
         return native_window(image, spec.size, spec.mean, spec.std)
     if spec.mode == "tiles":
-        return tile_grid(image, spec.size, spec.grid, spec.mean, spec.std)
+        return tile_grid(image, spec.size, spec.grid, spec.mean, spec.std, spec.colour)
     if spec.mode == "crop":
         return normalize(crop_to_tensor(image, spec.size), spec.mean, spec.std)
     x = pil_to_tensor(image)

@@ -250,6 +250,7 @@ CHECKPOINT_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("preprocess.interpolation", text(*INTERPOLATIONS)),
     FieldRule("preprocess.resize_size", nullable(_SIDE)),
     FieldRule("preprocess.grid", nullable(integer(1, 64))),
+    FieldRule("preprocess.colour", boolean()),
     FieldRule("features", mapping()),
     FieldRule("features.precision", text("auto", *DTYPES)),
     FieldRule("features.feature_kind", text()),

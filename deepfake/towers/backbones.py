@@ -108,8 +108,10 @@ class Backbone:
             return self
         if self.preprocess.mode in NATIVE_MODES and mode not in PREPROCESS_MODES[2:]:
             raise ValueError(f"{self.name}: this tower analyses native pixels; --preprocess {mode} does not apply")
-        grid = self.preprocess.grid if mode == "tiles" else None
-        return replace(self, preprocess=replace(self.preprocess, mode=mode, resize_size=None, grid=grid))
+        tiles = mode == "tiles"
+        return replace(self, preprocess=replace(self.preprocess, mode=mode, resize_size=None,
+                                                grid=self.preprocess.grid if tiles else None,
+                                                colour=self.preprocess.colour and tiles))
 
     def option(self, key: str, default=None):
         return dict(self.options).get(key, default)
@@ -119,7 +121,8 @@ class Backbone:
 # CLIP normalisation. The default averages the spectra of 4 x 4 tiles of 256 px spread over the
 # whole image (see deepfake/towers/families/spectrum.py for why; "spectrum-tiles256" names that analysis
 # for good). For comparison: "spectrum-crop256" is the earlier 256 px centre crop, "spectrum-tiles512" 2 x 2
-# tiles of 512 px, "spectrum-window512" / "-window1024" the largest centred square up to 512 / 1024 px
+# tiles of 512 px, "spectrum-window512" / "-window1024" the largest centred square up to 512 / 1024 px,
+# "spectrum-colour" the same tiles as the default with the colour planes' spectra and coherence added
 # (benchmarks/spectral_real_photos.py compares them on real photos: docs/towers.md).
 # Log power spectra have large offsets and small spreads: a head standardises them (docs/heads.md).
 _SPECTRUM_PIXELS = {"mean": (0.0,) * 3, "std": (1.0,) * 3}
@@ -150,6 +153,8 @@ KNOWN_BACKBONES: dict[str, Backbone] = {
                  standardize=True),
         Backbone("spectrum-window1024", "spectrum", "", Preprocess(mode="window", size=1024, **_SPECTRUM_PIXELS),
                  standardize=True),
+        Backbone("spectrum-colour", "spectrum", "",
+                 Preprocess(mode="tiles", size=256, grid=4, colour=True, **_SPECTRUM_PIXELS), standardize=True),
     )
 }
 

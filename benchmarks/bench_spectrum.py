@@ -108,16 +108,21 @@ def naive_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
 
 
 def naive_colour_profile(rgb: torch.Tensor, bins: int) -> torch.Tensor:
-    """[B, 3, H, W] -> [B, 5 * bins]: each plane's full FFT; gray, R-G, B-G log power; R/G, B/G coherence."""
+    """[B, 3, H, W] -> [B, 5 * bins]: each plane's full FFT; gray, R-G, B-G log ring power; R/G, B/G coherence."""
     red, green, blue = (_naive_spectrum(rgb[:, c]) for c in range(3))
 
     def coherence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         cross = _naive_rings((a * b.conj()).real, bins)
         return cross / torch.sqrt(_naive_rings(a.abs() ** 2, bins) * _naive_rings(b.abs() ** 2, bins))
 
+    def log_ring_power(spectrum: torch.Tensor) -> torch.Tensor:
+        power = _naive_rings(spectrum.abs() ** 2, bins)
+        profile = torch.log(power + torch.clamp(power.mean(dim=1, keepdim=True) * 1e-4, min=1e-12))
+        return profile - profile.mean(dim=1, keepdim=True)
+
     gray = _naive_spectrum(rgb.mean(dim=1))
-    return torch.cat([_naive_log_power(gray, bins), _naive_log_power(red - green, bins),
-                      _naive_log_power(blue - green, bins), coherence(red, green), coherence(blue, green)], dim=1)
+    return torch.cat([log_ring_power(gray), log_ring_power(red - green), log_ring_power(blue - green),
+                      coherence(red, green), coherence(blue, green)], dim=1)
 
 
 def naive_features(pixels: torch.Tensor, spec: Preprocess, bins: int = 128) -> torch.Tensor:

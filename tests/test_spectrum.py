@@ -58,7 +58,13 @@ def test_every_spectrum_record_gives_the_reference_formulas_features(record):
         # Float rounding only (the cache stores fp16, 1e-3 at these magnitudes): same features, same cache key.
         assert project.shape == reference.shape == (len(images), tower.feature_dim)
         power = tower.bins * 3 if tower.colour else tower.bins
-        assert torch.allclose(project[:, :power], reference[:, :power], rtol=0, atol=2e-4)
+        tolerance = torch.full((power,), 2e-4)
+        if tower.colour:
+            # The log after the ring mean: the lowest rings' power, which the high-pass leaves near float
+            # rounding, agrees to 1e-2 at DC and 1e-3 beyond (the fp16 cache's steps at these magnitudes).
+            tolerance[:] = 1e-3
+            tolerance[:: tower.bins] = 1e-2
+        assert ((project[:, :power] - reference[:, :power]).abs() <= tolerance).all()
         # Coherence is a ratio of sums that cancel on noise: float32 sums in another order move it by < 1e-3.
         assert torch.allclose(project[:, power:], reference[:, power:], rtol=0, atol=1e-3)
 
@@ -163,14 +169,17 @@ def test_spectrum_records_refuse_a_resizing_preprocess():
         load_tower("spectrum", preprocess_mode="resize")
 
 
-def test_colour_features_begin_with_the_default_records_gray_features():
-    gray, colour = load_tower("spectrum"), load_tower("spectrum-colour")
+def test_colour_features_add_opponent_planes_to_the_gray_planes_spectrum():
+    gray, colour = load_tower("spectrum-tiles256"), load_tower("spectrum-colour")
     assert colour.feature_dim == 5 * gray.feature_dim
     images = [_photo(h, w, seed) for seed, (h, w) in enumerate(SIZES)]
-    g = gray(torch.stack([preprocess_image(im, gray.preprocess) for im in images])).embeds
     c = colour(torch.stack([preprocess_image(im, colour.preprocess) for im in images])).embeds
-    assert torch.allclose(c[:, : gray.feature_dim], g, rtol=0, atol=1e-4)
-    assert not torch.allclose(c[:, gray.feature_dim : 2 * gray.feature_dim], g, atol=1e-2)  # colour adds information
+    gray_planes = torch.stack([preprocess_image(im, gray.preprocess) for im in images])  # [B, 16, S, S]
+    # The first block is the gray plane's own log ring power (the FFT is linear): colour planes equal to it agree.
+    as_rgb = gray_planes[:, :, None].expand(-1, -1, 3, -1, -1).flatten(1, 2)
+    # (to 1e-2: the DC ring's power is float rounding, its log moves with the order of the sums)
+    assert torch.allclose(colour(as_rgb).embeds[:, : gray.feature_dim], c[:, : gray.feature_dim], rtol=0, atol=1e-2)
+    assert not torch.allclose(c[:, gray.feature_dim : 2 * gray.feature_dim], c[:, : gray.feature_dim], atol=1e-2)
 
 
 def test_colour_tiles_are_the_rgb_planes_whose_mean_is_the_gray_tiles():
@@ -192,7 +201,8 @@ def test_a_gray_image_has_no_opponent_power_and_full_coherence():
 
     plane = torch.rand(2, 1, 256, 256)
     features = colour_profile(plane.expand(2, 3, 256, 256), 128)
-    assert torch.equal(features[:, 128:384], torch.zeros(2, 256))
+    # No power in R - G and B - G: every ring at the floor, a flat profile, 0 once its level is removed.
+    assert torch.allclose(features[:, 128:384], torch.zeros(2, 256), rtol=0, atol=1e-5)
     assert torch.allclose(features[:, 384:], torch.ones(2, 256))
 
 

@@ -199,12 +199,12 @@ def tile_origins(h: int, w: int, size: int, grid: int) -> list[tuple[int, int]]:
 
 def rgb_region(image: Image.Image, box: tuple[int, int, int, int], mean: tuple[float, ...],
                std: tuple[float, ...]) -> np.ndarray:
-    """The normalised R, G and B planes of ``box`` (left, top, right, bottom), float32 [3, h, w]."""
-    crop = np.asarray(image.crop(box), dtype=np.float32).transpose(2, 0, 1)
+    """The normalised R, G and B planes of ``box`` (left, top, right, bottom), float32 [3, h, w] (a view)."""
+    crop = np.asarray(image.crop(box), dtype=np.float32)  # [h, w, 3]: normalised in memory order, then viewed as planes
     crop /= np.float32(255.0)
-    crop -= np.asarray(mean, dtype=np.float32)[:, None, None]
-    crop /= np.asarray(std, dtype=np.float32)[:, None, None]
-    return crop
+    crop -= np.asarray(mean, dtype=np.float32)
+    crop /= np.asarray(std, dtype=np.float32)
+    return crop.transpose(2, 0, 1)
 
 
 def tile_grid(image: Image.Image, size: int, grid: int, mean: tuple[float, ...], std: tuple[float, ...],

@@ -1,6 +1,6 @@
 """The spectral tower on photos: the naive path against the project's, img/s and peak RSS side by side.
 
-    python benchmarks/bench_spectrum.py                      # 100 photos of 1280x720, the three spectrum records
+    python benchmarks/bench_spectrum.py                      # 100 photos of 1280x720, four spectrum records
     python benchmarks/bench_spectrum.py --n 30 --models spectrum
 
 The naive path is the spectral tower as first written, kept here as the reference formula
@@ -41,7 +41,7 @@ from deepfake.data.preprocess import (  # noqa: E402
     resize_square,
 )
 
-MODELS = ("spectrum", "spectrum-window512", "spectrum-crop256")
+MODELS = ("spectrum", "spectrum-window512", "spectrum-crop256", "spectrum-colour")
 
 
 # --- the naive path: the reference formula -------------------------------------------------
@@ -116,7 +116,9 @@ def naive_colour_profile(rgb: torch.Tensor, bins: int) -> torch.Tensor:
         return cross / torch.sqrt(_naive_rings(a.abs() ** 2, bins) * _naive_rings(b.abs() ** 2, bins))
 
     def log_ring_power(spectrum: torch.Tensor) -> torch.Tensor:
-        power = _naive_rings(spectrum.abs() ** 2, bins)
+        power = spectrum.abs() ** 2
+        power[:, power.shape[1] // 2, power.shape[2] // 2] = 0  # the DC term (centred), as the project drops it
+        power = _naive_rings(power, bins)
         profile = torch.log(power + torch.clamp(power.mean(dim=1, keepdim=True) * 1e-4, min=1e-12))
         return profile - profile.mean(dim=1, keepdim=True)
 
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="photos (default %(default)s)")
     parser.add_argument("--size", default="1280x720", help="photo size WxH (default %(default)s)")
-    parser.add_argument("--models", default=",".join(MODELS), help="spectrum records (default: all three)")
+    parser.add_argument("--models", default=",".join(MODELS), help="spectrum records (default: all four)")
     parser.add_argument("--batch_size", type=int, default=64, help="images per batch asked for (predict's default)")
     parser.add_argument("--child", choices=("naive", "project"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)

@@ -10,7 +10,8 @@ The images are taken from a clone of the set's repository (``--repo``, a work tr
 or a bare clone, read at ``--commit`` with ``git archive``, so later commits change nothing) or
 from a plain folder (``--source``), and only from the ``--path`` folders inside it: they must
 hold label folders the tool reads (``real``/``ai``, ``real``/``fake``, ... optionally below
-domain folders such as ``city/{real,ai}``). They are copied to ``OUT/images/`` and
+domain folders such as ``city/{real,ai}``), or ``--relabel`` says how a file's path names its
+class and domain (``--label human=real`` for a set's own words). They are copied to ``OUT/images/`` and
 ``OUT/split/{train,val,test}/{domain}/{0_real,1_fake}/`` receives links to them, cut as
 ``python -m deepfake split`` cuts: each (domain, class) group sorted, shuffled with the seed and
 cut at ``--ratios``, so the split is stratified, and the same files with the same seed give the
@@ -31,6 +32,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +45,7 @@ from PIL import Image  # noqa: E402
 
 from deepfake.cli.args import setup_logging  # noqa: E402
 from deepfake.cli.split import LABEL_DIRS, SPLITS, parse_ratios, plan_split, write_split  # noqa: E402
-from deepfake.data.layouts import LayoutError  # noqa: E402
+from deepfake.data.layouts import LABEL_NAMES, LayoutError  # noqa: E402
 from deepfake.utils.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 log = logging.getLogger("prepare_real_photos")
@@ -99,6 +101,47 @@ def remove_excluded(images: Path, patterns: list[str]) -> int:
     return removed
 
 
+def parse_word(text: str) -> tuple[str, str]:
+    """``WORD=real`` or ``WORD=fake`` -> (word in lower case, class)."""
+    word, sep, label = text.partition("=")
+    if not sep or not word or label not in ("real", "fake"):
+        raise argparse.ArgumentTypeError(f"expected WORD=real or WORD=fake, got {text!r}")
+    return word.lower(), label
+
+
+def rearrange(root: Path, pattern: str, words: dict[str, str]) -> tuple[Path, int]:
+    """Move each file under ``root`` to ``DOMAIN/LABEL/`` as the regex ``pattern`` reads its path.
+
+    ``pattern`` is searched in the path relative to ``root``; its group ``label`` names the class
+    (a word of ``words`` or a label folder name such as real, fake, ai) and its optional group
+    ``domain`` the domain. The file keeps its whole relative path as its name (``/`` -> ``__``), so
+    files of one name in two folders stay two files. Files it does not match are left out.
+    Returns the new root and how many files were left out.
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--relabel {pattern!r}: {exc}") from None
+    if "label" not in regex.groupindex:
+        raise ValueError(f"--relabel {pattern!r}: needs a group named label, e.g. (?P<label>real|ai)")
+    arranged, left_out = root.parent / (root.name + ".arranged"), 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        match = regex.search(rel)
+        word = match.group("label").lower() if match else None
+        label = words.get(word) or {0: "real", 1: "fake"}.get(LABEL_NAMES.get(word))
+        if label is None:
+            left_out += 1
+            continue
+        domain = match.groupdict().get("domain") or ""
+        dest = arranged / domain / label / rel.replace("/", "__")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(dest)
+    shutil.rmtree(root)
+    arranged.rename(root)
+    return root, left_out
+
+
 def write_test_manifest(plan: list[tuple[str, str, str, int, str]], out: Path) -> Path:
     """``out/test.csv``: the whole held-out split as one domain (its links, relative to ``out``).
 
@@ -138,7 +181,8 @@ def describe(plan: list[tuple[str, str, str, int, str]], images: Path) -> tuple[
 
 def prepare(out: Path, paths: list[str], ratios: tuple[float, ...], seed: int, repo: Path | None = None,
             commit: str | None = None, source: Path | None = None, name: str | None = None,
-            exclude: list[str] | None = None) -> dict:
+            exclude: list[str] | None = None, relabel: str | None = None,
+            words: dict[str, str] | None = None) -> dict:
     """Copy the set into ``out/images``, link its split into ``out/split``; returns the provenance record."""
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty; choose a new folder")
@@ -150,13 +194,17 @@ def prepare(out: Path, paths: list[str], ratios: tuple[float, ...], seed: int, r
         copy_from_folder(source, paths, images)
     excluded = remove_excluded(images, exclude or [])
     root = images / _common_root(paths)
+    if relabel:
+        root, unmatched = rearrange(root, relabel, words or {})
+        excluded += unmatched
     plan = plan_split(root, ratios, seed, category=name and name.rsplit("/", 1)[-1])
     counts = write_split(plan, out / "split")
     write_test_manifest(plan, out)
     classes, files = describe(plan, images)
     record = {"name": name, "repository": str(repo) if repo else None, "commit": commit,
               "source": str(source) if source else None, "paths": paths,
-              "exclude": exclude or [], "excluded_files": excluded, "ratios": list(ratios), "seed": seed,
+              "exclude": exclude or [], "relabel": relabel, "label_words": words or {},
+              "excluded_files": excluded, "ratios": list(ratios), "seed": seed,
               "counts": counts, "classes": classes, "files": files}
     atomic_write_json(out / "provenance.json", record)
     return record
@@ -173,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder inside the repository holding label folders (repeat for several)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="leave out files matching this pattern, e.g. '*/lqip/*' for thumbnails (repeatable)")
+    p.add_argument("--relabel", default=None, metavar="REGEX",
+                   help="sets not laid out in label folders: a regex searched in each file's path, whose group "
+                        "'label' names the class and optional group 'domain' the domain; unmatched files are left out")
+    p.add_argument("--label", action="append", type=parse_word, default=[], metavar="WORD=real|fake",
+                   help="with --relabel: a label word of the set's own, e.g. human=real (repeatable)")
     p.add_argument("--ratios", type=parse_ratios, default=DEFAULT_RATIOS, help="train,val,test (default 0.6,0.2,0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="the set's name, e.g. owner/repository (recorded; names a domain-less set)")
@@ -186,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         record = prepare(Path(args.out), args.path, args.ratios, args.seed,
                          repo=Path(args.repo) if args.repo else None, commit=args.commit,
                          source=Path(args.source) if args.source else None, name=args.name,
-                         exclude=args.exclude)
+                         exclude=args.exclude, relabel=args.relabel, words=dict(args.label))
     except (FileExistsError, ValueError, LayoutError) as exc:
         log.error("%s", exc)
         return 2

@@ -162,3 +162,30 @@ def test_spectral_comparison_trains_on_each_set_and_tests_on_every_held_out_spli
     shards = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.safetensors")}
     assert compare.main([*argv, "--overwrite"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.safetensors")} == shards
+
+
+def test_relabel_reads_class_and_domain_from_file_paths_and_leaves_unmatched_files_out(tmp_path):
+    prepare = _script("prepare_real_photos")
+    source = tmp_path / "game"
+    rng = np.random.default_rng(0)
+    files = {"stimuli/AI/ai_faces_a/1.png": True, "stimuli/AI/ai_faces_b/1.png": True,  # one name, two folders
+             "stimuli/Human/human_faces_a/2.jpg": False, "stimuli/Human/human_places_a/3.jpg": False,
+             "stimuli/AI/ai_places_a/4.png": True, "stimuli/readme_thumb.png": False}
+    for rel, fake in files.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        _photo(rng, fake, (40, 32)).save(source / rel)
+    out = tmp_path / "out"
+    assert prepare.main([str(out), "--source", str(source), "--path", "stimuli", "--ratios", "1,0,0",
+                         "--relabel", r"^(?P<label>AI|Human)/\w+?_(?P<domain>faces|places)_", "--label", "human=real",
+                         "--name", "owner/game"]) == 0
+    record = json.loads((out / "provenance.json").read_text())
+    placed = sorted((f["domain"], f["label"], f["path"].rsplit("/", 1)[-1]) for f in record["files"])
+    assert placed == [("faces", "fake", "AI__ai_faces_a__1.png"), ("faces", "fake", "AI__ai_faces_b__1.png"),
+                      ("faces", "real", "Human__human_faces_a__2.jpg"), ("places", "fake", "AI__ai_places_a__4.png"),
+                      ("places", "real", "Human__human_places_a__3.jpg")]
+    assert record["excluded_files"] == 1 and record["label_words"] == {"human": "real"}
+    assert len(list((out / "split" / "train" / "faces" / "1_fake").iterdir())) == 2
+    with pytest.raises(SystemExit):
+        prepare.build_parser().parse_args([str(out), "--source", "x", "--path", "p", "--label", "human"])
+    assert prepare.main([str(tmp_path / "o2"), "--source", str(source), "--path", "stimuli",
+                         "--relabel", r"(AI|Human)/"]) == 2  # no group named label

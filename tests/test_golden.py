@@ -190,6 +190,16 @@ for _name, _parents in (("best.json", ()), ("demo_best.json", ()), ("run.json", 
     INTENDED_JSON[_name][(*_parents, "train_args", "standardize")] = "off"
     INTENDED_JSON[_name][(*_parents, "standardize")] = False
 
+# `spectrum` reads colour since public sets of real photos chose it; the gray analysis the goldens hold is
+# `spectrum-tiles256` (the same features), which the capture pins and the demo uses by default.
+PINNED += ("--model", "spectrum-tiles256")
+for _name, _parents in (("best.json", ()), ("demo_best.json", ()), ("run.json", ("config",)),
+                        ("demo_run.json", ("config",))):
+    INTENDED_JSON[_name][(*_parents, "train_args", "model")] = "spectrum-tiles256"
+for _name, _parents in (("best.json", ()), ("demo_best.json", ()), ("run.json", ("config",)),
+                        ("demo_run.json", ("config",)), ("results.json", ()), ("demo_results.json", ())):
+    INTENDED_JSON[_name][(*_parents, "tower", "model")] = "spectrum-tiles256"
+
 
 # The bias audit's hints follow the tower's preprocessing: `deepfake audit --model` (and --preprocess) name it.
 INTENDED_TEXT["help_audit.txt"] = [

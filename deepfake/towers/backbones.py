@@ -118,12 +118,14 @@ class Backbone:
 
 
 # Spectral baseline: no weights, the full-resolution pixel grid matters, so no resizing and no
-# CLIP normalisation. The default averages the spectra of 4 x 4 tiles of 256 px spread over the
-# whole image (see deepfake/towers/families/spectrum.py for why; "spectrum-tiles256" names that analysis
-# for good). For comparison: "spectrum-crop256" is the earlier 256 px centre crop, "spectrum-tiles512" 2 x 2
-# tiles of 512 px, "spectrum-window512" / "-window1024" the largest centred square up to 512 / 1024 px,
-# "spectrum-colour" the same tiles as the default with the colour planes' spectra and coherence added
-# (benchmarks/spectral_real_photos.py compares them on real photos: docs/towers.md).
+# CLIP normalisation. The default reads 4 x 4 tiles of 256 px spread over the whole image in
+# colour: the log power of the gray, R-G and B-G residuals and the R/G, B/G coherence, averaged
+# over the tiles ("spectrum-colour" names that analysis for good). It was chosen on public sets of
+# real photos (benchmarks/spectral_real_photos.py; docs/towers.md), where colour beat every gray
+# analysis. The gray analyses: "spectrum-tiles256" (the same tiles, gray: the default until colour
+# took its place, and the demo's tower), "spectrum-crop256" (a 256 px centre crop),
+# "spectrum-tiles512" (2 x 2 tiles of 512 px), "spectrum-window512" / "-window1024" (the largest
+# centred square up to 512 / 1024 px). See deepfake/towers/families/spectrum.py.
 # Log power spectra have large offsets and small spreads: a head standardises them (docs/heads.md).
 _SPECTRUM_PIXELS = {"mean": (0.0,) * 3, "std": (1.0,) * 3}
 
@@ -141,8 +143,8 @@ KNOWN_BACKBONES: dict[str, Backbone] = {
         Backbone("facebook/dinov2-with-registers-large", "dinov2", "facebook/dinov2-with-registers-large", None),
         Backbone("facebook/dinov3-vitl16-pretrain-lvd1689m", "dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m",
                  None),
-        Backbone("spectrum", "spectrum", "", Preprocess(mode="tiles", size=256, grid=4, **_SPECTRUM_PIXELS),
-                 standardize=True),
+        Backbone("spectrum", "spectrum", "",
+                 Preprocess(mode="tiles", size=256, grid=4, colour=True, **_SPECTRUM_PIXELS), standardize=True),
         Backbone("spectrum-crop256", "spectrum", "", Preprocess(mode="crop", size=256, **_SPECTRUM_PIXELS),
                  standardize=True),
         Backbone("spectrum-window512", "spectrum", "", Preprocess(mode="window", size=512, **_SPECTRUM_PIXELS),

@@ -249,19 +249,30 @@ class SpectrumTower(ImageTower):
     def __init__(self, backbone: Backbone):
         super().__init__()
         self.backbone = backbone
-        pre = backbone.preprocess
         self.bins = int(backbone.option("bins", DEFAULT_BINS))
-        self.colour = pre.colour
-        self.feature_dim = self.bins * (5 if self.colour else 1)
         self.num_layers = 0
         self.hidden_size = 0
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # carries device moves
+
+    # Read from the preprocessing, not fixed at construction: a checkpoint swaps in the preprocessing
+    # its head was trained with (a run recorded as ``spectrum`` before that name took colour is gray).
+    @property
+    def colour(self) -> bool:
+        return self.preprocess.colour
+
+    @property
+    def feature_dim(self) -> int:
+        return self.bins * (5 if self.colour else 1)
+
+    @property
+    def identity(self) -> dict:
+        pre = self.preprocess
         analysis = {"window": "largest centred square up to {size} px",
                     "tiles": "mean over {grid}x{grid} tiles of {size} px spread over the image",
                     "crop": "{size} px centre crop"}.get(pre.mode, "{size} px after " + pre.mode)
-        self.identity = {"model": backbone.name, "family": "spectrum", "revision": SPECTRUM_VERSION,
-                         "feature_dim": self.feature_dim, "feature": COLOUR_FEATURE if self.colour else GRAY_FEATURE,
-                         "analysis": analysis.format(size=pre.size, grid=pre.grid) + ", native resolution"}
-        self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # carries device moves
+        return {"model": self.backbone.name, "family": "spectrum", "revision": SPECTRUM_VERSION,
+                "feature_dim": self.feature_dim, "feature": COLOUR_FEATURE if self.colour else GRAY_FEATURE,
+                "analysis": analysis.format(size=pre.size, grid=pre.grid) + ", native resolution"}
 
     @property
     def dtype(self) -> torch.dtype:

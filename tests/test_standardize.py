@@ -216,7 +216,7 @@ def test_spectral_run_standardises_by_default_and_records_it(spectral_run):
     assert best["head"]["standardize"] is True and best["standardize"] is True
     assert best["train_args"]["standardize"] == "auto"
     state = head_state(spectral_run["run"])
-    assert state["standardizer.mean"].shape == state["standardizer.std"].shape == (128,)
+    assert state["standardizer.mean"].shape == state["standardizer.std"].shape == (load_tower("spectrum").feature_dim,)
 
 
 def test_standardised_head_gives_the_same_probabilities_in_validation_test_predict_and_from_pretrained(
@@ -373,3 +373,26 @@ def test_every_head_kind_trains_standardised_with_statistics_per_block_and_featu
     assert torch.allclose(state["standardizer.std"], std, rtol=1e-4)
     clf = DeepfakeClassifier.from_pretrained(out)
     assert all(0.0 <= p.probability <= 1.0 for p in clf.predict([s.path for s in train[:3]]))
+
+
+def test_a_run_recorded_as_spectrum_before_it_took_colour_still_loads_gray_and_scores_the_same(
+        spectral_data, tmp_path):
+    """``spectrum`` reads colour now; a head trained when it was gray names it with gray preprocessing."""
+    from pathlib import Path
+
+    gray_run = tmp_path / "gray"
+    assert train_ClassifierHead.main(train_args(spectral_data, gray_run, tmp_path / "cache", "--model",
+                                                "spectrum-tiles256", "--num_epochs", "2")) == 0
+    old_run = tmp_path / "old"
+    shutil.copytree(gray_run, old_run)
+    config = json.loads((old_run / "best.json").read_text())
+    config["tower"]["model"] = config["train_args"]["model"] = "spectrum"  # as such a run recorded it
+    (old_run / "best.json").write_text(json.dumps(config))
+    golden = json.loads((Path(__file__).parent / "data" / "golden" / "best.json").read_text())["tower"]
+
+    old, gray = DeepfakeClassifier.from_pretrained(old_run), DeepfakeClassifier.from_pretrained(gray_run)
+    assert KNOWN_BACKBONES["spectrum"].preprocess.colour and not old.preprocess.colour
+    assert old.tower.feature_dim == 128
+    assert old.tower.identity == golden  # the identity, and so the cache key, such a run was recorded with
+    images = sorted(str(p) for p in Path(spectral_data, "test").rglob("*.png"))[:4]
+    assert np.array_equal(old.predict_proba(images), gray.predict_proba(images))

@@ -62,8 +62,9 @@ def test_spectrum_tower_through_train_test_and_predict(tmp_path, capsys):
                                       "--cache_dir", str(cache), "--num_epochs", "20", "--learning_rate", "1e-3",
                                       "--num_workers", "0", "--quiet"]) == 0
     config = json.loads((run / "best.json").read_text())
-    assert config["tower"]["family"] == "spectrum" and config["head"]["in_dim"] == 128
+    assert config["tower"]["family"] == "spectrum" and config["head"]["in_dim"] == 5 * 128  # colour: five profiles
     assert (config["preprocess"]["mode"], config["preprocess"]["size"], config["preprocess"]["grid"]) == ("tiles", 256, 4)
+    assert config["preprocess"]["colour"] is True
     assert test_ClassifierHead.main(["--checkpoint", str(run), "--dataset_dir", str(data / "test"),
                                      "--output_dir", str(tmp_path / "eval"), "--cache_dir", str(cache),
                                      "--num_workers", "0", "--quiet", "--no_plots"]) == 0

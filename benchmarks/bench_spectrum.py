@@ -41,7 +41,7 @@ from deepfake.data.preprocess import (  # noqa: E402
     resize_square,
 )
 
-MODELS = ("spectrum", "spectrum-window512", "spectrum-crop256", "spectrum-colour")
+MODELS = ("spectrum", "spectrum-tiles256", "spectrum-window512", "spectrum-crop256")
 
 
 # --- the naive path: the reference formula -------------------------------------------------

@@ -100,7 +100,7 @@ def build_demo(root: Path, seed: int) -> tuple[list[str], Path, Path]:
     from deepfake.data.synthetic import generate
     from deepfake.towers.tiny import save_tower
 
-    models = ["spectrum", "spectrum-crop256", "spectrum-window512"]
+    models = ["spectrum-tiles256", "spectrum-crop256", "spectrum-window512"]  # the gray analyses
     for kind in DEMO_KINDS:
         # One of them sharded, as large checkpoints are on the hub.
         models.append(str(save_tower(kind, root / "towers" / f"tiny-{kind}", sharded=kind == "dinov2_registers")))

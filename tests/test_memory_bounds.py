@@ -17,11 +17,12 @@ from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.features.extraction import ExtractionSettings, extract_features, images_per_batch
 from deepfake.towers.loading import load_tower
 
-TILE_STACK = 16 * 256 * 256  # the default spectral record's tensor: 4 x 4 gray tiles of 256 px
+TILE_STACK = 16 * 256 * 256  # the gray spectral record's tensor: 4 x 4 gray tiles of 256 px
 
 
 def test_a_batch_is_batch_size_images_unless_their_tensors_pass_the_budget():
-    assert preprocessed_shape(load_tower("spectrum").preprocess) == (16, 256, 256)
+    assert preprocessed_shape(load_tower("spectrum").preprocess) == (48, 256, 256)  # 16 tiles in colour
+    assert preprocessed_shape(load_tower("spectrum-tiles256").preprocess) == (16, 256, 256)
     assert preprocessed_shape(load_tower("spectrum-window512").preprocess) == (2, 512, 512)
     assert images_per_batch(64, preprocessed_shape(Preprocess())) == 64  # 224 px crops: the count decides
     assert images_per_batch(64, (16, 256, 256)) == DEFAULT_BATCH_PIXELS // TILE_STACK == 16
@@ -40,7 +41,7 @@ def _photos(folder, n: int) -> list[Sample]:
 
 
 def test_extraction_batches_hold_at_most_the_pixel_budget_with_the_same_features(tmp_path, monkeypatch):
-    tower = load_tower("spectrum")
+    tower = load_tower("spectrum-tiles256")
     samples = _photos(tmp_path / "photos", 7)
     seen = []
     forward = tower.forward

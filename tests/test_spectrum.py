@@ -83,7 +83,7 @@ def test_features_do_not_depend_on_how_many_tiles_go_through_the_fft_at_once(mon
 
 
 def test_tiles_cover_the_whole_image_and_average_their_spectra():
-    tower = load_tower("spectrum")
+    tower = load_tower("spectrum-tiles256")
     assert (tower.preprocess.mode, tower.preprocess.size, tower.preprocess.grid) == ("tiles", 256, 4)
     image = _image(720, 1280)
     tiles = preprocess_image(image, tower.preprocess)
@@ -126,7 +126,7 @@ def test_photos_become_float_strip_by_strip_with_the_same_values(monkeypatch):
     assert torch.equal(pil_to_tensor(image.convert("L")), pil_to_tensor(image.convert("L").convert("RGB")))
 
 
-@pytest.mark.parametrize("record", ["spectrum", "spectrum-window512", "spectrum-crop256"])
+@pytest.mark.parametrize("record", ["spectrum", "spectrum-tiles256", "spectrum-window512", "spectrum-crop256"])
 def test_a_large_photo_is_never_copied_whole_to_analyse_its_tiles_or_window(record):
     spec = load_tower(record).preprocess
     image = _image(3000, 4000)  # 12 MP: 36 MB as uint8, 144 MB as float
@@ -178,7 +178,7 @@ def test_colour_features_add_opponent_planes_to_the_gray_planes_spectrum():
 
 
 def test_colour_tiles_are_the_rgb_planes_whose_mean_is_the_gray_tiles():
-    gray, colour = KNOWN_BACKBONES["spectrum"].preprocess, KNOWN_BACKBONES["spectrum-colour"].preprocess
+    gray, colour = KNOWN_BACKBONES["spectrum-tiles256"].preprocess, KNOWN_BACKBONES["spectrum-colour"].preprocess
     for h, w in ((720, 1280), (200, 150), (300, 460)):
         image = _photo(h, w)
         rgb = preprocess_image(image, colour)
@@ -212,7 +212,7 @@ def test_coherence_of_faint_rings_stays_within_one_where_float32_products_underf
 
 
 def test_colour_is_recorded_only_for_colour_records_so_gray_cache_keys_stay():
-    gray, colour = KNOWN_BACKBONES["spectrum"].preprocess, KNOWN_BACKBONES["spectrum-colour"].preprocess
+    gray, colour = KNOWN_BACKBONES["spectrum-tiles256"].preprocess, KNOWN_BACKBONES["spectrum-colour"].preprocess
     assert "colour" not in gray.to_dict()
     assert colour.to_dict()["colour"] is True
     assert Preprocess.from_dict(colour.to_dict()) == colour and Preprocess.from_dict(gray.to_dict()) == gray

@@ -5,21 +5,21 @@ residual (Durall et al., "Watch your up-convolution", 2020): up-sampling layers 
 periodic traces that show up as bumps and lifted tails in this 1-D spectrum. It goes
 through the same head, cache, training, evaluation and prediction code as LanguageBind.
 
-What is analysed is the record's preprocessing, always at native resolution. By default
-(``--model spectrum``, ``tiles`` mode) the spectra of 4 x 4 tiles of 256 px spread evenly over
-the whole image are averaged (Welch's method): a 256 px centre crop of a 1024 px photo keeps
-6% of its pixels, the tiles all of them, so the estimate is less noisy and does not depend on
-what happens to sit in the centre. The other analyses are records of their own:
-``spectrum-tiles256`` (the default's analysis under a name that will not change),
-``spectrum-tiles512`` (2 x 2 tiles of 512 px), ``spectrum-crop256`` (the earlier centre crop),
+What is analysed is the record's preprocessing, always at native resolution, over 4 x 4 tiles
+of 256 px spread evenly over the whole image by default, whose spectra are averaged (Welch's
+method): a 256 px centre crop of a 1024 px photo keeps 6% of its pixels, the tiles all of them.
+The default (``--model spectrum``, = ``spectrum-colour``) reads the tiles in colour
+(:func:`colour_profile`: the gray, R-G and B-G residuals' log ring power and the R/G, B/G
+coherence, 5 x ``bins`` features). On four public sets of real photos and generated images
+(``benchmarks/spectral_real_photos.py``; docs/towers.md, "The spectral baseline on real
+photographs") colour had the best validation AP on three and the best mean; every gray analysis
+stayed near chance. The gray analyses (``bins`` features) are records of their own:
+``spectrum-tiles256`` (the same tiles, gray: the default before colour, the demo's tower),
+``spectrum-tiles512`` (2 x 2 tiles of 512 px), ``spectrum-crop256`` (a centre crop),
 ``spectrum-window512`` and ``spectrum-window1024`` (one periodogram of the largest centred square
-up to 512 or 1024 px). On the photo-sized synthetic benchmark the tiles gave the highest AP with
-the same classifier (``tests/test_synthetic.py`` asserts it against the crop). On two public sets
-of real photos and generated images (``benchmarks/spectral_real_photos.py``; docs/towers.md,
-"The spectral baseline on real photographs") every analysis stayed near chance, with the
-repaired head too; the 4 x 4 tiles had the best validation AP on the larger set and the default
-stayed. Whatever the window, the spectrum is sampled at ``bins`` rings between DC and Nyquist, so
-every analysis gives the same feature size.
+up to 512 or 1024 px); on the photo-sized synthetic benchmark the tiles gave the highest AP
+(``tests/test_synthetic.py`` asserts it against the crop). Whatever the window, each profile is
+sampled at ``bins`` rings between DC and Nyquist, so every analysis gives its feature size.
 """
 
 from __future__ import annotations

@@ -44,8 +44,13 @@ def test_signal_during_extraction_keeps_the_images_done_so_far(tmp_path, monkeyp
         return forward(self, pixels, layers)
 
     monkeypatch.setattr(CLIPTower, "forward", signalled)
-    with pytest.raises(ExtractionInterrupted, match="8 of 16 images"):
-        extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "cache", tower))
+    # Python's own Ctrl-C handler: a job a shell starts in the background inherits SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(ExtractionInterrupted, match="8 of 16 images"):
+            extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "cache", tower))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
     seen.clear()
     again = extract_features(tower, dataset, SETTINGS, cache_for(tmp_path / "cache", tower))

@@ -110,19 +110,20 @@ def naive_profile(gray: torch.Tensor, bins: int) -> torch.Tensor:
 def naive_colour_profile(rgb: torch.Tensor, bins: int) -> torch.Tensor:
     """[B, 3, H, W] -> [B, 5 * bins]: each plane's full FFT; gray, R-G, B-G log ring power; R/G, B/G coherence."""
     red, green, blue = (_naive_spectrum(rgb[:, c]) for c in range(3))
+    for plane in (red, green, blue):  # the DC term (centred), as the project drops it
+        plane[:, plane.shape[1] // 2, plane.shape[2] // 2] = 0
 
     def coherence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         cross = _naive_rings((a * b.conj()).real, bins)
-        return cross / torch.sqrt(_naive_rings(a.abs() ** 2, bins) * _naive_rings(b.abs() ** 2, bins))
+        power = _naive_rings(a.abs() ** 2, bins) * _naive_rings(b.abs() ** 2, bins)
+        return torch.where(power > 0, cross / torch.sqrt(power), torch.zeros_like(cross))  # no power: 0
 
     def log_ring_power(spectrum: torch.Tensor) -> torch.Tensor:
-        power = spectrum.abs() ** 2
-        power[:, power.shape[1] // 2, power.shape[2] // 2] = 0  # the DC term (centred), as the project drops it
-        power = _naive_rings(power, bins)
+        power = _naive_rings(spectrum.abs() ** 2, bins)
         profile = torch.log(power + torch.clamp(power.mean(dim=1, keepdim=True) * 1e-4, min=1e-12))
         return profile - profile.mean(dim=1, keepdim=True)
 
-    gray = _naive_spectrum(rgb.mean(dim=1))
+    gray = (red + green + blue) / 3
     return torch.cat([log_ring_power(gray), log_ring_power(red - green), log_ring_power(blue - green),
                       coherence(red, green), coherence(blue, green)], dim=1)
 

@@ -198,7 +198,9 @@ def test_a_gray_image_has_no_opponent_power_and_full_coherence():
     features = colour_profile(plane.expand(2, 3, 256, 256), 128)
     # No power in R - G and B - G: every ring at the floor, a flat profile, 0 once its level is removed.
     assert torch.allclose(features[:, 128:384], torch.zeros(2, 256), rtol=0, atol=1e-5)
-    assert torch.allclose(features[:, 384:], torch.ones(2, 256))
+    coherence = features[:, 384:].view(2, 2, 128)
+    assert torch.allclose(coherence[..., 1:], torch.ones(2, 2, 127))
+    assert torch.equal(coherence[..., 0], torch.zeros(2, 2))  # the DC term is dropped: no power, no coherence
 
 
 def test_coherence_of_faint_rings_stays_within_one_where_float32_products_underflow():

@@ -36,7 +36,7 @@ from deepfake.towers.registry import TowerFamily, register
 SPECTRUM_VERSION = "1"  # in the cache key: change it when the features change beyond float rounding
 DEFAULT_BINS = 128
 GRAY_FEATURE = "radial log power spectrum of the residual"
-COLOUR_FEATURE = "log radial power (DC dropped) of the gray, R-G and B-G residuals; R/G and B/G coherence"
+COLOUR_FEATURE = "log radial power of the gray, R-G and B-G residuals; R/G and B/G coherence; DC dropped"
 RELATIVE_FLOOR = 1e-4  # added to a ring's mean power before its log, times the mean ring power (40 dB down)
 POWER_FLOOR = 1e-12  # the floor's own floor, for planes without power (pixels in [0, 1])
 # Pixels analysed at once: tiles (or windows) go through the FFT in chunks of about this many
@@ -163,9 +163,7 @@ def _log_ring_power(spectrum: torch.Tensor, h: int, w: int, bins: int) -> torch.
     :data:`POWER_FLOOR`) bounds the dynamic range: rings the high-pass left without power (the DC
     ring, a flat tile's every ring) would otherwise give the log of float rounding.
     """
-    power = _power(spectrum)
-    power[:, 0, 0] = 0  # the DC term: what the high-pass removed, up to float rounding that the log would magnify
-    power = _ring_profile(power.view(len(spectrum), -1), h, w, bins).clamp_min_(0)
+    power = _ring_profile(_power(spectrum).view(len(spectrum), -1), h, w, bins).clamp_min_(0)
     floor = power.mean(dim=1, keepdim=True).mul_(RELATIVE_FLOOR).clamp_min_(POWER_FLOOR)
     profile = power.add_(floor).log_()
     return profile - profile.mean(dim=1, keepdim=True)
@@ -174,7 +172,10 @@ def _log_ring_power(spectrum: torch.Tensor, h: int, w: int, bins: int) -> torch.
 def _colour_profile(rgb: torch.Tensor, bins: int) -> torch.Tensor:
     """[N, 3, H, W] RGB planes -> [N, 5 * bins]: see :func:`colour_profile`."""
     n, _, h, w = rgb.shape
-    red, green, blue = _residual_spectrum(rgb.flatten(0, 1)).view(n, 3, h, -1).unbind(1)
+    spectra = _residual_spectrum(rgb.flatten(0, 1)).view(n, 3, h, -1)
+    # The DC term is what the high-pass removed, up to float rounding that a log or a ratio would magnify.
+    spectra[:, :, 0, 0] = 0
+    red, green, blue = spectra.unbind(1)
     return torch.cat([
         # The FFT is linear: the spectrum of the gray plane's residual is the mean of the three.
         _log_ring_power(red.add(green).add_(blue).div_(3), h, w, bins),

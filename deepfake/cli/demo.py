@@ -37,7 +37,7 @@ from deepfake.utils.fileio import refuse_overwrite
 log = logging.getLogger(__name__)
 
 # The spectral baseline's gray analysis: the synthetic generators leave gray up-sampling traces, and
-# it is a fifth of the default's (colour) cost, which keeps the whole demo within half a minute.
+# on the demo's small images it costs a third of the default's colour analysis, which keeps the demo near half a minute.
 DEMO_MODEL = "spectrum-tiles256"
 
 

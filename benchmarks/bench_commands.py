@@ -6,8 +6,8 @@
 Each command runs in a fresh process tree, start-up included. Memory is reported two ways:
 the largest resident set any one process of the tree reached (``ru_maxrss``, what
 ``/usr/bin/time`` prints), and the whole tree's proportional set size (PSS: pages shared between
-a parent and its forked workers counted once, split between them) at its resident set's highs,
-sampled every 50 ms from ``/proc``. ``predict`` scores the photos (``benchmarks/bench_spectrum.py``'s
+a parent and its forked workers counted once, split between them) each time its resident set
+passes its high by 5% (sampled every 50 ms from ``/proc``). ``predict`` scores the photos (``benchmarks/bench_spectrum.py``'s
 photo-like JPEGs) with the head the demo trained (the gray ``spectrum-tiles256``), then with a head of
 the default ``spectrum`` tower (colour), trained for one epoch on the demo's images beforehand.
 """
@@ -63,7 +63,7 @@ def run_measured(command: list[str]) -> dict:
 
     The tree's resident set is read every :data:`SAMPLE_SECONDS` from ``statm`` (cheap); its PSS
     from ``smaps_rollup`` (which costs milliseconds per process and holds the process's memory map
-    lock, slowing what it measures) only when the resident set reaches a new high.
+    lock, slowing what it measures) only when the resident set passes its high by 5%.
     """
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
@@ -76,7 +76,7 @@ def run_measured(command: list[str]) -> dict:
                 break
             pids = _tree(proc.pid)
             rss = sum(_read_kib(f"/proc/{p}/statm", None) for p in pids)
-            if rss > high_rss:
+            if rss > high_rss * 1.05:
                 high_rss = rss
                 peak_pss = max(peak_pss, sum(_read_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids))
             time.sleep(SAMPLE_SECONDS)

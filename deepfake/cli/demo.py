@@ -33,6 +33,7 @@ from deepfake.data.synthetic import FAMILIES, generation_jobs, write_folder
 from deepfake.evaluation.run import evaluate
 from deepfake.training.run import train
 from deepfake.utils.fileio import refuse_overwrite
+from deepfake.utils.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def generate_and_train(data: Path, seed: int, train_family: str, train_config: T
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    keep_freed_memory()  # before the workers fork: they make and drop MBs of arrays per image
     out = Path(args.out)
     try:
         refuse_overwrite(out, None, args.overwrite, hint="pass --overwrite to reuse it or choose another --out")

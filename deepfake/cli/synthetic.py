@@ -13,6 +13,7 @@ from pathlib import Path
 from deepfake.cli.args import CliParser, setup_logging
 from deepfake.data import synthetic
 from deepfake.data.synthetic import FAMILIES, PHOTO_SIZES, generate
+from deepfake.utils.runtime import keep_freed_memory
 from deepfake.utils.text import split_list
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 16 <= sizes[0] <= sizes[1]:
         p.error(f"sizes must satisfy 16 <= min <= max, got {sizes}")
     families = tuple(split_list(args.test_families) or ())
+    keep_freed_memory()  # before the workers fork: they make and drop MBs of arrays per image
     try:
         generate(args.out, args.n_train, args.n_val, args.n_test, args.seed, args.train_family, sizes,
                  args.jpeg_share, args.trace, families)

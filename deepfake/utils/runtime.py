@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import os
@@ -97,6 +98,29 @@ def terminate_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """Ask glibc's malloc to keep freed blocks for reuse rather than hand them back to the system.
+
+    By default every block over 128 KB gets pages of its own and returns them when freed, so a
+    loop that makes and drops a few MB of arrays per image pays a page fault on every 4 KB, every
+    time: a sixth of the synthetic benchmark's time. Blocks under ``mmap_threshold`` are then
+    carved from the heap, which is trimmed only when more than ``trim_threshold`` is free at
+    its top; the resident set grows by the loop's working set, not by the number of images.
+    Forked workers inherit the setting. Returns whether it applied (glibc only).
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, 64 << 20)))
 
 
 # --- torch.distributed ---------------------------------------------------------------

@@ -10,14 +10,13 @@ run directory does not inherit the old head's operating point.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from deepfake.model.checkpoint import CheckpointRefused, resolve_checkpoint_path, threshold_check
+from deepfake.model.checkpoint import CheckpointRefused, read_json_object, resolve_checkpoint_path, threshold_check
 from deepfake.utils.fields import FieldRule, check_fields, integer, mapping, nullable, number, sha256_hex, text
 from deepfake.utils.fileio import atomic_write_json
 from deepfake.utils.hashing import file_sha256
@@ -80,14 +79,7 @@ def write_calibration(out_dir: Path, checkpoint: str | None, calibration: dict, 
 
 def _read_json(path: Path) -> dict:
     """A calibration or results file as a JSON object; refused naming the file otherwise."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointRefused(f"{path}: unreadable calibration file: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise CheckpointRefused(f"{path}: calibration file is a JSON {type(doc).__name__}, not an object of fields "
-                                f"(threshold, target_fpr, ...)")
-    return doc
+    return read_json_object(path, "calibration file", "threshold, target_fpr, ...")
 
 
 def read_calibration(path: str | os.PathLike) -> dict | None:

@@ -132,18 +132,22 @@ def _sidecar(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
+def read_json_object(path: Path, what: str, fields: str) -> dict:
+    """The JSON object in ``path`` (a ``what``, whose ``fields`` the refusal names); refused naming the file otherwise."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointRefused(f"{path}: unreadable {what}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise CheckpointRefused(f"{path}: {what} is a JSON {type(doc).__name__}, not an object of fields ({fields})")
+    return doc
+
+
 def _read_sidecar(weights: Path) -> dict | None:
     sidecar = _sidecar(weights)
     if not sidecar.is_file():
         return None
-    try:
-        config = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointRefused(f"{sidecar}: unreadable checkpoint config: {exc}") from exc
-    if not isinstance(config, dict):
-        raise CheckpointRefused(f"{sidecar}: checkpoint config is a JSON {type(config).__name__}, not an object "
-                                f"of fields (tower, preprocess, head, ...)")
-    return config
+    return read_json_object(sidecar, "checkpoint config", "tower, preprocess, head, ...")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:

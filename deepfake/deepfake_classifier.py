@@ -39,7 +39,9 @@ from deepfake.model.heads import head_from_config, head_tap
 from deepfake.model.hub import fetch_head, is_repo_id, push_head, save_head_folder
 from deepfake.model.scoring import Prediction, batch_probabilities, fake_probabilities, score
 from deepfake.towers.base import ImageTower, layers_request
-from deepfake.towers.loading import check_model, load_tower
+from deepfake.towers.fused import FAMILY as FUSED_FAMILY
+from deepfake.towers.fused import fused_parts
+from deepfake.towers.loading import check_model, load_fused, load_tower
 from deepfake.towers.weights import WeightsError
 from deepfake.utils.runtime import choose_device, resolve_precision
 
@@ -132,6 +134,8 @@ def _load_weights(head: nn.Module, state: dict, path: Path) -> nn.Module:
 def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
     """The tower a checkpoint names (or ``model``, refused unless it is the same), preparing images as it says."""
     saved_tower = config["tower"]
+    if saved_tower.get("family") == FUSED_FAMILY:
+        return _matching_fused(config, path, model)
     if model is None and saved_tower.get("weights_sha256") and not _loadable(str(saved_tower.get("model"))):
         # A shared head names a local tower by its folder's name only (no machine's paths leave it),
         # and a run's tower folder may have moved: the user says where it is, its hash decides.
@@ -150,6 +154,30 @@ def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
         )
     # The checkpoint says how its training images were prepared: use exactly that.
     tower.backbone = replace(tower.backbone, preprocess=preprocess)
+    return tower
+
+
+def _matching_fused(config: dict, path: Path, model: str | None) -> ImageTower:
+    """The parts a fused head names, each loaded as one tower is (and checked to be the one it was trained on).
+
+    ``model``: the parts' towers joined by ``+`` (local directories where the head names local towers).
+    """
+    saved = config["tower"]["parts"]
+    given = fused_parts(model) if model else None
+    if model and (given is None or len(given) != len(saved)):
+        raise CheckpointRefused(f"{path}: the head was trained on a fused tower of {len(saved)} parts "
+                                f"({config['tower'].get('model')}); --model {model} names another number of towers")
+    parts = [(given[j], None) if given else (str(part.get("model")), part.get("revision")) for j, part in enumerate(saved)]
+    preprocess = Preprocess.from_dict(config["preprocess"])
+    try:
+        tower = load_fused(parts, name=config["tower"].get("model"))
+    except WeightsError as exc:
+        raise CheckpointRefused(f"{path}: {exc}") from exc
+    for number, (part, loaded) in enumerate(zip(saved, tower.parts), 1):
+        if not _same_tower(part, loaded.identity):
+            raise CheckpointRefused(f"{path}: part {number} of the head's tower was {part.get('model')!r}, "
+                                    f"but {loaded.identity.get('model')!r} was loaded; features would not match")
+    tower.set_preprocess(preprocess)
     return tower
 
 

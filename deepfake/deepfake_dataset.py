@@ -233,10 +233,13 @@ class DeepfakeDataset(Dataset):
     def load(self, index: int) -> torch.Tensor:
         """The preprocessed tensor of sample ``index``; raises ImageSkipped."""
         image = self.read(index)
-        if self.preprocess.mode == "resize":
+        # A fused tower's parts are each prepared from this one decode: every resizing part is checked.
+        for part in getattr(self.preprocess, "parts", (self.preprocess,)):
+            if part.mode != "resize":
+                continue
             # An extreme aspect ratio (1 x 3,000,000) passes the pixel limit but its short-side
             # resize would not: refuse it before allocating.
-            short = self.preprocess.resize_size or self.preprocess.size
+            short = part.resize_size or part.size
             h, w = short_side_shape(image.height, image.width, short)
             if h * w > self.max_pixels:
                 raise ImageSkipped(self.samples[index].path,

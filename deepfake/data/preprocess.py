@@ -9,6 +9,7 @@ resizes to a square (SigLIP, DINOv3), ``crop`` only crops, ``window`` keeps nati
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -67,7 +68,9 @@ class Preprocess:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> Preprocess:
+    def from_dict(cls, data: dict) -> Preprocess | FusedPreprocess:
+        if data.get("mode") == FUSED_MODE:
+            return FusedPreprocess(tuple(cls.from_dict(part) for part in data["parts"]))
         return cls(
             mode=data["mode"],
             size=int(data["size"]),
@@ -78,6 +81,35 @@ class Preprocess:
             grid=int(data["grid"]) if data.get("grid") is not None else None,
             colour=bool(data.get("colour", False)),
         )
+
+
+FUSED_MODE = "fused"
+
+
+@dataclass(frozen=True)
+class FusedPreprocess:
+    """The preprocessing of a tower made of parts: each part's own, from one decode of the image.
+
+    An image becomes one flat tensor, the parts' tensors flattened and laid end to end, so that
+    batches, loaders and datasets handle it as one tensor; the fused tower cuts it back into the
+    parts' shapes (:func:`part_shapes`).
+    """
+
+    parts: tuple[Preprocess, ...]
+    mode: str = FUSED_MODE
+
+    @property
+    def size(self) -> int:
+        """The largest side a part takes in (what the bias audit compares image sizes with)."""
+        return max(part.size for part in self.parts)
+
+    def to_dict(self) -> dict:
+        return {"mode": FUSED_MODE, "parts": [part.to_dict() for part in self.parts]}
+
+
+def part_shapes(spec: FusedPreprocess) -> list[tuple[int, int, int]]:
+    """The shape of each part's tensor inside a fused image tensor, in order."""
+    return [preprocessed_shape(part) for part in spec.parts]
 
 
 # Rows converted to float at a time: the full-resolution uint8 -> float copy is made strip by
@@ -239,8 +271,10 @@ def tile_grid(image: Image.Image, size: int, grid: int, mean: tuple[float, ...],
     return out.view(grid * grid * channels, size, size)
 
 
-def preprocessed_shape(spec: Preprocess) -> tuple[int, int, int]:
+def preprocessed_shape(spec: Preprocess | FusedPreprocess) -> tuple[int, ...]:
     """The shape of the tensor :func:`preprocess_image` gives for every image under ``spec``."""
+    if isinstance(spec, FusedPreprocess):
+        return (sum(math.prod(shape) for shape in part_shapes(spec)),)
     planes = {"window": 2, "tiles": (spec.grid or 1) ** 2 * (3 if spec.colour else 1)}.get(spec.mode, 3)
     return planes, spec.size, spec.size
 
@@ -256,8 +290,11 @@ def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
     """RGB PIL image -> normalised tensor [3, size, size] for a tower.
 
     ``window`` gives [2, size, size] and ``tiles`` [grid * grid, size, size] (see their
-    functions). The modes that keep native pixels convert only the pixels they keep to float.
+    functions). The modes that keep native pixels convert only the pixels they keep to float. A
+    :class:`FusedPreprocess` gives every part's tensor, flattened and laid end to end.
     """
+    if isinstance(spec, FusedPreprocess):
+        return torch.cat([preprocess_image(image, part).reshape(-1) for part in spec.parts])
     if spec.mode == "window":
         return native_window(image, spec.size, spec.mean, spec.std)
     if spec.mode == "tiles":

@@ -35,6 +35,7 @@ from deepfake.data.preprocess import preprocessed_shape
 from deepfake.deepfake_dataset import DeepfakeDataset, collate
 from deepfake.features.cache import (
     STORE_DTYPE,
+    UNKNOWN,
     CacheError,
     CacheRows,
     CorruptShard,
@@ -44,6 +45,8 @@ from deepfake.features.cache import (
 )
 from deepfake.towers.base import BLOCK_TAP, TAP_FIRST_BLOCK, ImageTower, layers_request, tap_rows
 from deepfake.towers.deferred import DeferredTower
+from deepfake.towers.fused import SUPPORTED as FUSED_SUPPORT
+from deepfake.towers.fused import is_fused
 from deepfake.utils.fileio import display_path
 from deepfake.utils.hashing import file_stamp
 from deepfake.utils.runtime import DTYPES, barrier, rank_and_world, release_free_heap, terminate_as_interrupt
@@ -187,6 +190,8 @@ def prepare_tower(tower: ImageTower, precision: str, device: torch.device, compi
     yet (:class:`~deepfake.towers.deferred.DeferredTower`) is not built here: the step is applied
     when it is, and until then the tower reports ``device`` and the precision's dtype.
     """
+    if is_fused(tower):
+        return tower.map_parts(lambda part: prepare_tower(part, precision, device, compile))
     if isinstance(tower, DeferredTower) and not tower.is_built:
         return tower.after_build(lambda built: prepare_tower(built, precision, device, compile),
                                  device, DTYPES[precision])
@@ -303,6 +308,8 @@ def iterate_tower(
 
 
 def _check_layers(tower: ImageTower, settings: ExtractionSettings) -> None:
+    if settings.layers and is_fused(tower):
+        raise ValueError(f"{tower.backbone.name}: --feature_layers: {FUSED_SUPPORT}")
     if settings.layers and not getattr(tower, "num_layers", 0):
         raise ValueError(f"{tower.backbone.name}: this tower has no transformer blocks; --feature_layers needs one")
     taps = getattr(tower, "taps", (BLOCK_TAP,))
@@ -334,6 +341,9 @@ def extract_features(
     this process alone (rank 0 after the others have left). With a cache it is
     :func:`cache_features` then :func:`read_features`.
     """
+    if isinstance(cache, PartCaches):
+        rows = cache_features(tower, dataset, settings, cache, desc, collective)
+        return None if rows is None else read_features(tower, dataset, settings, cache, rows, desc)
     if cache is None:
         _prepare(tower, dataset, settings)
         rank, world = rank_and_world() if collective else (0, 1)
@@ -356,7 +366,11 @@ def cache_features(
     Collective like :func:`extract_features`. Rank 0 gets where the features are (for
     :func:`read_features`) once every rank's shards are on disk; the other ranks ``None``.
     A run that caches all its sets before reading any holds no table while it extracts.
+    A fused tower's features go to its parts' caches (:class:`PartCaches`); each image is decoded
+    once for every part that lacks it.
     """
+    if isinstance(cache, PartCaches):
+        return _cache_parts(tower, dataset, settings, cache, desc, collective)
     _prepare(tower, dataset, settings)
     rank, world = rank_and_world() if collective else (0, 1)
     known = _extract_missing(tower, dataset, settings, cache, range(rank, len(dataset), world), rank, desc)
@@ -374,6 +388,8 @@ def read_features(tower: ImageTower, dataset: DeepfakeDataset, settings: Extract
 
     Anything not found (another rank's shard set aside, a file changed meanwhile) is extracted here.
     """
+    if isinstance(cache, PartCaches):
+        return _read_parts(tower, dataset, settings, cache, rows, desc)
     for _ in range(3):
         try:
             return _read_table(tower, dataset, settings, cache, desc, rows)
@@ -551,8 +567,111 @@ def feature_cache(root: Path | None, tower: ImageTower, settings: ExtractionSett
     """The cache under ``root`` for this tower, preprocessing, precision and view (``None``: no cache)."""
     if root is None:
         return None
+    if is_fused(tower):
+        return PartCaches([feature_cache(root, part, settings, extra) for part in tower.parts])
     info = {"tower": tower.cache_identity(), "features": settings.cache_info(), **(extra or {})}
     return FeatureCache(root, info)
+
+
+# --- a fused tower: each part's features under its own key -------------------------------
+
+
+@dataclass
+class PartCaches:
+    """The caches of a fused tower's parts, each under the key a run on that part alone uses."""
+
+    parts: list[FeatureCache]
+
+    @property
+    def dir(self) -> Path:
+        return self.parts[0].root
+
+    def count_images(self) -> int:
+        """Images every part has a feature row for (the fewest of any part)."""
+        return min(cache.count_images() for cache in self.parts)
+
+
+def _missing_groups(known: list[CacheRows], indices: Sequence[int]) -> dict[tuple[int, ...], list[int]]:
+    """The samples of ``indices`` some part lacks, grouped by which parts lack them (usually one group)."""
+    chosen = np.asarray(indices, dtype=np.int64)
+    code = np.zeros(len(chosen), dtype=np.int64)
+    for j, rows in enumerate(known):
+        code |= (rows.shard[chosen] == UNKNOWN).astype(np.int64) << j
+    groups = {}
+    for value in np.unique(code[code > 0]).tolist():
+        groups[tuple(j for j in range(len(known)) if value >> j & 1)] = chosen[code == value].tolist()
+    return groups
+
+
+def _cache_parts(tower, dataset, settings: ExtractionSettings, caches: PartCaches, desc: str,
+                 collective: bool) -> list[CacheRows] | None:
+    """:func:`cache_features` for a fused tower: one :class:`CacheRows` per part (rank 0; others ``None``)."""
+    _prepare(tower, dataset, settings)
+    rank, world = rank_and_world() if collective else (0, 1)
+    indices = range(rank, len(dataset), world)
+    limits = loader_limits(dataset)
+    paths = [s.path for s in dataset.samples]
+    known = [cache.resolve(paths, indices, settings.layers, limits, tap=settings.tap) for cache in caches.parts]
+    del paths
+    for chosen, missing in _missing_groups(known, indices).items():
+        names = "+".join(tower.parts[j].backbone.name for j in chosen)
+        log.info("%s: %d of %d images not cached for %s (rank %d extracts them)", desc, len(missing), len(indices),
+                 names, rank)
+        writers = [_ShardWriter(caches.parts[j], dataset.samples, rank, limits, known[j], settings.tap) for j in chosen]
+        _extract_into(tower.subset(chosen), dataset, settings, writers, missing, desc)
+    release_free_heap()
+    if world > 1:
+        barrier()
+        if rank != 0:
+            return None
+    return known
+
+
+def _extract_into(tower, dataset, settings: ExtractionSettings, writers: list[_ShardWriter], missing: list[int],
+                  desc: str) -> None:
+    """One pass of ``tower`` (a part, or several) over ``missing``: each part's features into its own writer."""
+    widths = list(getattr(tower, "widths", [tower.feature_dim]))
+    first = writers[0]
+    saved, dataset.preprocess = dataset.preprocess, tower.preprocess  # one decode, only these parts' tensors
+    try:
+        with terminate_as_interrupt():
+            for idx, embeds, _, skipped in iterate_tower(tower, dataset, missing, settings, desc, first.stamps):
+                pieces = embeds.split(widths, dim=1) if embeds is not None else [None] * len(writers)
+                for writer, piece in zip(writers, pieces):
+                    writer.stamps.update(first.stamps)
+                    writer.add(idx, piece, None, skipped)
+                if len(first) >= settings.shard_size:
+                    for writer in writers:
+                        writer.flush()
+            for writer in writers:
+                writer.flush()
+    except KeyboardInterrupt:
+        for writer in writers:
+            writer.flush()
+        raise ExtractionInterrupted(f"interrupted: {first.done} of {len(missing)} images of {desc} are saved in "
+                                    f"the feature caches of {tower.backbone.name}") from None
+    finally:
+        dataset.preprocess = saved
+
+
+def _read_parts(tower, dataset, settings: ExtractionSettings, caches: PartCaches, rows: list[CacheRows],
+                desc: str) -> FeatureTable:
+    """Rank 0: each part's table from its own cache, side by side: a row is usable where every part has it."""
+    saved = dataset.preprocess
+    embeds, ok, skipped = [], None, {}
+    try:
+        for part, cache, part_rows in zip(tower.parts, caches.parts, rows):
+            dataset.preprocess = part.preprocess  # anything found missing now is extracted by this part alone
+            table = read_features(part, dataset, settings, cache, part_rows, desc)
+            embeds.append(table.embeds)
+            ok = table.ok if ok is None else ok & table.ok
+            skipped.update(table.skipped)
+    finally:
+        dataset.preprocess = saved
+    joined = torch.cat(embeds, dim=1)
+    del embeds
+    joined[~ok] = 0
+    return FeatureTable(joined, ok, skipped, tap=settings.tap)
 
 
 def report_skipped(what: str, samples: list, skipped: dict[int, str]) -> list[dict]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from deepfake.data.preprocess import PREPROCESS_MODES
+from deepfake.data.preprocess import FUSED_MODE, PREPROCESS_MODES
 from deepfake.deepfake_dataset import DECODE_MODES
 from deepfake.model.heads import head_from_config, head_kinds, required_head_fields
 from deepfake.towers.base import TAP_FIRST_BLOCK
@@ -288,9 +288,35 @@ CHECKPOINT_FIELDS: tuple[FieldRule, ...] = (
 )
 
 
+# A fused tower's config: the parts' towers and preprocessings in two lists, each part checked with the
+# rules of a single tower's ``tower`` and ``preprocess`` fields (deepfake/towers/fused.py).
+_PART_FIELDS = tuple(rule for rule in CHECKPOINT_FIELDS if rule.path.split(".")[0] in ("tower", "preprocess"))
+_FUSED_FIELDS = (
+    FieldRule("tower.parts", sequence(mapping(), min_length=2, item_what="tower objects"), required=True),
+    FieldRule("preprocess.parts", sequence(mapping(), min_length=2, item_what="preprocessing objects"), required=True),
+    *(rule for rule in CHECKPOINT_FIELDS if not rule.path.startswith("preprocess.")),
+)
+
+
+def _check_fused(config: dict, where: Path) -> None:
+    """The fields of a fused tower's checkpoint config, part by part (the part is named)."""
+    check_fields(config, _FUSED_FIELDS, str(where), "checkpoint config", CheckpointRefused)
+    towers, preprocesses = config["tower"]["parts"], config["preprocess"]["parts"]
+    if len(towers) != len(preprocesses):
+        raise CheckpointRefused(f"{where}: checkpoint config names {len(towers)} tower parts and "
+                                f"{len(preprocesses)} preprocessings")
+    for position, (tower, preprocess) in enumerate(zip(towers, preprocesses), 1):
+        check_fields({"tower": tower, "preprocess": preprocess}, _PART_FIELDS, str(where),
+                     f"checkpoint config (part {position}, {tower.get('model')!r})", CheckpointRefused)
+
+
 def check_config(config: dict, where: Path) -> None:
     """Refuse a checkpoint config with a missing or wrong field, naming the file and the field."""
-    check_fields(config, CHECKPOINT_FIELDS, str(where), "checkpoint config", CheckpointRefused)
+    if isinstance(config, dict) and isinstance(config.get("preprocess"), dict) \
+            and config["preprocess"].get("mode") == FUSED_MODE:
+        _check_fused(config, where)
+    else:
+        check_fields(config, CHECKPOINT_FIELDS, str(where), "checkpoint config", CheckpointRefused)
     # A head's own required fields depend on its kind (an old config without a kind is the MLP head).
     missing = [k for k in required_head_fields(config["head"]) if k not in config["head"]]
     if missing:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from deepfake.towers.backbones import KNOWN_BACKBONES, Backbone, backbone_for, preprocess_from_processor_config
 from deepfake.towers.base import ImageTower, TowerOutput, TransformersTower, tower_identity
 from deepfake.towers.deferred import DeferredTower
+from deepfake.towers.fused import SEPARATOR, FusedTower, fused_parts
 from deepfake.towers.registry import TowerFamily, family, family_for_config
 from deepfake.towers.weights import WeightFiles, WeightsError, file_sha256, read_state_dict, resolve_weights
 
@@ -45,6 +47,12 @@ def check_model(model: str) -> str:
     and the closest one. Whether a hub id exists is found when it is loaded.
     """
     if model in KNOWN_BACKBONES or Path(model).expanduser().is_dir():
+        return model
+    parts = fused_parts(model)
+    if parts is not None:
+        for number, part in enumerate(parts, 1):
+            with part_named(model, number, part):
+                check_model(part)
         return model
     if Path(model).expanduser().exists():
         raise WeightsError(f"{model}: a file, not a checkpoint directory (a tower is a folder holding "
@@ -105,6 +113,12 @@ def load_tower(
     their stamps (:mod:`deepfake.utils.stamp_memo`), so that naming the tower does not read them again.
     """
     check_model(model)
+    parts = fused_parts(model)
+    if parts is not None:
+        if revision is not None:
+            raise WeightsError(f"{model}: --revision names one tower's commit; a fused tower's parts are loaded "
+                               "at their own (name a part by its local directory to pin one)")
+        return load_fused([(part, None) for part in parts], preprocess_mode, device, defer, memo_root)
     backbone = backbone_for(model, revision)
     if backbone.family != "auto" and family(backbone.family).weightless:
         tower = family(backbone.family).load(None, backbone.with_mode(preprocess_mode), {})
@@ -130,3 +144,26 @@ def load_tower(
                                  shape, lambda chosen: _build(tower_family, files, chosen, identity, name))
         return deferred.to(device)
     return _build(tower_family, files, backbone, identity, name).to(device)
+
+
+@contextmanager
+def part_named(model: str, number: int, part: str):
+    """Re-raise a part's loading error naming the part and the fused tower it belongs to."""
+    try:
+        yield
+    except WeightsError as exc:
+        raise WeightsError(f"{model}: part {number} ({part}) cannot be loaded: {exc}") from exc
+
+
+def load_fused(parts: list[tuple[str, str | None]], preprocess_mode: str | None = None,
+               device: torch.device | str = "cpu", defer: bool = False, memo_root: Path | None = None,
+               name: str | None = None) -> FusedTower:
+    """A :class:`FusedTower` of ``parts`` ((model, revision) each), every part loaded as :func:`load_tower` does."""
+    model = name or SEPARATOR.join(part for part, _ in parts)
+    towers = []
+    for number, (part, revision) in enumerate(parts, 1):
+        with part_named(model, number, part):
+            if fused_parts(part) is not None:
+                raise WeightsError("a part cannot itself be a fused tower")
+            towers.append(load_tower(part, revision, preprocess_mode, device, defer, memo_root))
+    return FusedTower(towers, model)

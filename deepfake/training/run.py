@@ -39,10 +39,12 @@ from deepfake.features.extraction import (
     report_skipped,
 )
 from deepfake.model.checkpoint import BEST, save_checkpoint
-from deepfake.model.heads import head_sizes, kind_tap, new_head, resolve_standardize
+from deepfake.model.heads import head_sizes, kind_tap, new_head
 from deepfake.towers.base import ImageTower
 from deepfake.towers.deferred import DeferredTower
+from deepfake.towers.fused import FusedTower, is_fused
 from deepfake.towers.loading import load_tower
+from deepfake.training.fusion import check_fused_run, format_parts, part_mask, part_report, part_standardize
 from deepfake.training.loop import EpochResult, drop_old_epochs, epoch_config, fit, run_config, validation_metrics
 from deepfake.training.resume import (
     RESUMABLE_CHANGES,
@@ -55,7 +57,7 @@ from deepfake.training.resume import (
 )
 from deepfake.training.schedule import FitState, TrainOptions, make_optimizer
 from deepfake.training.sources import CachedFeatures, TowerFeatures
-from deepfake.training.standardize import fit_standardizer
+from deepfake.training.standardize import fit_standardizer, training_statistics
 from deepfake.utils.fileio import atomic_write_json, refuse_overwrite, removed_if_left_empty
 from deepfake.utils.runtime import (
     choose_device,
@@ -131,6 +133,7 @@ class _Plan:
     hyper: dict
     resume: bool = False
     standardize: bool = False  # --standardize resolved against the tower's record
+    part_standardize: list[bool] | None = None  # the same, per part of a fused tower (one entry for one tower)
 
 
 def train(config: TrainConfig) -> dict:
@@ -184,6 +187,7 @@ def _plan(config: TrainConfig) -> _Plan:
     tower = load_tower(config.tower.model, config.tower.revision, config.tower.preprocess, defer=True,
                        memo_root=config.cache.root())
     tower = prepare_tower(tower, precision, device, compile=config.cache.compile)
+    check_fused_run(tower, config.head.kind, config.feature_layers)
     # The audit counts images smaller than what this tower takes in, and its hints follow its preprocessing.
     train_samples, val_samples, audit = _read_data(config, tower.preprocess)
     blocks = _feature_blocks(config, tower)
@@ -200,7 +204,8 @@ def _plan(config: TrainConfig) -> _Plan:
                                  max_pixels=max_pixels, align=align, decode=settings.decode),
                  DeepfakeDataset(val_samples, tower.preprocess, max_pixels=max_pixels, align=align,
                                  decode=settings.decode), {}, {})
-    plan.standardize = resolve_standardize(config.head.standardize, tower)
+    plan.part_standardize = part_standardize(config.head.standardize, tower)
+    plan.standardize = any(plan.part_standardize)
     plan.identity, plan.hyper = _identity(plan), _hyper(config)
     plan.resume = config.resume and _check_resume(plan)
     if config.overwrite and not config.resume and is_main_process():
@@ -278,7 +283,7 @@ def _cache_features(plan: _Plan) -> tuple[list[FeatureTable], FeatureTable | Non
         found.append((cache, cache_features(tower, plan.train_set, settings, cache, f"train features (view {view})")))
     val_cache = feature_cache(root, tower, settings, aligned)
     val_found = cache_features(tower, plan.val_set, settings, val_cache, "val features")
-    if isinstance(tower, DeferredTower):
+    if isinstance(tower, (DeferredTower, FusedTower)):
         tower.release()  # every feature is on disk: the head trains without the tower
         release_free_heap()
     if not is_main_process():
@@ -307,11 +312,7 @@ def _fit(plan: _Plan, tables: tuple | None, extract_seconds: float) -> dict:
     else:
         source, val_table = CachedFeatures(tables[0], generator, plan.head_blocks, plan.settings.tap), tables[1]
     seed_everything(config.seed)
-    sizes = head_sizes(config.head.kind, config.head.options())
-    head = new_head(config.head.kind, plan.tower, plan.head_blocks, plan.standardize, **sizes)
-    if plan.standardize and not plan.resume:
-        # From the training split only; a resumed run restores the ones it saved with the head.
-        fit_standardizer(head, source, config.runtime.batch_size)
+    head, statistics = _new_head(plan, source)
     head = head.to(plan.device)
     optimizer = make_optimizer(head, opts)
     state = _resumed_state(plan, head, optimizer, generator, source)
@@ -344,7 +345,30 @@ def _fit(plan: _Plan, tables: tuple | None, extract_seconds: float) -> dict:
                                 source.skipped if tables is None else source.views[0].skipped),
         "val": report_skipped("validation set", plan.val_samples, val_table.skipped if val_table else {}),
     }
-    return _write_summary(plan, state, base_config, skipped, extract_seconds)
+    return _write_summary(plan, state, base_config, skipped, extract_seconds, _parts(plan, head, statistics))
+
+
+def _new_head(plan: _Plan, source) -> tuple[nn.Module, tuple | None]:
+    """A fresh head, its standardizer fitted (per part on a fused tower), and the training statistics of a
+    fused tower's features (``None`` otherwise): each part's weight is read on inputs of their spread."""
+    config = plan.config
+    sizes = head_sizes(config.head.kind, config.head.options())
+    head = new_head(config.head.kind, plan.tower, plan.head_blocks, plan.standardize, **sizes)
+    statistics = training_statistics(source, config.runtime.batch_size) if is_fused(plan.tower) else None
+    if plan.standardize and not plan.resume:
+        # From the training split only; a resumed run restores the ones it saved with the head.
+        keep = part_mask(plan.tower, plan.part_standardize) if is_fused(plan.tower) else None
+        fit_standardizer(head, source, config.runtime.batch_size, statistics, keep)
+    return head, statistics
+
+
+def _parts(plan: _Plan, head: nn.Module, statistics: tuple | None) -> list[dict] | None:
+    """A fused tower's parts with their weight in the trained head (printed); ``None`` for one tower."""
+    if statistics is None:
+        return None
+    report = part_report(plan.tower, head, plan.part_standardize, statistics[1])
+    print(format_parts(report))
+    return report
 
 
 def _resumed_state(plan: _Plan, head: nn.Module, optimizer, generator: torch.Generator, source) -> FitState:
@@ -358,8 +382,9 @@ def _resumed_state(plan: _Plan, head: nn.Module, optimizer, generator: torch.Gen
     return FitState(done, best_score, history)
 
 
-def _write_summary(plan: _Plan, state: FitState, base_config: dict, skipped: dict, extract_seconds: float) -> dict:
-    """The run summary, written atomically as ``run.json``."""
+def _write_summary(plan: _Plan, state: FitState, base_config: dict, skipped: dict, extract_seconds: float,
+                   parts: list[dict] | None = None) -> dict:
+    """The run summary, written atomically as ``run.json`` (``parts``: a fused tower's, with their weight shares)."""
     summary = {
         "output_dir": str(plan.out),
         "n_train": len(plan.train_samples),
@@ -373,6 +398,7 @@ def _write_summary(plan: _Plan, state: FitState, base_config: dict, skipped: dic
         "skipped": skipped,
         "audit": plan.audit,
         "config": base_config,
+        **({"parts": parts} if parts is not None else {}),
     }
     atomic_write_json(plan.out / "run.json", summary)
     return summary

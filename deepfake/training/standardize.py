@@ -91,18 +91,30 @@ def batch_statistics(batches: Iterable[FeatureBatch], blocks: tuple[int, ...]) -
     return mean, std, moments.n
 
 
-def fit_standardizer(head: nn.Module, source: CachedFeatures | TowerFeatures, batch_size: int) -> int:
-    """Give ``head``'s standardizer the training features' statistics; returns the rows they come from.
+def training_statistics(source: CachedFeatures | TowerFeatures, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(mean, std, rows) of what a head reads, over the training features.
 
     Cached features: every view's readable rows (those training reads). Through the tower
     (``--no_cache``): one pass over the training set in order, the first epoch's augmentation draw.
     """
     if isinstance(source, CachedFeatures):
-        mean, std, n = table_statistics(source.views, source.ok.nonzero().flatten(), source.blocks, source.tap)
-    else:
-        once = TowerFeatures(source.tower, source.dataset, source.num_workers, source.blocks, source.tap)
-        order = torch.arange(len(source.dataset)).split(batch_size)
-        mean, std, n = batch_statistics((batch for _, batch in once.epoch_batches(list(order))), source.blocks)
+        return table_statistics(source.views, source.ok.nonzero().flatten(), source.blocks, source.tap)
+    once = TowerFeatures(source.tower, source.dataset, source.num_workers, source.blocks, source.tap)
+    order = torch.arange(len(source.dataset)).split(batch_size)
+    return batch_statistics((batch for _, batch in once.epoch_batches(list(order))), source.blocks)
+
+
+def fit_standardizer(head: nn.Module, source: CachedFeatures | TowerFeatures, batch_size: int,
+                     statistics: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+                     keep: torch.Tensor | None = None) -> int:
+    """Give ``head``'s standardizer the training features' statistics; returns the rows they come from.
+
+    ``statistics``: already computed (:func:`training_statistics`); ``keep``: a mask of the dimensions
+    to standardise (the others stay as they are: mean 0, std 1), for a fused tower's parts that ask for none.
+    """
+    mean, std, n = statistics if statistics is not None else training_statistics(source, batch_size)
+    if keep is not None:
+        mean, std = torch.where(keep, mean, torch.zeros_like(mean)), torch.where(keep, std, torch.ones_like(std))
     head.standardizer.set_statistics(mean, std)
     degenerate = int((head.standardizer.std == 1).logical_and(std != 1).sum())
     log.info("standardising the head's %s features with the mean and std of %d training rows%s",

@@ -33,6 +33,11 @@ class LinearHead(nn.Module):
                 **standardize_config(self)}
 
     @property
+    def first_layer(self) -> torch.Tensor:
+        """The weight [classes, in_dim] that reads the (standardised) features: what a feature's share is read from."""
+        return self.fc.weight
+
+    @property
     def feature_shape(self) -> tuple[int, ...]:
         """What one image's features are to this head: its final embedding."""
         return (self.fc.in_features,)

@@ -37,6 +37,11 @@ class MLPHead(nn.Sequential):
                 "dropout": self[2].p, "num_classes": self[3].out_features, **standardize_config(self)}
 
     @property
+    def first_layer(self) -> torch.Tensor:
+        """The weight [hidden, in_dim] that reads the (standardised) features: what a feature's share is read from."""
+        return self[0].weight
+
+    @property
     def feature_shape(self) -> tuple[int, ...]:
         """What one image's features are to this head: its final embedding."""
         return (self[0].in_features,)

@@ -15,7 +15,8 @@ tower (AP, accuracy at the checkpoint's threshold, ROC-AUC), and writes it to
 up-sampling traces, trained on ``tconv``, tested on ``tconv`` and ``pixelshuffle``) and a tiny
 random tower of every family saved with transformers' ``save_pretrained`` (their features are
 random projections: the run shows the machinery, not which tower is better), plus the spectral
-baseline: its default tiles, the 256 px centre crop and the 512 px centred window.
+baseline: its default tiles, the 256 px centre crop and the 512 px centred window; and two fused
+towers beside their parts (``A+B``: one head on both parts' features, each part's own cache reused).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from deepfake.cli.args import setup_logging, train_config, train_parser  # noqa: E402
 from deepfake.config import DataConfig, EvalConfig, RuntimeConfig, TrainConfig  # noqa: E402
 from deepfake.evaluation.run import evaluate  # noqa: E402
+from deepfake.towers.fused import fused_parts  # noqa: E402
 from deepfake.training.run import train  # noqa: E402
 from deepfake.utils.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -44,8 +46,17 @@ DEMO_KINDS = ("clip", "siglip", "siglip2", "dinov2", "dinov2_registers", "dinov3
 
 
 def tower_label(model: str) -> str:
-    """A short column-group name: the hub id's or folder's last part."""
+    """A short column-group name: the hub id's or folder's last part (of each part, for a fused tower)."""
+    parts = fused_parts(model)
+    if parts is not None:
+        return "+".join(tower_label(part) for part in parts)
     return Path(model.rstrip("/")).name or model
+
+
+def describe_preprocess(preprocess: dict) -> str:
+    """``tiles 256``, or each part's for a fused tower (``tiles 256 + resize 224``)."""
+    parts = preprocess.get("parts") or [preprocess]
+    return " + ".join(f"{part['mode']} {part['size']}" for part in parts)
 
 
 def _pct(value) -> str:
@@ -104,6 +115,8 @@ def build_demo(root: Path, seed: int) -> tuple[list[str], Path, Path]:
     for kind in DEMO_KINDS:
         # One of them sharded, as large checkpoints are on the hub.
         models.append(str(save_tower(kind, root / "towers" / f"tiny-{kind}", sharded=kind == "dinov2_registers")))
+    # Fused entries beside their parts: two spectral analyses, and a semantic tower with the spectral one.
+    models += ["spectrum-tiles256+spectrum-crop256", f"{root / 'towers' / 'tiny-clip'}+spectrum-tiles256"]
     data = root / "data"
     if not (data / "test").is_dir():
         generate(data, n_train=10, n_val=2, n_test=6, seed=seed, sizes=(1024, 1024), jpeg_share=0.0, trace=0.15,
@@ -142,8 +155,8 @@ def compare(models: list[str], base: TrainConfig, test_root: Path, out: Path, ex
     print(console)
     markdown = format_markdown(table, labels)
     described = "\n".join(f"- `{label}`: {t['tower'].get('family')} tower, feature {t['tower'].get('feature')} "
-                          f"({t['tower'].get('feature_dim')}-d), preprocessing {t['preprocess']['mode']} "
-                          f"{t['preprocess']['size']}" for label, t in towers.items())
+                          f"({t['tower'].get('feature_dim')}-d), preprocessing {describe_preprocess(t['preprocess'])}"
+                          for label, t in towers.items())
     atomic_write_text(out / "results.md", f"{markdown}\n{described}\n")
     document = {"dataset_dir": str(dataset_dir), "test_root": str(test_root), "seed": seed, "num_epochs": num_epochs,
                 "extra_train_flags": extra, "towers": towers, "table": table,

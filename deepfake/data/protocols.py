@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, replace
 from PIL import Image
 
 from deepfake.data.perturbations import Perturbation
-from deepfake.data.preprocess import NATIVE_MODES, Preprocess, short_side_shape
+from deepfake.data.preprocess import FUSED_MODE, NATIVE_MODES, Preprocess, short_side_shape
 from deepfake.data.test_sets import TestSample
 
 
@@ -88,6 +88,9 @@ def get_protocol(name: str) -> Protocol:
 def protocol_preprocess(tower: Preprocess, protocol: Protocol) -> Preprocess:
     """The protocol's image -> tensor: a centre crop without resizing, at the tower's input size,
     normalised with the tower's mean and std (the published crop is 224, every 224 tower's size)."""
+    if tower.mode == FUSED_MODE:
+        raise ValueError(f"--protocol {protocol.name} crops a {protocol.crop}px square for one tower; a fused tower's "
+                         "parts each take their own preprocessing, so the protocol does not apply")
     if tower.mode in NATIVE_MODES:
         raise ValueError(f"--protocol {protocol.name} crops a {protocol.crop}px square; this tower analyses native "
                          f"pixels ({tower.mode} preprocessing), so the protocol does not apply")

@@ -296,8 +296,7 @@ def _card_tower(config: dict) -> list[str]:
         "",
         f"- tower: `{model}` ({family}; {_tower_pin(tower)}), "
         f"feature dimension {tower.get('feature_dim', head.get('in_dim', 'n/a'))}",
-        f"- preprocessing: mode `{pre.get('mode')}`, size {pre.get('size')}, interpolation "
-        f"`{pre.get('interpolation')}`, mean {pre.get('mean')}, std {pre.get('std')}",
+        *(_card_preprocess(pre, tower)),
         f"- features: {json.dumps(config.get('features', {}))}",
         f"- head: {head_desc}",
         *(["- the tower is a local checkpoint, named here by its folder's name: load the head with "
@@ -305,6 +304,21 @@ def _card_tower(config: dict) -> list[str]:
            "(its weights' sha256 is checked)"] if tower.get("weights_sha256") else []),
         "",
     ]
+
+
+def _card_preprocess(pre: dict, tower: dict) -> list[str]:
+    """How images are prepared: one line, or one per part of a fused tower (each part's own)."""
+    def line(spec: dict) -> str:
+        return (f"mode `{spec.get('mode')}`, size {spec.get('size')}, interpolation `{spec.get('interpolation')}`, "
+                f"mean {spec.get('mean')}, std {spec.get('std')}")
+    if not isinstance(pre.get("parts"), list):
+        return [f"- preprocessing: {line(pre)}"]
+    parts = tower.get("parts") if isinstance(tower.get("parts"), list) else [{}] * len(pre["parts"])
+    return ["- a fused tower: each image is decoded once and prepared for each part; the head reads the parts' "
+            "features concatenated, in this order:"] + [
+        f"  - part {number}: `{part.get('model')}` ({part.get('family')} family; {_tower_pin(part)}), "
+        f"{part.get('feature_dim')}-d; preprocessing {line(spec)}"
+        for number, (part, spec) in enumerate(zip(parts, pre["parts"]), 1)]
 
 
 def _augmentation(train_args: dict) -> str:

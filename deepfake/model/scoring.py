@@ -150,6 +150,7 @@ def score(
     every rank scores a share; rank 0 gets every prediction, the other ranks ``None``.
     ``decode`` defaults to the decode path the checkpoint's features were made with.
     """
+    check_tiles(classifier, tiles)
     threshold = classifier.decision_threshold() if threshold is None else threshold
     images = [x if isinstance(x, Image.Image) else None for x in inputs]
     samples = [Sample((names[i] if names else f"<image {i}>") if images[i] is not None else os.fspath(x), -1, "")
@@ -176,6 +177,13 @@ def score(
         else:
             results.append(Prediction(sample.path, None, None, None, table.skipped.get(i, "unreadable")))
     return results
+
+
+def check_tiles(classifier: Scorer, tiles: int) -> None:
+    """Refuse tiles for a fused tower: its parts take inputs of different sizes, so there is no one tile."""
+    if tiles and getattr(classifier.preprocess, "parts", None):
+        raise ValueError("--tiles: a head on a fused tower scores whole images (its parts take inputs of "
+                         "different sizes); score without --tiles")
 
 
 @torch.no_grad()

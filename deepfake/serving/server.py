@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deepfake.config import ServeConfig
+from deepfake.model.scoring import check_tiles
 from deepfake.serving.app import create_app, public_name
 
 
@@ -45,6 +46,7 @@ def build_server(checkpoint: str, config: ServeConfig | None = None, threshold: 
 
     config = config or ServeConfig()
     classifier = DeepfakeClassifier.from_pretrained(checkpoint, device=device, precision=precision)
+    check_tiles(classifier, config.tiles)  # refused at start, not on every request
     app = create_app(classifier, classifier.decision_threshold(threshold), config, public_name(checkpoint))
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
                         http=header_deadline_protocol(config.timeout), limit_concurrency=config.max_connections)

@@ -6,7 +6,8 @@
 Each ``--data`` is a set as ``benchmarks/prepare_real_photos.py`` writes it (``split/`` with
 ``{train,val,test}/{domain}/{0_real,1_fake}`` and ``test.csv``, the held-out split as one
 domain), named by its folder (``NAME=PATH`` names it otherwise). For every spectral record
-(``--records``, default: every ``spectrum*`` record) and every set A, the head is trained on A's
+(``--records``, default: every ``spectrum*`` record; ``A+B`` fuses records, one head on both
+parts' features) and every set A, the head is trained on A's
 train split with the default recipe of ``train_ClassifierHead.py`` (lr 1e-4, the default seed
 and head; ``--num_epochs`` 50, as the README's commands) and validated on A's val split, then
 evaluated as ``test_ClassifierHead.py`` evaluates on the held-out split of every set: A itself
@@ -37,6 +38,7 @@ from deepfake.cli.args import setup_logging, train_config, train_parser  # noqa:
 from deepfake.config import DataConfig, EvalConfig, RuntimeConfig  # noqa: E402
 from deepfake.evaluation.run import evaluate  # noqa: E402
 from deepfake.towers.backbones import KNOWN_BACKBONES  # noqa: E402
+from deepfake.towers.fused import fused_parts  # noqa: E402
 from deepfake.training.run import train  # noqa: E402
 from deepfake.utils.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -108,7 +110,8 @@ def run_record(record: str, base, sets: dict[str, tuple[Path, Path]], out: Path)
                 tests[test_name] = _result_row(result)
         rows.append({"record": record, "train": train_name, "val_ap": summary.get("best_val_ap"), "tests": tests,
                      "seconds": round(time.perf_counter() - start, 1), "run": str(run),
-                     "preprocess": result["preprocess"], "analysis": result["tower"].get("analysis")})
+                     "preprocess": result["preprocess"], "analysis": result["tower"].get("analysis"),
+                     **({"parts": summary["parts"]} if "parts" in summary else {})})
         log.info("%s trained on %s: val AP %.4f, %s", record, train_name, summary.get("best_val_ap") or float("nan"),
                  ", ".join(f"{t} AP {r['ap']:.4f}" for t, r in tests.items() if r["ap"] is not None))
     return rows
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sets = dict(parse_set(text) for text in args.data)
         sets = {name: set_paths(root) for name, root in sets.items()}
-        unknown = [r for r in records if r not in KNOWN_BACKBONES]
+        # A fused record (A+B) joins known records: one head on their features side by side.
+        unknown = [r for r in records if any(part not in KNOWN_BACKBONES for part in fused_parts(r) or [r])]
         if unknown:
             raise ValueError(f"unknown records {unknown}; spectral records: {spectral_records()}")
         # The flags are train_ClassifierHead.py's: its parser gives the default recipe, plus what was passed.

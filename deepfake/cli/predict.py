@@ -26,7 +26,7 @@ from deepfake.cli.args import CliParser, add_runtime_args, parse_threshold, setu
 from deepfake.data.image_io import expand_inputs
 from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.model.checkpoint import CheckpointRefused
-from deepfake.model.scoring import DEFAULT_MAX_TILES, FLAT_FIELDS, Prediction, score
+from deepfake.model.scoring import DEFAULT_MAX_TILES, FLAT_FIELDS, Prediction, check_tiles, score
 from deepfake.towers.weights import WeightsError
 from deepfake.utils.fileio import atomic_write_text, display_path
 from deepfake.utils.runtime import init_distributed
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         classifier = DeepfakeClassifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
         threshold = classifier.decision_threshold(args.threshold)
+        check_tiles(classifier, args.tiles)
     except (CheckpointRefused, WeightsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

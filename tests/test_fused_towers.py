@@ -20,6 +20,7 @@ from deepfake.deepfake_dataset import DeepfakeDataset, training_samples
 from deepfake.features.extraction import ExtractionSettings, extract_features
 from deepfake.model.checkpoint import CheckpointRefused, load_checkpoint
 from deepfake.model.heads import head_from_config
+from deepfake.towers.clip_tower import CLIPTower
 from deepfake.towers.families.spectrum import SpectrumTower
 from deepfake.towers.fused import FusedTower, fused_parts
 from deepfake.towers.loading import check_model, load_tower
@@ -34,7 +35,20 @@ PAIR = "spectrum+spectrum-tiles256"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_forensynths(tmp_path_factory.mktemp("fused-data"), n_train=3, n_val=1, n_test=1)
+    return make_forensynths(tmp_path_factory.mktemp("fused-data"), n_train=2, n_val=1, n_test=1)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A tiny CLIP tower: a semantic part whose record asks for no standardisation."""
+    return save_tower("clip", tmp_path_factory.mktemp("towers") / "tiny-clip")
+
+
+@pytest.fixture(scope="module")
+def cheap(clip):
+    """A fused tower whose parts cost little per image (the acceptance pair, spectrum+spectrum-tiles256,
+    reads 64 tiles of 256 px per image, even of a small one: it is trained once, in ``fused_run``)."""
+    return f"{clip}+spectrum-crop256"
 
 
 def args(data, out, cache, model, *extra):
@@ -47,18 +61,23 @@ def args(data, out, cache, model, *extra):
 def passes(monkeypatch):
     """Images through each spectral tower, by its record's name, and images decoded."""
     counts = Counter()
-    forward = SpectrumTower.forward
+    forward, clip_forward = SpectrumTower.forward, CLIPTower.forward
     read = DeepfakeDataset.read
 
     def counted(self, pixel_values, layers=False):
         counts[self.backbone.name] += len(pixel_values)
         return forward(self, pixel_values, layers)
 
+    def counted_clip(self, pixel_values, layers=False):
+        counts["clip"] += len(pixel_values)
+        return clip_forward(self, pixel_values, layers)
+
     def counted_read(self, index):
         counts["decoded"] += 1
         return read(self, index)
 
     monkeypatch.setattr(SpectrumTower, "forward", counted)
+    monkeypatch.setattr(CLIPTower, "forward", counted_clip)
     monkeypatch.setattr(DeepfakeDataset, "read", counted_read)
     return counts
 
@@ -86,10 +105,10 @@ def test_a_misspelt_part_is_named_with_the_closest_known_tower():
     assert exit_.value.code == 2
 
 
-def test_the_fused_feature_is_the_parts_features_side_by_side_from_one_decode(data, passes):
-    fused = load_tower(PAIR)
-    parts = [load_tower("spectrum"), load_tower("spectrum-tiles256")]
-    assert fused.feature_dim == sum(p.feature_dim for p in parts) == 640 + 128
+def test_the_fused_feature_is_the_parts_features_side_by_side_from_one_decode(data, cheap, passes):
+    fused = load_tower(cheap)
+    parts = list(fused.parts)
+    assert fused.feature_dim == sum(p.feature_dim for p in parts) == 16 + 128
     train, _ = training_samples(str(data), None, 0.2, 0, parse_label_dirs(None))
     settings = ExtractionSettings(batch_size=4, progress=False)
     joined = extract_features(fused, DeepfakeDataset(train, fused.preprocess), settings).embeds
@@ -101,38 +120,38 @@ def test_the_fused_feature_is_the_parts_features_side_by_side_from_one_decode(da
 # --- the cache -----------------------------------------------------------------------
 
 
-def test_a_fused_run_after_its_parts_runs_extracts_nothing(data, tmp_path, passes):
-    cache = tmp_path / "cache"
-    for part in PAIR.split("+"):
-        assert train_ClassifierHead.main(args(data, tmp_path / part, cache, part)) == 0
-    assert passes["spectrum"] > 0 and passes["spectrum-tiles256"] > 0
+def test_cache_reuse_both_ways_a_fused_run_and_its_parts_runs_extract_nothing_for_each_other(data, cheap, tmp_path,
+                                                                                           passes):
+    parts = fused_parts(cheap)
+    # Single runs first: the fused run after them decodes and extracts nothing.
+    first = tmp_path / "singles-first"
+    for number, part in enumerate(parts):
+        assert train_ClassifierHead.main(args(data, tmp_path / f"single{number}", first, part)) == 0
+    images = passes["clip"]
+    assert images > 0 and passes["spectrum-crop256"] == images and passes["decoded"] == 2 * images
     passes.clear()
-    assert train_ClassifierHead.main(args(data, tmp_path / "fused", cache, PAIR)) == 0
-    assert passes["spectrum"] == passes["spectrum-tiles256"] == passes["decoded"] == 0
+    assert train_ClassifierHead.main(args(data, tmp_path / "fused", first, cheap)) == 0
+    assert passes["clip"] == passes["spectrum-crop256"] == passes["decoded"] == 0
     # No cache key of its own: the parts' two keys hold every feature.
-    assert len([p for p in cache.iterdir() if (p / "key.json").is_file()]) == 2
-
-
-def test_single_runs_after_a_fused_run_extract_nothing_and_the_fused_run_decodes_each_image_once(data, tmp_path,
-                                                                                              passes):
-    cache = tmp_path / "cache"
-    assert train_ClassifierHead.main(args(data, tmp_path / "fused", cache, PAIR)) == 0
-    images = passes["spectrum"]
-    assert images > 0 and passes["spectrum-tiles256"] == images
-    assert passes["decoded"] == images  # one decode for both parts
+    assert len([p for p in first.iterdir() if (p / "key.json").is_file()]) == 2
+    # The fused run first: one decode per image for both parts; the single runs after it extract nothing.
+    then = tmp_path / "fused-first"
     passes.clear()
-    for part in PAIR.split("+"):
-        assert train_ClassifierHead.main(args(data, tmp_path / part, cache, part)) == 0
-    assert passes["spectrum"] == passes["spectrum-tiles256"] == passes["decoded"] == 0
-
-
-def test_a_fused_run_extracts_only_for_the_part_that_lacks_features(data, tmp_path, passes):
-    cache = tmp_path / "cache"
-    assert train_ClassifierHead.main(args(data, tmp_path / "one", cache, "spectrum-tiles256")) == 0
-    images = passes["spectrum-tiles256"]
+    assert train_ClassifierHead.main(args(data, tmp_path / "fused2", then, cheap)) == 0
+    assert passes["clip"] == passes["spectrum-crop256"] == passes["decoded"] == images
     passes.clear()
-    assert train_ClassifierHead.main(args(data, tmp_path / "fused", cache, PAIR)) == 0
-    assert passes["spectrum"] == passes["decoded"] == images and passes["spectrum-tiles256"] == 0
+    for number, part in enumerate(parts):
+        assert train_ClassifierHead.main(args(data, tmp_path / f"after{number}", then, part)) == 0
+    assert passes["clip"] == passes["spectrum-crop256"] == passes["decoded"] == 0
+
+
+def test_a_fused_run_extracts_only_for_the_part_that_lacks_features(data, cheap, tmp_path, passes):
+    cache = tmp_path / "cache"
+    assert train_ClassifierHead.main(args(data, tmp_path / "one", cache, "spectrum-crop256")) == 0
+    images = passes["spectrum-crop256"]
+    passes.clear()
+    assert train_ClassifierHead.main(args(data, tmp_path / "fused", cache, cheap)) == 0
+    assert passes["clip"] == passes["decoded"] == images and passes["spectrum-crop256"] == 0
 
 
 # --- train, test, predict, serve ------------------------------------------------------
@@ -217,11 +236,11 @@ def test_a_fused_head_serves_and_its_shared_folder_loads_again(fused_run, tmp_pa
     assert again.predict(str(path)).probability == pytest.approx(expected, abs=1e-6)
 
 
-def test_a_part_that_cannot_be_loaded_is_named(data, tmp_path):
-    clip = save_tower("clip", tmp_path / "tiny-clip")
+def test_a_part_that_cannot_be_loaded_is_named(data, clip, tmp_path):
+    moved = shutil.copytree(clip, tmp_path / "tiny-clip")
     out = tmp_path / "run"
-    assert train_ClassifierHead.main(args(data, out, tmp_path / "cache", f"{clip}+spectrum-tiles256")) == 0
-    shutil.rmtree(clip)
+    assert train_ClassifierHead.main(args(data, out, tmp_path / "cache", f"{moved}+spectrum-crop256")) == 0
+    shutil.rmtree(moved)
     with pytest.raises(CheckpointRefused, match=r"part 1 \(.*tiny-clip\) cannot be loaded"):
         DeepfakeClassifier.from_pretrained(out)
 
@@ -241,8 +260,8 @@ def test_a_fused_checkpoint_with_a_wrong_part_field_is_refused_naming_the_part(f
 
 
 @pytest.mark.parametrize("extra", [["--head", "layers"], ["--head", "rine"], ["--feature_layers", "1,2"]])
-def test_a_fused_run_refuses_per_block_tokens_with_exit_2(data, tmp_path, caplog, extra):
-    assert train_ClassifierHead.main(args(data, tmp_path / "run", tmp_path / "cache", PAIR, *extra)) == 2
+def test_a_fused_run_refuses_per_block_tokens_with_exit_2(data, cheap, tmp_path, caplog, extra):
+    assert train_ClassifierHead.main(args(data, tmp_path / "run", tmp_path / "cache", cheap, *extra)) == 2
     assert "fused tower gives each part's final feature" in caplog.text
     assert not (tmp_path / "run").exists()
 
@@ -250,13 +269,17 @@ def test_a_fused_run_refuses_per_block_tokens_with_exit_2(data, tmp_path, caplog
 # --- standardisation per part, and each part's weight ------------------------------------
 
 
-def test_standardize_auto_decides_per_part_with_each_parts_own_statistics(data, tmp_path, capsys):
-    clip = save_tower("clip", tmp_path / "tiny-clip")
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared-cache")
+
+
+def test_standardize_auto_decides_per_part_with_each_parts_own_statistics(data, cheap, shared_cache, tmp_path,
+                                                                          capsys):
     fused = tmp_path / "fused"
-    assert train_ClassifierHead.main(args(data, fused, cache, f"{clip}+spectrum-tiles256")) == 0
+    assert train_ClassifierHead.main(args(data, fused, shared_cache, cheap)) == 0
     alone = tmp_path / "alone"
-    assert train_ClassifierHead.main(args(data, alone, cache, "spectrum-tiles256")) == 0
+    assert train_ClassifierHead.main(args(data, alone, shared_cache, "spectrum-crop256")) == 0
     state, single = load_file(str(fused / "best.safetensors")), load_file(str(alone / "best.safetensors"))
     width = json.loads((fused / "best.json").read_text())["tower"]["parts"][0]["feature_dim"]
     # The CLIP part's record asks for no standardisation: identity there; the spectral part: its own statistics.
@@ -272,12 +295,10 @@ def test_standardize_auto_decides_per_part_with_each_parts_own_statistics(data, 
     assert f"weight share {100 * share:.1f}%" in printed.split("part weights")[1]
 
 
-def test_standardize_on_and_off_apply_to_every_part(data, tmp_path):
-    clip = save_tower("clip", tmp_path / "tiny-clip")
+def test_standardize_on_and_off_apply_to_every_part(data, cheap, shared_cache, tmp_path):
     for choice, expected in (("on", [True, True]), ("off", [False, False])):
         out = tmp_path / choice
-        assert train_ClassifierHead.main(args(data, out, tmp_path / "cache", f"{clip}+spectrum-tiles256",
-                                              "--standardize", choice)) == 0
+        assert train_ClassifierHead.main(args(data, out, shared_cache, cheap, "--standardize", choice)) == 0
         assert [p["standardized"] for p in json.loads((out / "run.json").read_text())["parts"]] == expected
 
 
@@ -302,7 +323,7 @@ def test_weight_shares_read_the_first_layer_on_inputs_of_unit_spread():
                        torch.ones(3)) is None
 
 
-def test_the_run_summary_prints_and_records_each_parts_weight_share(fused_run, capsys):
+def test_the_run_summary_records_each_parts_weight_share(fused_run):
     summary = json.loads((fused_run["run"] / "run.json").read_text())
     parts = summary["parts"]
     assert [p["model"] for p in parts] == ["spectrum", "spectrum-tiles256"]

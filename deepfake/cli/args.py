@@ -117,7 +117,9 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
 def add_tower_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=TOWER.model, type=model_name,
                         help="tower: Hugging Face id or local checkpoint directory of any supported family "
-                             "(LanguageBind, CLIP, SigLIP/SigLIP 2, DINOv2, DINOv3), or 'spectrum' (default: %(default)s)")
+                             "(LanguageBind, CLIP, SigLIP/SigLIP 2, DINOv2, DINOv3), or 'spectrum'; A+B[+C] fuses "
+                             "towers: one head on their features side by side (an existing path with '+' is one tower) "
+                             "(default: %(default)s)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
     parser.add_argument("--preprocess", default=None, choices=CLI_PREPROCESS_MODES,
                         help="resize: the tower's own transform (LanguageBind/CLIP/DINOv2: short side + center crop; "

@@ -5,7 +5,7 @@
     python benchmarks/bench_fusion.py --tiny clip                       # a tiny CLIP tower + spectrum-tiles256
 
 Both paths are :func:`deepfake.features.extraction.extract_features` without a cache, on the same
-JPEG files in one process, alternated ``--repeats`` times (the best time of each is kept): the
+JPEG files in one process, ``--repeats`` times in alternating order (the best time of each is kept): the
 fused tower decodes each image once and prepares it for every part; the parts one after another
 decode every image once per part. The features of the two paths are checked to be equal.
 Prints seconds and images per second of each, and the ratio (parts / fused).
@@ -74,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         fused = load_tower(model)
         parts = list(fused.parts)
         best = {"fused": float("inf"), "parts": float("inf")}
-        for _ in range(args.repeats):
-            seconds, joined = timed([fused], samples, settings)
-            best["fused"] = min(best["fused"], seconds)
-            seconds, apart = timed(parts, samples, settings)
-            best["parts"] = min(best["parts"], seconds)
-            if not torch.equal(joined, apart):
+        for repeat in range(args.repeats):
+            # Alternated, so that a machine whose load changes favours neither.
+            order = ("fused", "parts") if repeat % 2 == 0 else ("parts", "fused")
+            features = {}
+            for what in order:
+                seconds, features[what] = timed([fused] if what == "fused" else parts, samples, settings)
+                best[what] = min(best[what], seconds)
+            if not torch.equal(features["fused"], features["parts"]):
                 raise SystemExit("the fused features differ from the parts' features side by side")
     names = " + ".join(part.backbone.name for part in parts)
     print(f"{args.n} JPEG photos of {width}x{height}, {names} ({fused.feature_dim}-d), best of {args.repeats}:")

@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import test_ClassifierHead
@@ -331,3 +332,19 @@ def test_the_run_summary_records_each_parts_weight_share(fused_run):
     assert sum(p["weight_share"] for p in parts) == pytest.approx(1.0)
     assert all(0 < p["weight_share"] < 1 for p in parts)
     assert np.isclose(parts[0]["dims_share"], 640 / 768)
+
+
+def test_the_bias_audit_of_a_fused_tower_gives_each_parts_size_hint(tmp_path):
+    from deepfake.data.audit import audit_samples
+
+    rng = np.random.default_rng(0)
+    items = []
+    for label, side in ((0, 64), (1, 96)):  # reals and fakes of different sizes: a size flag
+        for i in range(4):
+            path = tmp_path / f"{label}-{i}.png"
+            Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(path)
+            items.append((str(path), "photos", label))
+    fused = load_tower("spectrum-tiles256+spectrum-crop256")
+    flags = audit_samples(items, fused.preprocess)["flags"]
+    hints = " ".join(json.dumps(flag) for flag in flags)
+    assert "4x4 native tiles of 256 px" in hints and "crops 256 px without resizing" in hints

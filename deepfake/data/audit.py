@@ -339,6 +339,12 @@ def compare_classes(real: dict, fake: dict, preprocess: Preprocess) -> list[dict
     """
     if not real.get("n_read") or not fake.get("n_read"):
         return []
+    parts = getattr(preprocess, "parts", None)
+    if parts:  # a fused tower: what each part reads, each flag once
+        flags: list[dict] = []
+        for part in parts:
+            flags += [flag for flag in compare_classes(real, fake, part) if flag not in flags]
+        return flags
     return (_format_flags(real, fake, preprocess) + _jpeg_flags(real, fake, preprocess)
             + _size_flags(real, fake, preprocess) + _image_flags(real, fake))
 

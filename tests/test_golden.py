@@ -241,6 +241,9 @@ _SPECTRUM_JPEG_FLAG = ("compression strength separates the classes (--align jpeg
 INTENDED_TEXT["test.txt"].append(_SPECTRUM_JPEG_FLAG)
 for _name in ("run.json", "results.json", "demo_run.json", "demo_results.json"):
     INTENDED_JSON[_name][("audit", "preprocess")] = {"mode": "tiles", "size": 256, "grid": 4}
+# Each flag records its explanation apart, so a report says it once however many domains share the finding.
+for _name in ("run.json", "results.json", "demo_run.json", "demo_results.json"):
+    INTENDED_NEW_KEYS[_name].append(("audit", "flags", "*", "hint"))
 INTENDED_JSON["results.json"][("audit", "flags", 0, "message")] = (
     "JPEG quality: reals 20% JPEG at median quality 88, fakes 10% JPEG at median quality 93; "
     + _SPECTRUM_JPEG_FLAG[1])
@@ -249,6 +252,9 @@ INTENDED_JSON["results.json"][("audit", "flags", 0, "message")] = (
 def _drop_new_key(doc, path: tuple, where: str = "$") -> str | None:
     """Remove the intended new key at ``path`` (``*``: every key) from ``doc``; the first place it is missing."""
     head, *rest = path
+    if isinstance(doc, list) and head == "*" and rest:  # every item of a list
+        return next(filter(None, (_drop_new_key(item, tuple(rest), f"{where}[{i}]") for i, item in enumerate(doc))),
+                    None)
     if not isinstance(doc, dict):
         return f"{where}: not an object"
     if head != "*" and head not in doc:

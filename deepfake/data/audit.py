@@ -220,24 +220,27 @@ def _gap(a: dict, b: dict) -> float:
     return max((abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b)), default=0.0)
 
 
+def _flag(prop: str, finding: str, hint: str) -> dict:
+    """A difference between the classes: what differs (``finding``) and why a detector could learn it (``hint``)."""
+    return {"property": prop, "message": f"{finding}; {hint}", "hint": hint}
+
+
 def _format_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
     """File formats and misnamed files."""
     flags = []
     if _gap(real["format_shares"], fake["format_shares"]) >= SHARE_GAP:
         jpeg = JPEG_FORMATS & (set(real["formats"]) | set(fake["formats"]))
-        flags.append({"property": "format", "message":
-                      f"format: reals {_top(real['format_shares'])}, fakes {_top(fake['format_shares'])}; a detector "
-                      f"can learn the file format instead of generation artefacts ("
-                      + (f"{_jpeg_hint(pre)}; " if jpeg else "") + "--align jpeg:Q re-encodes both)"})
+        flags.append(_flag("format", f"format: reals {_top(real['format_shares'])}, fakes {_top(fake['format_shares'])}",
+                           "a detector can learn the file format instead of generation artefacts ("
+                           + (f"{_jpeg_hint(pre)}; " if jpeg else "") + "--align jpeg:Q re-encodes both)"))
     shares = [sum(s["misnamed"].values()) / s["n_read"] for s in (real, fake)]
     if abs(shares[0] - shares[1]) >= MINOR_GAP:
         def which(s: dict) -> str:
             return f" ({', '.join(f'{v} {k}' for k, v in s['misnamed'].items())})" if s["misnamed"] else ""
-        flags.append({"property": "extension", "message":
-                      f"file extension: {_pct(shares[0])} of reals{which(real)} and {_pct(shares[1])} of fakes"
-                      f"{which(fake)} are not the format their extension names; one class went through another "
-                      f"pipeline, and a step that trusts the extension (a format filter, a lossless re-save) treats "
-                      f"it differently"})
+        flags.append(_flag("extension", f"file extension: {_pct(shares[0])} of reals{which(real)} and "
+                           f"{_pct(shares[1])} of fakes{which(fake)} are not the format their extension names",
+                           "one class went through another pipeline, and a step that trusts the extension (a format "
+                           "filter, a lossless re-save) treats it differently"))
     return flags
 
 
@@ -265,14 +268,13 @@ def _jpeg_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
     rj, fj = real["jpeg"] / real["n_read"], fake["jpeg"] / fake["n_read"]
     rq, fq = real["jpeg_quality"], fake["jpeg_quality"]
     if abs(rj - fj) >= SHARE_GAP or (rq and fq and abs(rq["median"] - fq["median"]) >= QUALITY_GAP):
-        flags.append({"property": "jpeg_quality", "message":
-                      f"JPEG quality: reals {_quality(rj, rq)}, fakes {_quality(fj, fq)}; compression strength "
-                      f"separates the classes ({_jpeg_hint(pre)}; --align jpeg:Q re-encodes both at one quality)"})
+        flags.append(_flag("jpeg_quality", f"JPEG quality: reals {_quality(rj, rq)}, fakes {_quality(fj, fq)}",
+                           f"compression strength separates the classes ({_jpeg_hint(pre)}; --align jpeg:Q re-encodes "
+                           f"both at one quality)"))
     if rq and fq and abs(rq["exact_share"] - fq["exact_share"]) >= SHARE_GAP:
-        flags.append({"property": "jpeg_tables", "message":
-                      f"quantisation tables: reals' JPEGs {_tables(rq)}; fakes' {_tables(fq)}; a detector can learn "
-                      f"the encoder instead of generation artefacts ({_jpeg_hint(pre)}; --align jpeg:Q re-encodes "
-                      f"both with standard tables)"})
+        flags.append(_flag("jpeg_tables", f"quantisation tables: reals' JPEGs {_tables(rq)}; fakes' {_tables(fq)}",
+                           f"a detector can learn the encoder instead of generation artefacts ({_jpeg_hint(pre)}; "
+                           f"--align jpeg:Q re-encodes both with standard tables)"))
     return flags
 
 
@@ -293,10 +295,9 @@ def _size_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
     flags = []
     rs, fs = real["short_side"], fake["short_side"]
     if any(max(rs[k], fs[k]) / max(min(rs[k], fs[k]), 1) >= SIZE_RATIO for k in ("p10", "median", "p90")):
-        flags.append({"property": "size", "message":
-                      f"size: median short side reals {rs['median']:.0f} px, fakes {fs['median']:.0f} px (10th-90th "
-                      f"percentile {rs['p10']:.0f}-{rs['p90']:.0f} and {fs['p10']:.0f}-{fs['p90']:.0f} px); "
-                      f"{_size_hint(pre)}"})
+        flags.append(_flag("size", f"size: median short side reals {rs['median']:.0f} px, fakes {fs['median']:.0f} px "
+                           f"(10th-90th percentile {rs['p10']:.0f}-{rs['p90']:.0f} and {fs['p10']:.0f}-{fs['p90']:.0f} px)",
+                           _size_hint(pre)))
     candidates = []
     for (name, own), (other_name, other) in ((("real", real), ("fake", fake)), (("fake", fake), ("real", real))):
         top, share, elsewhere = _top_size_share(own, other)
@@ -304,15 +305,15 @@ def _size_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
         if share - bound >= ONE_SIZE_GAP:
             at = f"{_pct(elsewhere)} at {top}" if elsewhere is not None else \
                 f"{top} not among their {len(other['sizes'])} most common"
-            candidates.append((share - bound, {"property": "one_size", "message":
-                               f"one size: {_pct(share)} of {name}s are {top}, {other_name}s come in "
-                               f"{_count(other['distinct_sizes'], 'size')}, {at}; {_one_size_hint(pre, name)}"}))
+            candidates.append((share - bound, _flag("one_size", f"one size: {_pct(share)} of {name}s are {top}, "
+                               f"{other_name}s come in {_count(other['distinct_sizes'], 'size')}, {at}",
+                               _one_size_hint(pre, name))))
     if candidates:
         flags.append(max(candidates, key=lambda c: c[0])[1])
     rc, fc = real["smaller_than_crop"] / real["n_read"], fake["smaller_than_crop"] / fake["n_read"]
     if abs(rc - fc) >= MINOR_GAP:
-        flags.append({"property": "smaller_than_crop", "message":
-                      f"smaller than {pre.size} px: {_pct(rc)} of reals, {_pct(fc)} of fakes; {_smaller_hint(pre)}"})
+        flags.append(_flag("smaller_than_crop", f"smaller than {pre.size} px: {_pct(rc)} of reals, {_pct(fc)} of fakes",
+                           _smaller_hint(pre)))
     return flags
 
 
@@ -320,15 +321,13 @@ def _image_flags(real: dict, fake: dict) -> list[dict]:
     """Colour modes and metadata."""
     flags = []
     if _gap(real["mode_shares"], fake["mode_shares"]) >= SHARE_GAP:
-        flags.append({"property": "mode", "message":
-                      f"colour mode: reals {_top(real['mode_shares'])}, fakes {_top(fake['mode_shares'])}; "
-                      f"grayscale, palette or alpha images convert to RGB with their own statistics"})
+        flags.append(_flag("mode", f"colour mode: reals {_top(real['mode_shares'])}, fakes {_top(fake['mode_shares'])}",
+                           "grayscale, palette or alpha images convert to RGB with their own statistics"))
     re_, fe = real["exif"] / real["n_read"], fake["exif"] / fake["n_read"]
     if abs(re_ - fe) >= SHARE_GAP:
-        flags.append({"property": "exif", "message":
-                      f"metadata: EXIF in {_pct(re_)} of reals ({_pct(real['camera'] / real['n_read'])} with camera "
-                      f"make/model), {_pct(fe)} of fakes; EXIF orientation rotates one class only, and any "
-                      f"metadata-aware step separates the classes"})
+        flags.append(_flag("exif", f"metadata: EXIF in {_pct(re_)} of reals ({_pct(real['camera'] / real['n_read'])} "
+                           f"with camera make/model), {_pct(fe)} of fakes",
+                           "EXIF orientation rotates one class only, and any metadata-aware step separates the classes"))
     return flags
 
 
@@ -448,6 +447,19 @@ def format_class(domain: str, name: str, s: dict, crop: int) -> str:
             + (f"; {s['unreadable']} unreadable" if s["unreadable"] else ""))
 
 
+def _flag_lines(flags: list[dict]) -> list[str]:
+    """A line per flag; an explanation already given (the same property in another domain) is not repeated."""
+    said, lines = set(), []
+    for f in flags:
+        hint = f.get("hint")
+        if hint and hint in said and f["message"].endswith(f"; {hint}"):
+            lines.append(f"  [{f['domain']}] {f['message'][: -len(hint) - 2]} (as above)")
+        else:
+            lines.append(f"  [{f['domain']}] {f['message']}")
+        said.add(hint)
+    return lines
+
+
 def format_audit(report: dict, brief: bool = False) -> str:
     """The audit as text: the flags (brief), or a line per domain and class followed by the flags."""
     lines = []
@@ -458,7 +470,7 @@ def format_audit(report: dict, brief: bool = False) -> str:
     if flags:
         lines.append(f"bias audit: {len(flags)} difference(s) between reals and fakes a detector could learn "
                      f"instead of generation artefacts:")
-        lines.extend(f"  [{f['domain']}] {f['message']}" for f in flags)
+        lines.extend(_flag_lines(flags))
     else:
         lines.append("bias audit: no format, quality, size, mode or metadata difference flagged between reals and fakes")
     if report.get("sampled"):

@@ -249,6 +249,13 @@ INTENDED_JSON["results.json"][("audit", "flags", 0, "message")] = (
     + _SPECTRUM_JPEG_FLAG[1])
 
 
+# The demo keeps its best and last checkpoints (not all 40 epochs), and names its head for predict.
+INTENDED_TEXT["demo.txt"].append(("\nresults in demo/eval\n", "\nresults in demo/eval\nhead in demo/run: score your own "
+                                  "images with `deepfake predict PATH --checkpoint demo/run`\n"))
+INTENDED_JSON.setdefault("demo_best.json", {}).update({("train_args", "keep_last"): 1, ("training", "keep_last"): 1})
+INTENDED_JSON["demo_run.json"].update({("config", "train_args", "keep_last"): 1, ("config", "training", "keep_last"): 1})
+
+
 def _drop_new_key(doc, path: tuple, where: str = "$") -> str | None:
     """Remove the intended new key at ``path`` (``*``: every key) from ``doc``; the first place it is missing."""
     head, *rest = path

@@ -32,11 +32,13 @@ from deepfake.config import (
 from deepfake.data.synthetic import FAMILIES, generation_jobs, write_folder
 from deepfake.evaluation.run import evaluate
 from deepfake.training.run import train
-from deepfake.utils.fileio import refuse_overwrite
+from deepfake.utils.fileio import display_path, refuse_overwrite
 from deepfake.utils.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
+# The demo keeps its best head and the last epoch's (resume), not one checkpoint per epoch.
+DEMO_KEEP_LAST = 1
 # The spectral baseline's gray analysis: the synthetic generators leave gray up-sampling traces, and
 # on the demo's small images it costs a third of the default's colour analysis, which keeps the demo near half a minute.
 DEMO_MODEL = "spectrum-tiles256"
@@ -63,7 +65,8 @@ def demo_configs(out: Path, model: str, num_epochs: int, seed: int,
     train_config = TrainConfig(
         data=DataConfig(dataset_dir=str(data)), output_dir=str(out / "run"), seed=seed,
         tower=TowerConfig(model=model), runtime=RuntimeConfig(batch_size=32, quiet=True), cache=cache,
-        schedule=ScheduleConfig(num_epochs=num_epochs, learning_rate=1e-3), head=HeadConfig(standardize=standardize),
+        schedule=ScheduleConfig(num_epochs=num_epochs, learning_rate=1e-3, keep_last=DEMO_KEEP_LAST),
+        head=HeadConfig(standardize=standardize),
         overwrite=True)
     eval_config = EvalConfig(checkpoint=str(out / "run"), data=DataConfig(dataset_dir=str(data / "test")),
                              output_dir=str(out / "eval"), overwrite=True, runtime=RuntimeConfig(quiet=True),
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = generate_and_train(out / "data", args.seed, args.train_family, train_config)
         print(f"trained on '{args.train_family}' fakes: best val AP {summary['best_val_ap']:.4f}")
         evaluate(eval_config)
+        head = display_path(Path(train_config.output_dir))
+        print(f"head in {head}: score your own images with `deepfake predict PATH --checkpoint {head}`")
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

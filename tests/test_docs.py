@@ -69,3 +69,13 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
             if not (page.parent / target).exists():
                 missing.append(f"{page.name}: {target}")
     assert missing == []
+
+
+def test_every_page_gives_the_demo_one_and_the_same_run_time():
+    """The time a reader is told the demo takes is one measured figure, wherever the command is shown."""
+    comments = {str(path.relative_to(ROOT)): re.findall(r"^deepfake demo --out runs/demo\s+#\s*(.+)$",
+                                                        path.read_text(encoding="utf-8"), re.M)
+                for path in documents()}
+    said = {text for found in comments.values() for text in found}
+    assert len(said) == 1, f"the demo's time differs between pages: {comments}"
+    assert re.search(r"\d+ s\b", said.pop())  # a figure in seconds, not "about a few minutes"

@@ -87,6 +87,19 @@ def classifier(trained_run):
 
 
 
+def test_a_skipped_input_is_logged_as_a_warning_naming_it_and_kept_in_the_list(tmp_path, classifier, caplog):
+    good, missing = tmp_path / "good.png", tmp_path / "missing.jpg"
+    labelled_image(np.random.default_rng(0), fake=False).save(good)
+    with caplog.at_level("WARNING", logger="deepfake"):
+        single = classifier.predict(str(missing))
+        both = classifier.predict([str(good), str(missing)])
+    assert single.probability is None and single.skipped
+    assert both[0].probability is not None and both[1].probability is None  # the list keeps the skip
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and str(missing) in r.getMessage()]
+    assert len(warned) == 2 and all(single.skipped in message for message in warned)
+    assert not any(str(good) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
 def test_every_odd_case_is_scored_or_explained(tmp_path, trained_run, classifier, capsys):
     folder = tmp_path / "inputs"
     folder.mkdir()

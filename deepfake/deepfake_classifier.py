@@ -40,7 +40,7 @@ from deepfake.model.hub import fetch_head, is_repo_id, push_head, save_head_fold
 from deepfake.model.scoring import Prediction, batch_probabilities, fake_probabilities, score
 from deepfake.towers.base import ImageTower, layers_request
 from deepfake.towers.loading import check_model, load_tower
-from deepfake.towers.weights import WeightsError
+from deepfake.towers.weights import TowerOffline, WeightsError
 from deepfake.utils.runtime import choose_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,17 @@ def _load_weights(head: nn.Module, state: dict, path: Path) -> nn.Module:
     return head
 
 
+def _offline_advice(config: dict, path: Path) -> str:
+    """What works offline for a head whose tower cannot be had: a local copy of that tower, named how this head allows."""
+    published = (config.get("published") or {}).get("release")
+    if published:
+        return (f"what works offline for {path}: a local copy of that tower (a folder with its config.json and "
+                f"weights), with the head imported onto it: `deepfake import {published} FILE --tower DIR --out RUN`, "
+                f"then --checkpoint RUN")
+    return (f"what works offline for {path}: that tower in this machine's hub cache (copied from a machine that has "
+            f"it), or its local folder: DeepfakeClassifier.from_pretrained(..., model=DIR)")
+
+
 def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
     """The tower a checkpoint names (or ``model``, refused unless it is the same), preparing images as it says."""
     saved_tower = config["tower"]
@@ -140,8 +151,11 @@ def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
             f"{str(saved_tower['weights_sha256'])[:12]}...), which is not found here; pass that tower's "
             "directory: DeepfakeClassifier.from_pretrained(..., model=DIR)")
     preprocess = Preprocess.from_dict(config["preprocess"])
-    tower = load_tower(model or saved_tower["model"], saved_tower.get("revision") if model is None else None,
-                       preprocess.mode)
+    try:
+        tower = load_tower(model or saved_tower["model"], saved_tower.get("revision") if model is None else None,
+                           preprocess.mode)
+    except TowerOffline as exc:
+        raise TowerOffline(exc.source, exc.reason, _offline_advice(config, path)) from None
     if not _same_tower(saved_tower, tower.identity):
         raise CheckpointRefused(
             f"{path}: head was trained on tower {saved_tower.get('model')!r} "

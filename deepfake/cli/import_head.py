@@ -16,13 +16,15 @@ See docs/published-detectors.md.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from deepfake.cli.args import CliParser, run_job, setup_logging
-from deepfake.model.published import RELEASES, TargetTower, import_release
+from deepfake.model.published import PUBLISHED_TOWER, RELEASES, TargetTower, import_release
 from deepfake.towers.loading import load_tower
-from deepfake.towers.weights import WeightsError
+from deepfake.towers.weights import WeightsError, unavailable_reason
 
+log = logging.getLogger(__name__)
 VARIANTS = sorted({v for r in RELEASES.values() for v in r.variants if v})
 
 
@@ -52,9 +54,20 @@ def _target(tower: str | None) -> TargetTower | None:
         raise ValueError(f"--tower {tower}: {exc}") from exc
 
 
+def _warn_if_tower_unavailable() -> None:
+    """Say at once when the published tower the head will run on cannot be had on this machine now (the import goes on)."""
+    reason = unavailable_reason(PUBLISHED_TOWER)
+    if reason:
+        log.warning("the head will run on %s: %s; test, predict and serve need that tower: import the head onto a "
+                    "local copy of it with --tower DIR, or use the run where the hub can be reached",
+                    PUBLISHED_TOWER, reason)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    if args.tower is None:
+        _warn_if_tower_unavailable()
     code, weights = run_job("import", lambda: import_release(args.file, args.release, args.out, args.variant,
                                                              _target(args.tower), args.overwrite),
                             "run the same command again")

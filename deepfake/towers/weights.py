@@ -47,6 +47,19 @@ class WeightsError(ValueError):
     """A checkpoint that cannot be loaded as an image tower; the message says why."""
 
 
+class TowerOffline(WeightsError):
+    """A hub tower that is not in the local hub cache while the hub cannot be reached.
+
+    ``source`` and ``reason`` let a caller that knows the command say what works for it instead of
+    the general :data:`OFFLINE_ALTERNATIVES`.
+    """
+
+    def __init__(self, source: str, reason: str, advice: str = OFFLINE_ALTERNATIVES):
+        super().__init__(f"{source}: not in the local hub cache, and the Hugging Face hub cannot be reached "
+                         f"({reason}); {advice}")
+        self.source, self.reason = source, reason
+
+
 @dataclass(frozen=True)
 class WeightFiles:
     """The files of one checkpoint, all in one directory (a hub snapshot or the user's folder)."""
@@ -184,8 +197,26 @@ def hub_download(repo_id: str, filename: str, revision: str | None, offline: boo
 
 
 def _offline_miss(source: str, reason: str) -> WeightsError:
-    return WeightsError(f"{source}: not in the local hub cache, and the Hugging Face hub cannot be reached "
-                        f"({reason}); {OFFLINE_ALTERNATIVES}")
+    return TowerOffline(source, reason)
+
+
+def unavailable_reason(source: str) -> str | None:
+    """Why the tower ``source`` (a hub id or a folder) cannot be had now, or None when it can.
+
+    A local folder is there or not; a hub id is available from the local hub cache, or when the
+    hub answers (then it is downloaded on first use). Nothing is downloaded here.
+    """
+    local = Path(source).expanduser()
+    if local.is_dir() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        return None if local.is_dir() else f"{source}: no such folder"
+    reason = hub_offline_reason()
+    if reason is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return None
+    return f"{source} is not in the local hub cache, and the Hugging Face hub cannot be reached ({reason})"
 
 
 def _hub(source: str, revision: str | None) -> WeightFiles:

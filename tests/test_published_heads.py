@@ -237,6 +237,16 @@ def test_import_refuses_to_write_into_a_folder_that_holds_a_run_unless_told(tmp_
     assert import_head.main(["ufd", str(UFD_FILE), "--out", str(run), "--overwrite", "--quiet"]) == 0
 
 
+@pytest.mark.parametrize("release", ["ufd", "rine"])
+def test_a_released_file_on_a_tower_of_another_width_blames_the_tower_not_the_file(release, tmp_path, caplog):
+    released = UFD_FILE if release == "ufd" else RINE_FILE
+    out = tmp_path / "run"
+    assert import_head.main([release, str(released), "--out", str(out), "--tower", str(TINY_CLIP)]) == 2
+    assert "head as released, for CLIP ViT-L/14" in caplog.text and "pass --tower a local copy of" in caplog.text
+    assert "not UniversalFakeDetect's head" not in caplog.text and "not RINE's" not in caplog.text
+    assert not out.exists()
+
+
 def _tiny_release(release: str, path: Path) -> dict[str, torch.Tensor]:
     """A file in a release's format sized for the tiny CLIP tower (16-d embedding, 4 blocks of 24)."""
     record = RELEASES[release]

@@ -220,6 +220,12 @@ def check_release_tensors(state: dict[str, torch.Tensor], release: Release, vari
     not_float = [k for k, v in state.items() if k in expected and not v.is_floating_point()]
     if not_float:
         problems.append(f"not floating-point tensors: {', '.join(not_float)}")
+    if problems and shape != VIT_L14 and _matches(state, release.shapes(release.variants[variant], VIT_L14)):
+        # The file is as released; the tower chosen for it is not the one it was trained on.
+        raise ReleaseRefused(f"{where}: the file is {release.title}'s {variant + ' ' if variant else ''}head as "
+                             f"released, for CLIP ViT-L/14 ({release.reads}); the tower chosen gives "
+                             f"{shape.feature_dim}-d features and {shape.num_layers} blocks of width {shape.hidden_size}, "
+                             f"which it does not fit: pass --tower a local copy of {PUBLISHED_TOWER}, or leave --tower out")
     if problems:
         others = identify(state, shape)
         hint = f"; its keys and shapes are those of `deepfake import {others[0]}`" if others else ""

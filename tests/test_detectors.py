@@ -172,9 +172,10 @@ def test_a_failed_download_exits_2_naming_the_url_and_the_import_command(server,
 def test_test_with_an_unreachable_mirror_is_refused_by_the_probe_with_exit_2(server, tmp_path, monkeypatch, caplog):
     data = make_forensynths(tmp_path / "data", n_train=1, n_val=1, n_test=2)
     monkeypatch.setattr(tower_weights, "_probe", lambda host, port, timeout: f"no connection to {host}:{port}")
-    argv = ["test", "--checkpoint", "npr", "--dataset_dir", str(data / "test"), "--output_dir", str(tmp_path / "out")]
+    argv = ["test", "--checkpoint", "rine-4class", "--dataset_dir", str(data / "test"), "--output_dir", str(tmp_path / "out")]
     assert deepfake_main([*argv, "--quiet"]) == 2
-    assert "no connection to 127.0.0.1" in caplog.text and "`deepfake import npr FILE`" in caplog.text
+    assert "no connection to 127.0.0.1" in caplog.text and "`deepfake import rine-4class FILE`" in caplog.text
+    assert f"git blob {find('rine-4class').git_blob}" in caplog.text  # the hash that checks a file of unread sha256
     assert server.requests == []
 
 
@@ -241,6 +242,13 @@ def test_a_local_folder_named_like_a_release_wins_with_a_warning(server, tmp_pat
     assert "a local path of that name exists and is used" in caplog.text
 
 
+@pytest.mark.skipif(importlib.util.find_spec("deepfake.model.released_networks") is not None,
+                    reason="whole released networks are importable in this version")
+def test_a_whole_network_release_is_refused_before_any_download_where_its_importer_is_absent(server, caplog):
+    assert deepfake_main(["predict", str(IMAGE), "--checkpoint", "npr", "--quiet"]) == 2
+    assert "not available in this version" in caplog.text and server.requests == []
+
+
 def test_the_model_card_of_a_research_only_release_calls_its_licence_that():
     config = {"tower": {"model": "tiny-ladeda"}, "published": {
         "title": "Tiny-LaDeDa (WildRF)", "licence": {"name": "Yissum SOFTWARE RESEARCH LICENSE", "research_only": True,
@@ -263,3 +271,12 @@ def test_predict_with_tiny_ladeda_by_name_downloads_checks_scores_and_then_downl
     first = len(server.requests)
     assert deepfake_main(argv) == 0
     assert len(server.requests) == first == 2 and "scored 1" in capsys.readouterr().out
+
+
+def test_test_by_name_writes_its_results_here_not_into_the_cache(tmp_path, monkeypatch):
+    from deepfake.evaluation.reports import default_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert default_output_dir("rine-4class", "/data/ufd") == Path("eval_rine-4class_ufd")
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    assert default_output_dir("runs/mine", "/data/ufd") == Path("runs/mine/eval_ufd")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -103,17 +104,21 @@ def import_detector(name: str, path: str | os.PathLike, out_dir: str | os.PathLi
     return weights
 
 
-def _import_network(record: Detector, path: Path, out: Path, overwrite: bool, source: dict, target) -> Path:
-    """A whole released network, imported by its tower family's importer (imported here on use only)."""
-    if target is not None:
-        raise ReleaseRefused(f"{record.name} is a whole network (the {record.family} tower family): --tower does not apply")
+def network_importer(record: Detector):
+    """The importer of whole released networks, ``import_network(path, family, out_dir, overwrite=, source=)``
+    of :data:`NETWORK_IMPORTER` (imported on use only: the model layer's registry names no family module)."""
     try:
-        module = __import__(NETWORK_IMPORTER, fromlist=["import_network"])
-        importer = module.import_network
+        module = importlib.import_module(NETWORK_IMPORTER)
+        return module.import_network
     except (ImportError, AttributeError):
         raise ReleaseRefused(f"{record.name}: importing whole released networks ({record.family}) is not "
                              "available in this version") from None
-    return importer(path, record.family, out, overwrite=overwrite, source=source)
+
+
+def _import_network(record: Detector, path: Path, out: Path, overwrite: bool, source: dict, target) -> Path:
+    if target is not None:
+        raise ReleaseRefused(f"{record.name} is a whole network (the {record.family} tower family): --tower does not apply")
+    return network_importer(record)(path, record.family, out, overwrite=overwrite, source=source)
 
 
 # --- the cache ------------------------------------------------------------------------
@@ -163,6 +168,8 @@ def named_run(name: str) -> Path:
         if found is not None:
             return found
         record = find(name)
+        if record.kind == "network":
+            network_importer(record)  # refused before anything is downloaded
         weights = download_release(record, run / RELEASE_DIR)
         try:
             import_detector(name, weights, run, overwrite=True)
@@ -195,6 +202,11 @@ def _unavailable(record: Detector, url: str, reason: str) -> DetectorUnavailable
 def download_release(record: Detector, folder: Path) -> Path:
     """Download the release file (and its licence text) into ``folder``; the file is there only once checked."""
     url = release_url(record.url)
+    kept = folder / record.file_name
+    with contextlib.suppress(DetectorUnavailable, OSError):
+        if kept.is_file():  # an earlier download whose import did not finish: checked again, not fetched again
+            check_download(kept, record, str(kept))
+            return kept
     reason = url_offline_reason(url)
     if reason is not None:
         raise _unavailable(record, url, reason)

@@ -280,3 +280,14 @@ def test_test_by_name_writes_its_results_here_not_into_the_cache(tmp_path, monke
     assert default_output_dir("rine-4class", "/data/ufd") == Path("eval_rine-4class_ufd")
     (tmp_path / "runs" / "mine").mkdir(parents=True)
     assert default_output_dir("runs/mine", "/data/ufd") == Path("runs/mine/eval_ufd")
+
+
+def test_several_callers_asking_for_a_name_at_once_download_it_once_under_the_lock(server):
+    server.serve("ufd")
+    runs: list[Path] = []
+    workers = [threading.Thread(target=lambda: runs.append(store.named_run("ufd"))) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert runs == [store.cached_run_dir("ufd")] * 4 and len(server.requests) == 2

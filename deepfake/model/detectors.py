@@ -22,7 +22,6 @@ warning naming the cached run of the release.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib
 import json
@@ -41,6 +40,11 @@ from deepfake.model.releases import GITHUB, Detector, blob_hasher, find, is_dete
 from deepfake.towers.weights import url_offline_reason
 from deepfake.utils.fileio import atomic_write
 from deepfake.utils.version import __version__
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +173,10 @@ def named_run(name: str) -> Path:
             return found
         record = find(name)
         if record.kind == "network":
-            network_importer(record)  # refused before anything is downloaded
+            try:
+                network_importer(record)  # refused before anything is downloaded
+            except ReleaseRefused as exc:
+                raise DetectorUnavailable(str(exc)) from None
         weights = download_release(record, run / RELEASE_DIR)
         try:
             import_detector(name, weights, run, overwrite=True)
@@ -183,6 +190,9 @@ def _locked(folder: Path) -> Iterator[None]:
     """An advisory lock on the detectors folder itself (no lock file is left behind): one process (of several
     ranks, say) downloads and imports; the others wait, then read its run."""
     folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # no advisory locks (Windows): concurrent first uses each download; every write is atomic
+        yield
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -163,6 +163,12 @@ def test_offline_exits_2_naming_the_url_the_hash_and_the_import_command_without_
         assert words in caplog.text
 
 
+def test_serve_by_name_offline_exits_2_before_listening_naming_the_import_command(server, monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert deepfake_main(["serve", "--checkpoint", "rine-ldm", "--port", "0", "--quiet"]) == 2
+    assert "`deepfake import rine-ldm FILE`" in caplog.text and server.requests == []
+
+
 def test_a_failed_download_exits_2_naming_the_url_and_the_import_command(server, tmp_path, caplog):
     assert deepfake_main(["predict", str(IMAGE), "--checkpoint", "rine-2class", "--quiet"]) == 2  # nothing served: 404
     assert "Not Found" in caplog.text and "`deepfake import rine-2class FILE`" in caplog.text

@@ -139,7 +139,7 @@ def test_a_corrupted_download_exits_2_naming_both_hashes_and_leaves_nothing_in_t
     assert _cache_files(tmp_path) == []
 
 
-def test_a_truncated_download_of_a_release_without_a_recorded_sha256_is_refused_by_its_git_blob(server, tmp_path):
+def test_a_wrong_file_for_a_release_without_a_recorded_sha256_is_refused_by_its_git_blob(server, tmp_path):
     record = find("rine-4class")  # its file was not read here: the tree's blob id checks it
     assert record.sha256 is None
     server.files[record.url[len(GITHUB):]] = FILES["rine-2class"].read_bytes()

@@ -85,12 +85,24 @@ class CacheConfig:
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
 
-def default_cache_dir() -> Path:
-    """``$DEEPFAKE_CACHE``, else ``$XDG_CACHE_HOME/deepfake/features`` (``~/.cache`` by default)."""
+def cache_home() -> Path:
+    """``$DEEPFAKE_CACHE``, else ``$XDG_CACHE_HOME/deepfake`` (``~/.cache`` by default): every cache lies under it."""
     if os.environ.get("DEEPFAKE_CACHE"):
         return Path(os.environ["DEEPFAKE_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deepfake" / "features"
+    return Path(base) / "deepfake"
+
+
+def default_cache_dir() -> Path:
+    """The feature cache: ``$DEEPFAKE_CACHE`` itself (as it always was), else ``~/.cache/deepfake/features``."""
+    return cache_home() if os.environ.get("DEEPFAKE_CACHE") else cache_home() / "features"
+
+
+def detectors_cache_dir() -> Path:
+    """Released detectors, downloaded and imported by name: ``<cache home>/detectors/NAME``.
+
+    Feature cache keys are hex digests, so this folder never meets one under ``$DEEPFAKE_CACHE``."""
+    return cache_home() / "detectors"
 
 
 @dataclass(frozen=True)

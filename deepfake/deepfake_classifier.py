@@ -35,6 +35,7 @@ from deepfake.features.batch import FeatureBatch, tower_batch
 from deepfake.features.extraction import prepare_tower
 from deepfake.model.calibration import read_calibration
 from deepfake.model.checkpoint import CheckpointRefused, load_checkpoint
+from deepfake.model.detectors import checkpoint_source
 from deepfake.model.heads import head_from_config, head_tap
 from deepfake.model.hub import fetch_head, is_repo_id, push_head, save_head_folder
 from deepfake.model.scoring import Prediction, batch_probabilities, fake_probabilities, score
@@ -264,14 +265,16 @@ class DeepfakeClassifier(nn.Module):
         """Load a head and the tower it names (or ``model``, if it is the same tower).
 
         ``checkpoint``: a run directory (its ``best``), a checkpoint file, a folder written by
-        :meth:`save_pretrained`, or a hub repo id (``org/name``, ``@revision`` optional) fetched
+        :meth:`save_pretrained`, a released detector's name (``ufd``, ``rine-4class``, ...: downloaded,
+        checked and imported into the cache on first use, :mod:`deepfake.model.detectors`), or a hub
+        repo id (``org/name``, ``@revision`` optional) fetched
         with ``huggingface_hub`` into its cache (``HF_HUB_OFFLINE=1`` honoured). Nothing is
         unpickled, and a head trained on another tower is refused. ``precision`` defaults to
         the one the head's training features were computed in, so scores match the
         validation numbers; ``auto`` picks the device's fastest. ``tower=False`` loads the head
         alone (no tower weights are read): it scores features with :meth:`probability_from_features`.
         """
-        source = checkpoint
+        source = checkpoint_source(checkpoint)  # a released detector's name: its cached run, fetched on first use
         if isinstance(checkpoint, str) and is_repo_id(checkpoint):
             source = fetch_head(checkpoint, revision)
         state, config, path = load_checkpoint(source)

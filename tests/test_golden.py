@@ -248,6 +248,71 @@ INTENDED_JSON["results.json"][("audit", "flags", 0, "message")] = (
     "JPEG quality: reals 20% JPEG at median quality 88, fakes 10% JPEG at median quality 93; "
     + _SPECTRUM_JPEG_FLAG[1])
 
+# Released detectors by name: --checkpoint takes a name in test, predict, serve and push, and the commands
+# import NAME and detectors.
+INTENDED_TEXT.setdefault("help_deepfake.txt", []).append((
+    "commands:\n"
+    "  train    Train the deepfake classifier head on a frozen LanguageBind image tower\n"
+    "  test     Evaluate a trained deepfake classifier head, per generator and category\n"
+    "  predict  Score your own images: deepfake predict PATH... --checkpoint RUN\n"
+    "  demo     One command, no downloads: build the synthetic benchmark, train on one generator, test on all\n"
+    "  serve    A web page and JSON API for a trained head: deepfake serve --checkpoint RUN\n"
+    "  push     Share a trained head on the Hugging Face hub: deepfake push RUN ORG/NAME\n"
+    "  audit    Bias audit of a data set: python -m deepfake audit ROOT [--benchmark NAME --real_root DIR]\n"
+    "  split    Turn flat real/fake folders into the ForenSynths layout: python -m deepfake split SRC OUT\n"
+    "  import   Import a published detector's released head as a run: deepfake import ufd|rine FILE --out RUN\n",
+    "commands:\n"
+    "  train      Train the deepfake classifier head on a frozen LanguageBind image tower\n"
+    "  test       Evaluate a trained deepfake classifier head, per generator and category\n"
+    "  predict    Score your own images: deepfake predict PATH... --checkpoint RUN\n"
+    "  demo       One command, no downloads: build the synthetic benchmark, train on one generator, test on all\n"
+    "  serve      A web page and JSON API for a trained head: deepfake serve --checkpoint RUN\n"
+    "  push       Share a trained head on the Hugging Face hub: deepfake push RUN ORG/NAME\n"
+    "  audit      Bias audit of a data set: python -m deepfake audit ROOT [--benchmark NAME --real_root DIR]\n"
+    "  split      Turn flat real/fake folders into the ForenSynths layout: python -m deepfake split SRC OUT\n"
+    "  import     Import a released detector's file as a run: deepfake import NAME FILE [--out RUN]\n"
+    "  detectors  List the released detectors this tool runs by name: deepfake detectors [--json]\n"))
+INTENDED_TEXT.setdefault("help_test.txt", []).append((
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best) or checkpoint file\n",
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file or a released detector's name\n"
+    "                        (`deepfake detectors`)\n"))
+INTENDED_TEXT.setdefault("help_predict.txt", []).append((
+    "other file is listed with the reason it was skipped. ``--checkpoint`` takes a run\n"
+    "directory, a checkpoint file, a saved head folder or a hub repo id. Exit status: 0 when\n",
+    "other file is listed with the reason it was skipped. ``--checkpoint`` takes a run\n"
+    "directory, a checkpoint file, a saved head folder, a hub repo id or a released detector's name\n"
+    "(``ufd``, ``rine-4class``, ...: ``deepfake detectors``). Exit status: 0 when\n"))
+INTENDED_TEXT.setdefault("help_predict.txt", []).append((
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file, saved head folder or hub repo\n"
+    "                        id\n",
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file, saved head folder, hub repo id\n"
+    "                        or a released detector's name (`deepfake detectors` lists them; fetched\n"
+    "                        into the cache on first use)\n"))
+INTENDED_TEXT.setdefault("help_serve.txt", []).append((
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file, saved head folder or hub repo\n"
+    "                        id\n",
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file, saved head folder, hub repo id\n"
+    "                        or a released detector's name (`deepfake detectors` lists them; fetched\n"
+    "                        into the cache on first use)\n"))
+INTENDED_TEXT.setdefault("help_push.txt", []).append((
+    "positional arguments:\n"
+    "  checkpoint            run directory (uses best), checkpoint file or saved head folder\n",
+    "positional arguments:\n"
+    "  checkpoint            run directory (uses best), checkpoint file, saved head folder or a\n"
+    "                        released detector's name (`deepfake detectors`)\n"))
+INTENDED_TEXT.setdefault("help_test_ClassifierHead.txt", []).append((
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best) or checkpoint file\n",
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file or a released detector's name\n"
+    "                        (`deepfake detectors`)\n"))
+
 
 # The demo keeps its best and last checkpoints (not all 40 epochs), and names its head for predict.
 INTENDED_TEXT["demo.txt"].append(("\nresults in demo/eval\n", "\nresults in demo/eval\nhead in demo/run: score your own "

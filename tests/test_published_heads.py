@@ -30,6 +30,7 @@ from deepfake.features.extraction import ExtractionSettings, parse_feature_layer
 from deepfake.model.heads import head_from_config
 from deepfake.model.losses import classification_loss
 from deepfake.model.published import RELEASES, VIT_L14, TargetTower
+from deepfake.model.releases import find
 from deepfake.model.scoring import logits_to_probability
 from deepfake.towers.fast_clip import FusedCLIPAttention
 from deepfake.towers.loading import load_tower
@@ -69,7 +70,7 @@ def test_imported_ufd_head_gives_ufds_probabilities_and_records_tower_crop_tap_s
     assert config["features"]["layers"] == [] and "tap" not in config["features"]
     source = config["published"]
     assert source["release"] == "ufd" and source["file"] == "pretrained_weights/fc_weights.pth"
-    assert source["sha256"] == RELEASES["ufd"].known_sha256[""] and source["sha256_matches"] is True
+    assert source["sha256"] == find("ufd").sha256 and source["sha256_matches"] is True and source["detector"] == "ufd"
     assert source["licence"]["name"] == "MIT" and source["licence"]["copy"] == "LICENSE"
     assert (run / "LICENSE").read_bytes() == (PUBLISHED / "ufd" / "LICENSE").read_bytes()
 

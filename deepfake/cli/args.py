@@ -272,7 +272,8 @@ def _ints(text: str) -> list[int]:
 def test_parser(description: str | None = None) -> argparse.ArgumentParser:
     """Flags of test_ClassifierHead.py."""
     p = CliParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run directory (uses best) or checkpoint file")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory (uses best), checkpoint file or a released detector's name (`deepfake detectors`)")
     p.add_argument("--dataset_dir", "--data_root", dest="dataset_dir", required=True,
                    help="test root (see README for the layouts), a manifest, or the data root of --benchmark")
     p.add_argument("--benchmark", default=None,

@@ -3,7 +3,8 @@
 Files, folders (recursive) and glob patterns. Every readable image gets P(fake) and a
 label at the decision threshold (default: the checkpoint's validation threshold); every
 other file is listed with the reason it was skipped. ``--checkpoint`` takes a run
-directory, a checkpoint file, a saved head folder or a hub repo id. Exit status: 0 when
+directory, a checkpoint file, a saved head folder, a hub repo id or a released detector's name
+(``ufd``, ``rine-4class``, ...: ``deepfake detectors``). Exit status: 0 when
 something was scored, 1 when nothing was (or, with ``--strict``, when anything was
 skipped), 2 on a usage or checkpoint error.
 
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", required=True,
-                   help="run directory (uses best), checkpoint file, saved head folder or hub repo id")
+                   help="run directory (uses best), checkpoint file, saved head folder, hub repo id or a released "
+                        "detector's name (`deepfake detectors` lists them; fetched into the cache on first use)")
     p.add_argument("--output", default=None, help="also write the results: .csv, .json or .jsonl (by extension)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--threshold", type=parse_threshold, default=None,

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="deepfake serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="run directory (uses best), checkpoint file, saved head folder or hub repo id")
+                   help="run directory (uses best), checkpoint file, saved head folder, hub repo id or a released "
+                        "detector's name (`deepfake detectors` lists them; fetched into the cache on first use)")
     p.add_argument("--host", default=SERVE.host,
                    help="address to bind (default: %(default)s, this machine only; there is no authentication)")
     p.add_argument("--port", type=int, default=SERVE.port)

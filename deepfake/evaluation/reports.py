@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deepfake.evaluation.plots import write_plots
+from deepfake.model.releases import is_detector_name
 from deepfake.utils.fileio import atomic_write_json, atomic_write_text, display_path, refuse_overwrite
 from deepfake.utils.text import pct
 
@@ -48,8 +49,11 @@ LEGEND = ("max_acc: accuracy at the threshold that maximises it on these very la
 
 
 def default_output_dir(checkpoint: str, dataset_dir: str) -> Path:
-    """``RUN/eval_DATASET``: the results folder beside the checkpoint's run."""
+    """``RUN/eval_DATASET``: the results folder beside the checkpoint's run; ``eval_NAME_DATASET`` here for a
+    released detector's name (its run lies in the cache, where nobody would look for results)."""
     path = Path(checkpoint)
+    if is_detector_name(checkpoint) and not path.exists():
+        return Path(f"eval_{checkpoint}_{Path(dataset_dir).resolve().name}")
     run_dir = path if path.is_dir() else path.parent
     return run_dir / f"eval_{Path(dataset_dir).resolve().name}"
 

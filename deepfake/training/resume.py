@@ -21,10 +21,9 @@ from safetensors.torch import load_file
 from deepfake.data.perturbations import BlurJpegAugment
 from deepfake.deepfake_dataset import Sample
 from deepfake.features.extraction import ExtractionSettings
+from deepfake.model.checkpoint import RESUME_STATE
 from deepfake.towers.base import ImageTower
 from deepfake.utils.fileio import atomic_save_safetensors
-
-RESUME_STATE = "resume_state"
 
 
 def run_identity(tower: ImageTower, settings: ExtractionSettings, augment: BlurJpegAugment, n_views: int,

@@ -38,7 +38,7 @@ from deepfake.features.extraction import (
     read_features,
     report_skipped,
 )
-from deepfake.model.checkpoint import BEST, save_checkpoint
+from deepfake.model.checkpoint import BEST, RUN_FILES, clear_run, save_checkpoint
 from deepfake.model.heads import head_sizes, kind_tap, new_head, resolve_standardize
 from deepfake.towers.base import ImageTower
 from deepfake.towers.deferred import DeferredTower
@@ -46,7 +46,6 @@ from deepfake.towers.loading import load_tower
 from deepfake.training.loop import EpochResult, drop_old_epochs, epoch_config, fit, run_config, validation_metrics
 from deepfake.training.resume import (
     RESUMABLE_CHANGES,
-    RESUME_STATE,
     check_resumable,
     load_resume_state,
     read_resume_meta,
@@ -77,24 +76,9 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
                           "other files are left alone) or --resume to continue that run")
 
 
-# What a training run writes into its folder: all of it belongs to that run, and --overwrite removes it all (the
-# resume state first, so that nothing of the old run can be continued), leaving other files alone.
-RUN_FILES = (f"{RESUME_STATE}.safetensors", f"{BEST}.safetensors", f"{BEST}.json", f"{BEST}.calibration.json",
-             "epoch_*.safetensors", "epoch_*.json", "run.json")
-
-
 def clear_previous_run(out: Path) -> list[str]:
-    """Remove an earlier run's files from ``out`` (:data:`RUN_FILES`); returns their names."""
-    removed = []
-    for pattern in RUN_FILES:
-        for path in sorted(out.glob(pattern)):
-            if path.is_file() or path.is_symlink():
-                path.unlink(missing_ok=True)
-                removed.append(path.name)
-    if removed:
-        log.info("--overwrite: removed the earlier run's %d file(s) in %s (%s)", len(removed), out,
-                 ", ".join(removed[:4]) + (", ..." if len(removed) > 4 else ""))
-    return removed
+    """Remove an earlier run's files from ``out`` (:data:`~deepfake.model.checkpoint.RUN_FILES`); returns their names."""
+    return clear_run(out, RUN_FILES)
 
 
 def summarize_training(train: list[Sample], val: list[Sample]) -> str:

@@ -1,0 +1,133 @@
+"""What a file declares about its origin (C2PA, IPTC XMP), beside P(fake): the reader, predict, the API, serve."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from deepfake import DeepfakeClassifier
+from deepfake.__main__ import main as deepfake_main
+from deepfake.data import provenance
+from deepfake.data.provenance import read_provenance
+
+from .conftest import labelled_image
+from .provenance_cases import EXPECTED, GENERATOR, write_cases
+from .test_serve import _browser, post, server  # noqa: F401 -- server: the fixture, used by name
+
+pytest.importorskip("c2pa", reason="c2pa-python is not installed (pip install -e .[dev])")
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    return write_cases(tmp_path_factory.mktemp("provenance") / "cases")
+
+
+def test_each_case_gets_its_word_and_the_manifests_fields(cases):
+    read = {name: read_provenance(path) for name, path in cases.items()}
+    assert {name: p.summary for name, p in read.items()} == EXPECTED
+    signed = read["generated_signed.jpg"]
+    assert (signed.c2pa, signed.validation, signed.failures) == (True, "unknown-issuer", ())
+    assert (signed.claim_generator, signed.issuer, signed.source_type) == (GENERATOR, "C2PA Test Signing Cert",
+                                                                           "trainedAlgorithmicMedia")
+    repainted = read["generated_signed_then_repainted.jpg"]
+    assert repainted.validation == "invalid" and "assertion.dataHash.mismatch" in repainted.failures
+    xmp = read["iptc_xmp_generated.jpg"]
+    assert (xmp.c2pa, xmp.validation, xmp.iptc_source_type) == (False, None, "trainedAlgorithmicMedia")
+    assert read["plain.jpg"] == provenance.Provenance("none")
+    for name in ("corrupt_manifest.jpg", "truncated_manifest.jpg"):
+        assert read[name].c2pa and read[name].reason.startswith("C2PA manifest: "), read[name]
+
+
+def test_a_file_over_the_read_limit_is_unreadable_with_the_limit_named(cases):
+    path = cases["generated_signed.jpg"]
+    result = read_provenance(path, max_bytes=path.stat().st_size - 1)
+    assert result.summary == "unreadable" and f"over the provenance read limit of {path.stat().st_size - 1}" in result.reason
+    assert read_provenance(path, max_bytes=path.stat().st_size).summary == "declared-generated"
+
+
+def test_without_c2pa_python_a_manifest_says_how_to_install_it_and_xmp_is_still_read(cases, monkeypatch):
+    monkeypatch.setattr(provenance, "_c2pa", lambda: None)
+    signed = read_provenance(cases["generated_signed.jpg"])
+    assert signed.summary == "unreadable" and provenance.INSTALL_HINT in signed.reason
+    assert read_provenance(cases["iptc_xmp_generated.jpg"]).summary == "declared-generated"
+    assert read_provenance(cases["plain.jpg"]).summary == "none"
+
+
+def _predict_json(run, folder, out, *extra) -> dict:
+    assert deepfake_main(["predict", str(folder), "--checkpoint", str(run), "--output", str(out),
+                          "--num_workers", "0", "--quiet", *extra]) == 0
+    return {p["path"].rsplit("/", 1)[-1]: p for p in json.loads(out.read_text())["predictions"]}
+
+
+def test_predict_scores_every_case_and_writes_its_word_in_table_json_and_csv(cases, trained_run, tmp_path, capsys):
+    folder = cases["plain.jpg"].parent
+    with_provenance = _predict_json(trained_run["run"], folder, tmp_path / "with.json")
+    printed = capsys.readouterr().out
+    assert all(p["probability"] is not None for p in with_provenance.values())
+    assert {name: p["provenance"]["summary"] for name, p in with_provenance.items()} == EXPECTED
+    assert "provenance" in printed.splitlines()[0]
+    for name, word in EXPECTED.items():
+        row = next(line for line in printed.splitlines() if name in line)
+        assert word in row, row
+    assert f"({GENERATOR})" in next(line for line in printed.splitlines() if "generated_signed.jpg" in line)
+
+    # The read never changes P(fake): the same numbers without it, and no provenance field or column.
+    without = _predict_json(trained_run["run"], folder, tmp_path / "without.json", "--no-provenance")
+    assert "provenance" not in capsys.readouterr().out.splitlines()[0]
+    assert {n: p["probability"] for n, p in without.items()} == {n: p["probability"] for n, p in with_provenance.items()}
+    assert all("provenance" not in p for p in without.values())
+
+    out = tmp_path / "scores.csv"
+    assert deepfake_main(["predict", str(folder), "--checkpoint", str(trained_run["run"]), "--output", str(out),
+                          "--num_workers", "0", "--quiet"]) == 0
+    with open(out, newline="") as handle:
+        rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(handle)}
+    assert {name: r["provenance"] for name, r in rows.items()} == EXPECTED
+    repainted = rows["generated_signed_then_repainted.jpg"]
+    assert repainted["c2pa_validation"] == "invalid" and "assertion.dataHash.mismatch" in repainted["c2pa_failures"]
+    assert rows["generated_signed.jpg"]["signer_issuer"] == "C2PA Test Signing Cert"
+
+
+def test_api_prediction_carries_each_cases_word_and_none_for_an_in_memory_image(cases, trained_run):
+    classifier = DeepfakeClassifier.from_pretrained(trained_run["run"])
+    names = list(cases)
+    results = classifier.predict([cases[n] for n in names])
+    assert {n: p.provenance.summary for n, p in zip(names, results)} == EXPECTED
+    assert all(p.probability is not None for p in results)
+    assert classifier.predict(cases["plain.jpg"], provenance=False).provenance is None
+    in_memory = classifier.predict(labelled_image(np.random.default_rng(0), True, 96))
+    assert in_memory.probability is not None and in_memory.provenance is None
+
+
+def test_serve_answers_each_cases_word_beside_its_probability(server, cases):  # noqa: F811
+    answers = [post(server["url"], [(name, path.read_bytes())]) for name, path in cases.items()]  # 1 MB a request
+    assert [status for status, _ in answers] == [200] * len(cases)
+    got = {p["path"]: p for _, answer in answers for p in answer["predictions"]}
+    assert {name: p["provenance"]["summary"] for name, p in got.items()} == EXPECTED
+    assert all(p["probability"] is not None for p in got.values())
+    assert got["generated_signed.jpg"]["provenance"]["claim_generator"] == GENERATOR
+
+
+def test_page_in_headless_chromium_shows_the_provenance_badge(server, cases):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chosen = ["generated_signed.jpg", "generated_signed_then_repainted.jpg", "plain.jpg", "iptc_xmp_generated.jpg"]
+    browser = _browser()
+    try:
+        browser.get(server["url"] + "/")
+        WebDriverWait(browser, 60).until(lambda b: "P(fake) >" in b.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(cases[n]) for n in chosen))
+        WebDriverWait(browser, 120).until(
+            lambda b: len(b.find_elements(By.CSS_SELECTOR, ".result[data-state=done]")) == len(chosen))
+        cards = {c.get_attribute("data-name"): c for c in browser.find_elements(By.CSS_SELECTOR, ".result")}
+        badges = {name: [b.text for b in card.find_elements(By.CSS_SELECTOR, ".badge")] for name, card in cards.items()}
+    finally:
+        browser.quit()
+    assert badges["generated_signed.jpg"] == [f"declares: generated by {GENERATOR}, signature valid (issuer on no trust list)"]
+    assert badges["generated_signed_then_repainted.jpg"] == ["signature broken"]
+    assert badges["plain.jpg"] == []
+    assert badges["iptc_xmp_generated.jpg"] == ["declares: generated (IPTC metadata, unsigned)"]

@@ -11,10 +11,11 @@ import pytest
 from deepfake import DeepfakeClassifier
 from deepfake.__main__ import main as deepfake_main
 from deepfake.data import provenance
+from deepfake.data.audit import audit_samples, format_audit
 from deepfake.data.provenance import read_provenance
 
 from .conftest import labelled_image
-from .provenance_cases import EXPECTED, GENERATOR, write_cases
+from .provenance_cases import EXPECTED, GENERATOR, created, jpeg_bytes, sign, write_cases, xmp_packet
 from .test_serve import _browser, post, server  # noqa: F401 -- server: the fixture, used by name
 
 pytest.importorskip("c2pa", reason="c2pa-python is not installed (pip install -e .[dev])")
@@ -131,3 +132,43 @@ def test_page_in_headless_chromium_shows_the_provenance_badge(server, cases):  #
     assert badges["generated_signed_then_repainted.jpg"] == ["signature broken"]
     assert badges["plain.jpg"] == []
     assert badges["iptc_xmp_generated.jpg"] == ["declares: generated (IPTC metadata, unsigned)"]
+
+
+def _declaring_set(folder, rng) -> list[tuple[str, str, int]]:
+    """Six reals that declare nothing but one (a generator: against its label); six fakes that all declare one."""
+    items = []
+    for i in range(6):
+        real, fake = folder / "0_real" / f"{i}.jpg", folder / "1_fake" / f"{i}.jpg"
+        real.parent.mkdir(parents=True, exist_ok=True), fake.parent.mkdir(parents=True, exist_ok=True)
+        real.write_bytes(jpeg_bytes(labelled_image(rng, False, 64), **({"xmp": xmp_packet("trainedAlgorithmicMedia")}
+                                                                        if i == 5 else {})))
+        image = jpeg_bytes(labelled_image(rng, True, 64))
+        fake.write_bytes(sign(image, created("trainedAlgorithmicMedia")) if i % 2 else
+                         jpeg_bytes(labelled_image(rng, True, 64), xmp=xmp_packet("compositeWithTrainedAlgorithmicMedia")))
+        items += [(str(real), "gen", 0), (str(fake), "gen", 1)]
+    return items
+
+
+def test_audit_flags_a_set_whose_fakes_all_declare_a_generator_and_names_the_real_that_contradicts_its_label(tmp_path):
+    report = audit_samples(_declaring_set(tmp_path, np.random.default_rng(0)))
+    stats = report["domains"]["gen"]
+    assert (stats["fake"]["declares_generated"], stats["real"]["declares_generated"]) == (6, 1)
+    assert stats["real"]["contradicting"] == [str(tmp_path / "0_real" / "5.jpg")] and stats["fake"]["contradicting"] == []
+    flags = {f["property"]: f["message"] for f in report["flags"]}
+    assert "a generator in 17% of reals and 100% of fakes" in flags["provenance"]
+    assert "1 real declaring a generator" in flags["provenance-label"] and "0_real/5.jpg" in flags["provenance-label"]
+    text = format_audit(report)
+    assert "declares generated 6, captured 0" in text and "declared origin" in text
+
+
+def test_audit_flags_no_declared_origin_when_neither_class_declares_one(tmp_path):
+    rng = np.random.default_rng(1)
+    items = []
+    for label in (0, 1):
+        for i in range(4):
+            path = tmp_path / str(label) / f"{i}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(jpeg_bytes(labelled_image(rng, bool(label), 64)))
+            items.append((str(path), "gen", label))
+    report = audit_samples(items)
+    assert not [f for f in report["flags"] if f["property"].startswith("provenance")]

@@ -1,6 +1,6 @@
 """What reading provenance costs ``deepfake predict``: the scoring core with and without the read, side by side.
 
-    python benchmarks/bench_provenance.py                      # 100 JPEGs of 4000x3000, half signed
+    python benchmarks/bench_provenance.py                      # 100 JPEGs of 1280x720, half signed
     python benchmarks/bench_provenance.py --n 30 --size 1920x1080 --signed 1.0
 
 The photos are ``benchmarks/bench_spectrum.py``'s photo-like JPEGs; a share of them (``--signed``)
@@ -71,7 +71,7 @@ def timed(fn) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="photos (default %(default)s)")
-    parser.add_argument("--size", default="4000x3000", help="photo size WxH (default %(default)s)")
+    parser.add_argument("--size", default="1280x720", help="photo size WxH (default %(default)s)")
     parser.add_argument("--signed", type=float, default=0.5, help="share of the photos signed (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of both passes (default %(default)s)")
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ from torch import nn
 from deepfake.config import DEFAULT_MAX_PIXELS
 from deepfake.data.image_io import ImageSkipped
 from deepfake.data.preprocess import Preprocess
-from deepfake.data.provenance import FLAT_COLUMNS, Provenance, read_provenance
+from deepfake.data.provenance import FLAT_COLUMNS, Provenance, read_many
 from deepfake.data.tiling import tile_boxes, tile_views
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.features.batch import FeatureBatch, table_batch, tower_batch
@@ -171,6 +171,8 @@ def score(
         return None
     probs = table_probabilities(classifier.head, table)
     grids = tile_scores(classifier, dataset, table.ok.nonzero().flatten().tolist(), tiles, batch_size) if tiles else {}
+    declared = read_many([s.path if provenance and images[i] is None and table.ok[i] else None
+                          for i, s in enumerate(samples)])
     results = []
     for i, sample in enumerate(samples):
         if table.ok[i]:
@@ -178,8 +180,7 @@ def score(
             grid = grids.get(i)
             results.append(Prediction(sample.path, p, "fake" if p > threshold else "real",
                                       float(np.mean([t["probability"] for t in grid])) if grid else None,
-                                      tiles=grid, provenance=read_provenance(sample.path)
-                                      if provenance and images[i] is None else None))
+                                      tiles=grid, provenance=declared[i]))
         else:
             results.append(Prediction(sample.path, None, None, None, table.skipped.get(i, "unreadable")))
     return results

@@ -172,3 +172,17 @@ def test_audit_flags_no_declared_origin_when_neither_class_declares_one(tmp_path
             items.append((str(path), "gen", label))
     report = audit_samples(items)
     assert not [f for f in report["flags"] if f["property"].startswith("provenance")]
+
+
+def test_a_manifest_whose_signer_is_on_the_trust_list_is_valid_and_one_off_it_is_unknown_issuer():
+    def store(state: str, codes: tuple[str, ...]) -> dict:
+        return {"active_manifest": "m", "validation_state": state, "validation_status": [{"code": c} for c in codes],
+                "manifests": {"m": {"claim_generator_info": [{"name": "Cam"}], "signature_info": {"issuer": "Maker"},
+                                    "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": [
+                                        {"action": "c2pa.created", "digitalSourceType": "x/digitalCapture"}]}}]}}}
+
+    trusted = provenance.parse_manifest_store(store("Trusted", ()))
+    assert trusted == ("valid", (), "Cam", "Maker", "digitalCapture", False)
+    assert provenance.parse_manifest_store(store("Valid", (provenance.UNTRUSTED,)))[:2] == ("unknown-issuer", ())
+    assert provenance.parse_manifest_store(store("Invalid", (provenance.UNTRUSTED, "claimSignature.mismatch")))[:2] == (
+        "invalid", ("claimSignature.mismatch",))

@@ -3,7 +3,7 @@
 Shown beside P(fake), never mixed into it. For each file: whether it embeds a C2PA manifest
 (Content Credentials), the manifest's validation state (``valid``; ``unknown-issuer``: intact,
 but signed by a certificate on no trust list this reader was given; ``invalid``, with the
-failure codes), its claim generator, the signer's certificate issuer, the digital source type
+failure codes), its claim generator, who signed it (c2pa's ``issuer``), the digital source type
 of its actions, and the IPTC digital source type of the file's XMP packet (unsigned). The
 ``summary`` is one word: ``declared-generated``, ``declared-captured``, ``edited``, ``none``,
 ``invalid`` or ``unreadable`` (with ``reason``).
@@ -12,8 +12,8 @@ A declaration is a statement by whoever signed or wrote the file: a valid signat
 signed, not that what they signed is true, and a file without one proves nothing (metadata is
 stripped by most uploads, screenshots and re-encodes). Manifests are read by ``c2pa-python``
 (the ``provenance`` extra); without it a file that embeds one says how to install it, and the
-XMP declaration is still read. At most ``max_bytes`` of a file are read, once; no manifest is
-fetched from the network.
+XMP declaration is still read. At most ``max_bytes`` of a file are read, once (the default:
+``DEFAULT_PROVENANCE_MAX_BYTES`` in :mod:`deepfake.config`); no manifest is fetched from the network.
 """
 
 from __future__ import annotations
@@ -215,6 +215,7 @@ def _read_manifest(data: bytes, path: str, iptc: str | None) -> Provenance:
         validation, failures, generator, issuer, source, edited = parse_manifest_store(store)
     except Exception as exc:  # noqa: BLE001 -- c2pa raises its own error per malformed box; none may stop scoring
         reason = str(exc).strip() or type(exc).__name__
+        log.debug("%s: C2PA manifest unreadable: %s", path, reason)
         return Provenance("unreadable", c2pa=True, iptc_source_type=iptc, reason=f"C2PA manifest: {reason}"[:300])
     if validation == "invalid":
         summary = "invalid"

@@ -186,3 +186,11 @@ def test_a_manifest_whose_signer_is_on_the_trust_list_is_valid_and_one_off_it_is
     assert provenance.parse_manifest_store(store("Valid", (provenance.UNTRUSTED,)))[:2] == ("unknown-issuer", ())
     assert provenance.parse_manifest_store(store("Invalid", (provenance.UNTRUSTED, "claimSignature.mismatch")))[:2] == (
         "invalid", ("claimSignature.mismatch",))
+
+
+def test_the_manifest_stores_bytes_inside_no_manifest_read_as_none_not_unreadable(tmp_path):
+    path = tmp_path / "comment.jpg"
+    # A JPEG comment that happens to hold the bytes the reader looks for first; c2pa finds no manifest.
+    path.write_bytes(jpeg_bytes(labelled_image(np.random.default_rng(2), False, 64), comment=provenance.C2PA_STORE * 4))
+    assert provenance.C2PA_STORE in path.read_bytes()
+    assert read_provenance(path) == provenance.Provenance("none")

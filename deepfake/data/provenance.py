@@ -215,6 +215,8 @@ def _read_manifest(data: bytes, path: str, iptc: str | None) -> Provenance:
         validation, failures, generator, issuer, source, edited = parse_manifest_store(store)
     except Exception as exc:  # noqa: BLE001 -- c2pa raises its own error per malformed box; none may stop scoring
         reason = str(exc).strip() or type(exc).__name__
+        if "ManifestNotFound" in type(exc).__name__:  # the store's bytes seen by chance, in no box c2pa reads
+            return Provenance(_source_kind(iptc) or "none", iptc_source_type=iptc)
         log.debug("%s: C2PA manifest unreadable: %s", path, reason)
         return Provenance("unreadable", c2pa=True, iptc_source_type=iptc, reason=f"C2PA manifest: {reason}"[:300])
     if validation == "invalid":

@@ -153,7 +153,8 @@ def test_audit_flags_a_set_whose_fakes_all_declare_a_generator_and_names_the_rea
     report = audit_samples(_declaring_set(tmp_path, np.random.default_rng(0)))
     stats = report["domains"]["gen"]
     assert (stats["fake"]["declares_generated"], stats["real"]["declares_generated"]) == (6, 1)
-    assert stats["real"]["contradicting"] == [str(tmp_path / "0_real" / "5.jpg")] and stats["fake"]["contradicting"] == []
+    assert (stats["real"]["contradicting"], stats["fake"]["contradicting"]) == (1, 0)
+    assert stats["real"]["contradicting_examples"] == [str(tmp_path / "0_real" / "5.jpg")]
     flags = {f["property"]: f["message"] for f in report["flags"]}
     assert "a generator in 17% of reals and 100% of fakes" in flags["provenance"]
     assert "1 real declaring a generator" in flags["provenance-label"] and "0_real/5.jpg" in flags["provenance-label"]

@@ -360,11 +360,12 @@ def _provenance_flags(real: dict, fake: dict) -> list[dict]:
                       f"declared origin: a generator in {_pct(rg)} of reals and {_pct(fg)} of fakes, a capture in "
                       f"{_pct(rc)} of reals and {_pct(fc)} of fakes (C2PA or IPTC metadata); anything that reads "
                       f"the file's metadata gets the label free, though the pixels this tower reads do not carry it"})
-    wrong = [(name, s.get("contradicting", [])) for name, s in (("real", real), ("fake", fake))]
-    if any(paths for _, paths in wrong):
+    classes = (("real", real), ("fake", fake))
+    wrong = [(name, s.get("contradicting", 0), s.get("contradicting_examples", [])) for name, s in classes]
+    if any(n for _, n, _ in wrong):
         flags.append({"property": "provenance-label", "message": "declared origin against the label: " + "; ".join(
-            f"{_count(len(paths), name)} declaring {'a generator' if name == 'real' else 'a capture'} "
-            f"(e.g. {', '.join(paths[:MAX_EXAMPLES])})" for name, paths in wrong if paths)})
+            f"{_count(n, name)} declaring {'a generator' if name == 'real' else 'a capture'} "
+            f"(e.g. {', '.join(examples)})" for name, n, examples in wrong if n)})
     return flags
 
 
@@ -433,7 +434,8 @@ def audit_samples(items: list[tuple[str, str, int]], preprocess: Preprocess | No
     pooled: dict[str, dict] = {}
     for is_pooled, domain, name, total, chosen in plan:
         stats = summarize_probes([probes[p] for p in chosen], crop, total)
-        stats["contradicting"] = contradicting(name, chosen, probes)
+        against = contradicting(name, chosen, probes)
+        stats.update(contradicting=len(against), contradicting_examples=against[:MAX_EXAMPLES])
         if is_pooled:
             pooled[name] = stats
         else:

@@ -26,6 +26,10 @@ DEFAULT_MODEL = "LanguageBind/LanguageBind_Image"
 # bomb is refused before it is decoded. Decoding that many pixels takes ~270 MB as uint8
 # and ~1 GB as the float tensor the exact transform resizes.
 DEFAULT_MAX_PIXELS = 89_478_485
+# The most bytes the provenance reader (deepfake.data.provenance) reads of one file: above any
+# photo or generator output (a 50 MP JPEG is ~25 MB, a 16-bit TIFF of it ~300 MB is refused), so a
+# file padded with a giant manifest costs a bounded read and gets `unreadable` with the reason.
+DEFAULT_PROVENANCE_MAX_BYTES = 256 << 20
 # What one batch of preprocessed images may hold, in float32 values (planes x pixels): 64 MB.
 # Batches of --batch_size images are made smaller where their tensors are larger (the spectral
 # tower's tiles: 16 images of 4 x 4 tiles of 256 px), so a folder of photos never needs gigabytes.

@@ -334,18 +334,20 @@ class DeepfakeClassifier(nn.Module):
         tiles: int = 0,
         threshold: str | float | None = None,
         max_pixels: int | None = None,
+        provenance: bool = True,
     ) -> Prediction | list[Prediction]:
         """Score one path or PIL image (one :class:`~deepfake.model.scoring.Prediction`) or a list (a list, skips included).
 
         ``threshold``: ``val``, ``calibrated``, a number, or ``None`` for :meth:`decision_threshold`'s default.
         ``calibrated`` on a head with no calibrated operating point uses that default, with a
-        warning naming it and how to calibrate.
+        warning naming it and how to calibrate. ``provenance``: also read what each file declares
+        about its origin (``Prediction.provenance``; ``None`` for a PIL image, which has no file).
         """
         self._tower()  # a head loaded without its tower scores features, not images
         single = isinstance(inputs, (str, os.PathLike, Image.Image))
         results = score(self, [inputs] if single else list(inputs), batch_size=batch_size, num_workers=num_workers,
                         tiles=tiles, threshold=self.decision_threshold(threshold, fallback=True),
-                        max_pixels=max_pixels)
+                        max_pixels=max_pixels, provenance=provenance)
         return results[0] if single else results
 
     def predict_proba(

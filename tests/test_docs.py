@@ -11,7 +11,7 @@ from deepfake.cli.docs import reference
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = ("architecture", "cli", "data-and-benchmarks", "demo", "detectors", "evaluation", "heads", "performance",
-         "published-detectors", "serving-and-sharing", "towers", "training")
+         "provenance", "published-detectors", "serving-and-sharing", "towers", "training")
 # Flags of other programs the pages quote (pip, pytest, torchrun, git).
 FOREIGN_FLAGS = {"--no-index", "--find-links", "--nproc_per_node", "--nnodes", "--node_rank", "--master_addr",
                  "--porcelain", "--help", "--version"}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from deepfake.cli.args import CliParser, add_runtime_args, parse_threshold, setup_logging
 from deepfake.data.image_io import expand_inputs
+from deepfake.data.provenance import flat_record
 from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.model.checkpoint import CheckpointRefused
 from deepfake.model.scoring import DEFAULT_MAX_TILES, FLAT_FIELDS, Prediction, score
@@ -47,10 +48,11 @@ def output_format(path: str | Path) -> str:
 
 
 def prediction_record(p: Prediction) -> dict:
-    """The JSON form of one prediction (``tiles`` only when tiles were scored)."""
+    """The JSON form of one prediction (``tiles`` only when tiles were scored, ``provenance`` when read)."""
     record = asdict(p)
-    if record["tiles"] is None:
-        record.pop("tiles")
+    for optional in ("tiles", "provenance"):
+        if record[optional] is None:
+            record.pop(optional)
     return record
 
 
@@ -62,7 +64,7 @@ def write_predictions(path: Path, predictions: list[Prediction], threshold: floa
         writer = csv.DictWriter(buffer, fieldnames=list(FLAT_FIELDS), lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         for p in predictions:
-            writer.writerow({k: ("" if v is None else v) for k, v in asdict(p).items()})
+            writer.writerow({**{k: ("" if v is None else v) for k, v in asdict(p).items()}, **flat_record(p.provenance)})
         atomic_write_text(path, buffer.getvalue())
     elif fmt == "json":
         doc = {"checkpoint": checkpoint, "threshold": threshold, "predictions": [prediction_record(p) for p in predictions]}
@@ -74,7 +76,9 @@ def write_predictions(path: Path, predictions: list[Prediction], threshold: floa
 def format_predictions(predictions: list[Prediction], threshold: float) -> str:
     width = min(80, max([len(display_path(p.path)) for p in predictions] + [4]))
     tiles = any(p.tile_probability is not None for p in predictions)
-    head = f"{'path'.ljust(width)}  P(fake)  label" + ("  P(fake) tiles" if tiles else "")
+    provenance = any(p.provenance is not None for p in predictions)
+    head = (f"{'path'.ljust(width)}  P(fake)  label" + ("  P(fake) tiles" if tiles else "")
+            + ("  provenance" if provenance else ""))
     lines = [head, "-" * len(head)]
     for p in predictions:
         name = display_path(p.path)
@@ -83,9 +87,11 @@ def format_predictions(predictions: list[Prediction], threshold: float) -> str:
             lines.append(f"{name.ljust(width)}  skipped: {p.skipped}")
         else:
             row = f"{name.ljust(width)}  {p.probability:7.4f}  {p.label:5s}"
-            if tiles and p.tile_probability is not None:
-                row += f"  {p.tile_probability:14.4f}"
-            lines.append(row)
+            if tiles:
+                row += f"  {p.tile_probability:14.4f}" if p.tile_probability is not None else " " * 16
+            if p.provenance is not None:
+                row += f"  {p.provenance.describe()}"
+            lines.append(row.rstrip())
     lines.append(f"threshold {threshold:g}")
     return "\n".join(lines)
 
@@ -105,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", type=int, nargs="?", const=DEFAULT_MAX_TILES, default=0,
                    help=f"also score the mean of up to N 224px crops (default N={DEFAULT_MAX_TILES})")
     p.add_argument("--strict", action="store_true", help="exit 1 if any file was skipped")
+    p.add_argument("--no_provenance", dest="provenance", action="store_false",
+                   help="skip reading what each file declares about its origin (C2PA manifest, IPTC XMP)")
     add_runtime_args(p)
     return p
 
@@ -132,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     files, missing = expand_inputs(args.paths)
     predictions = score(classifier, files, batch_size=args.batch_size, num_workers=args.num_workers,
                         tiles=args.tiles, threshold=threshold, max_pixels=args.max_pixels,
-                        progress=not args.quiet, collective=True, decode=args.decode) if files else []
+                        progress=not args.quiet, collective=True, decode=args.decode,
+                        provenance=args.provenance) if files else []
     if predictions is None:
         return 0
     predictions += [Prediction(path, None, None, None, reason) for path, reason in missing]

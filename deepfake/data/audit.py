@@ -3,12 +3,14 @@
 Per domain and class: file formats and files whose extension is not their format, JPEG quality
 and whether the quantisation tables are the IJG standard ones (:mod:`deepfake.data.jpeg_tables`),
 the distribution of image sizes (short-side percentiles, distinct sizes, the most common ones) and
-how many are smaller than the tower's input, colour modes, and EXIF / camera metadata. Each
-difference between reals and fakes that a detector could learn instead of artefacts is flagged
-with a one-line explanation that follows the tower's :class:`Preprocess` record (a resizing tower
-and a native-pixel one are fooled by different things). Only file headers are read (Pillow opens
-lazily, the pixels are never decoded); a class with more than ``--max_per_group`` images is
-sampled, and the report says so. ``python -m deepfake audit`` prints it; it also runs, summarised,
+how many are smaller than the tower's input, colour modes, EXIF / camera metadata, and the origin
+the files declare (:mod:`deepfake.data.provenance`: a generator or a capture, by C2PA or IPTC
+metadata, and the files whose declaration contradicts their label). Each difference between reals
+and fakes that a detector could learn instead of artefacts is flagged with a one-line explanation
+that follows the tower's :class:`Preprocess` record (a resizing tower and a native-pixel one are
+fooled by different things). Only file headers are decoded (Pillow opens lazily, the pixels never
+are; the provenance reader reads a file's bytes once); a class with more than ``--max_per_group``
+images is sampled, and the report says so. ``python -m deepfake audit`` prints it; it also runs, summarised,
 at the top of every training and evaluation run and is saved with its results. Given the feature
 cache root, the probes are remembered there (:mod:`deepfake.utils.stamp_memo`), so a rerun on
 unchanged files opens none of them; the report is the same either way.
@@ -31,6 +33,7 @@ from deepfake.config import DataConfig
 from deepfake.data.image_io import IMAGE_FORMATS
 from deepfake.data.jpeg_tables import match_ijg
 from deepfake.data.preprocess import Preprocess
+from deepfake.data.provenance import SUMMARIES, read_provenance
 from deepfake.utils.stamp_memo import memo_path, memoized
 from deepfake.utils.text import pct
 
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PER_GROUP = DataConfig.audit_max  # one default: the config's
 CLASS_NAMES = ("real", "fake")
-PROBE_VERSION = 2  # what a probe records; part of the memo's identity, so older memos are not reused
+PROBE_VERSION = 3  # what a probe records; part of the memo's identity, so older memos are not reused
 EXIF_MAKE, EXIF_MODEL = 271, 272
 HEADER_EXIF_FORMATS = {"TIFF", "MPO"}  # EXIF lives in their main header
 JPEG_FORMATS = {"JPEG", "MPO"}  # MPO: a JPEG with more pictures after the first
@@ -77,7 +80,8 @@ def probe(path: str) -> dict:
             warnings.simplefilter("ignore")
             # The loader's formats only: what training would not open is not described either.
             with Image.open(path, formats=IMAGE_FORMATS) as image:
-                return {**probe_image(image), "ext": os.path.splitext(path)[1].lower()}
+                info = {**probe_image(image), "ext": os.path.splitext(path)[1].lower()}
+        return {**info, "provenance": read_provenance(path).summary}
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         return {"error": str(exc) or type(exc).__name__}
 
@@ -92,7 +96,8 @@ def probe_from_json(stored: dict) -> dict:
         and isinstance(stored["jpeg_distance"], (int, float))))
     if not (isinstance(stored["format"], str) and isinstance(stored["mode"], str) and len(size) == 2
             and all(isinstance(v, int) for v in size) and isinstance(stored["exif"], bool)
-            and isinstance(stored["camera"], bool) and isinstance(stored.get("ext", ""), str) and jpeg_ok):
+            and isinstance(stored["camera"], bool) and isinstance(stored.get("ext", ""), str) and jpeg_ok
+            and stored.get("provenance") in SUMMARIES):
         raise ValueError("malformed probe record")
     return {**stored, "size": tuple(size)}
 
@@ -148,6 +153,8 @@ def summarize_probes(probes: list[dict], crop: int, total: int | None = None) ->
         "smaller_than_crop": int(np.sum(short < crop)) if n else 0,
         "misnamed": dict(Counter(m for p in good if (m := misnamed(p))).most_common()),
         "exif": sum(p["exif"] for p in good), "camera": sum(p["camera"] for p in good),
+        "declares_generated": sum(p.get("provenance") == "declared-generated" for p in good),
+        "declares_captured": sum(p.get("provenance") == "declared-captured" for p in good),
         "n_read": n,
     }
 
@@ -331,6 +338,36 @@ def _image_flags(real: dict, fake: dict) -> list[dict]:
     return flags
 
 
+# The declaration that contradicts each class's label.
+CONTRADICTING = {"real": "declared-generated", "fake": "declared-captured"}
+MAX_EXAMPLES = 5  # contradicting files named per class
+
+
+def contradicting(name: str, paths: list[str], probes: dict[str, dict]) -> list[str]:
+    """The ``paths`` of class ``name`` whose files declare the other class's origin (reals a generator, fakes a camera)."""
+    return [p for p in paths if probes[p].get("provenance") == CONTRADICTING[name]]
+
+
+def _provenance_flags(real: dict, fake: dict) -> list[dict]:
+    """Declared origins (C2PA, IPTC XMP): apart between the classes, or against a file's label."""
+    flags = []
+    shares = {k: (real.get(k, 0) / real["n_read"], fake.get(k, 0) / fake["n_read"])
+              for k in ("declares_generated", "declares_captured")}
+    if any(abs(r - f) >= SHARE_GAP for r, f in shares.values()):
+        (rg, fg), (rc, fc) = shares.values()
+        flags.append({"property": "provenance", "message":
+                      f"declared origin: a generator in {_pct(rg)} of reals and {_pct(fg)} of fakes, a capture in "
+                      f"{_pct(rc)} of reals and {_pct(fc)} of fakes (C2PA or IPTC metadata); anything that reads "
+                      f"the file's metadata gets the label free, though the pixels this tower reads do not carry it"})
+    classes = (("real", real), ("fake", fake))
+    wrong = [(name, s.get("contradicting", 0), s.get("contradicting_examples", [])) for name, s in classes]
+    if any(n for _, n, _ in wrong):
+        flags.append({"property": "provenance-label", "message": "declared origin against the label: " + "; ".join(
+            f"{_count(n, name)} declaring {'a generator' if name == 'real' else 'a capture'} "
+            f"(e.g. {', '.join(examples)})" for name, n, examples in wrong if n)})
+    return flags
+
+
 def compare_classes(real: dict, fake: dict, preprocess: Preprocess) -> list[dict]:
     """Flags for every property in which reals and fakes differ enough for a detector to learn it.
 
@@ -339,7 +376,7 @@ def compare_classes(real: dict, fake: dict, preprocess: Preprocess) -> list[dict
     if not real.get("n_read") or not fake.get("n_read"):
         return []
     return (_format_flags(real, fake, preprocess) + _jpeg_flags(real, fake, preprocess)
-            + _size_flags(real, fake, preprocess) + _image_flags(real, fake))
+            + _size_flags(real, fake, preprocess) + _image_flags(real, fake) + _provenance_flags(real, fake))
 
 
 def _memo_identity(groups: dict[tuple[str, int], list[str]], seed: int, max_per_group: int) -> dict:
@@ -396,6 +433,8 @@ def audit_samples(items: list[tuple[str, str, int]], preprocess: Preprocess | No
     pooled: dict[str, dict] = {}
     for is_pooled, domain, name, total, chosen in plan:
         stats = summarize_probes([probes[p] for p in chosen], crop, total)
+        against = contradicting(name, chosen, probes)
+        stats.update(contradicting=len(against), contradicting_examples=against[:MAX_EXAMPLES])
         if is_pooled:
             pooled[name] = stats
         else:
@@ -444,6 +483,8 @@ def format_class(domain: str, name: str, s: dict, crop: int) -> str:
                if misnamed_files else "")
             + _jpeg_line(s["jpeg_quality"]) + _size_line(s, crop)
             + f"; modes {_top(s['mode_shares'])}; EXIF {s['exif']}, camera {s['camera']}"
+            + (f"; declares generated {s['declares_generated']}, captured {s['declares_captured']}"
+               if s.get("declares_generated") or s.get("declares_captured") else "")
             + (f"; {s['unreadable']} unreadable" if s["unreadable"] else ""))
 
 
@@ -472,7 +513,8 @@ def format_audit(report: dict, brief: bool = False) -> str:
                      f"instead of generation artefacts:")
         lines.extend(_flag_lines(flags))
     else:
-        lines.append("bias audit: no format, quality, size, mode or metadata difference flagged between reals and fakes")
+        lines.append("bias audit: no format, quality, size, mode, metadata or declared-origin difference flagged "
+                     "between reals and fakes")
     if report.get("sampled"):
         lines.append(f"  (audited a sample of up to {report['max_per_group']} headers per class in: "
                      f"{', '.join(report['sampled'][:8])}{' ...' if len(report['sampled']) > 8 else ''})")

@@ -20,6 +20,7 @@ from torch import nn
 from deepfake.config import DEFAULT_MAX_PIXELS
 from deepfake.data.image_io import ImageSkipped
 from deepfake.data.preprocess import Preprocess
+from deepfake.data.provenance import FLAT_COLUMNS, Provenance, read_many
 from deepfake.data.tiling import tile_boxes, tile_views
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.features.batch import FeatureBatch, table_batch, tower_batch
@@ -52,7 +53,9 @@ class Prediction:
     """One input's result: P(fake) and label, or the reason it was skipped.
 
     ``tiles`` (with tiles on) lists each scored crop as ``{left, top, width, height, probability}``
-    in the pixels of the EXIF-rotated image, for a heat map.
+    in the pixels of the EXIF-rotated image, for a heat map. ``provenance``: what the file declares
+    about its origin (:mod:`deepfake.data.provenance`), beside P(fake) and never part of it; ``None``
+    when it was not read (an in-memory image, or provenance off).
     """
 
     path: str
@@ -61,10 +64,11 @@ class Prediction:
     tile_probability: float | None = None
     skipped: str = ""
     tiles: list[dict] | None = None
+    provenance: Provenance | None = None
 
 
 # Columns of the flat (CSV, table) form of a prediction; ``tiles`` only goes into JSON.
-FLAT_FIELDS = ("path", "probability", "label", "tile_probability", "skipped")
+FLAT_FIELDS = ("path", "probability", "label", "tile_probability", "skipped", *FLAT_COLUMNS)
 
 
 def logits_to_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -142,6 +146,7 @@ def score(
     names: list[str] | None = None,
     collective: bool = False,
     decode: str | None = None,
+    provenance: bool = True,
 ) -> list[Prediction] | None:
     """Score paths and/or PIL images with ``classifier``; order follows ``inputs``.
 
@@ -149,6 +154,7 @@ def score(
     images in the results (default ``<image i>``). ``collective``: under torch.distributed
     every rank scores a share; rank 0 gets every prediction, the other ranks ``None``.
     ``decode`` defaults to the decode path the checkpoint's features were made with.
+    ``provenance``: also read what each scored file declares about its origin.
     """
     threshold = classifier.decision_threshold() if threshold is None else threshold
     images = [x if isinstance(x, Image.Image) else None for x in inputs]
@@ -165,6 +171,8 @@ def score(
         return None
     probs = table_probabilities(classifier.head, table)
     grids = tile_scores(classifier, dataset, table.ok.nonzero().flatten().tolist(), tiles, batch_size) if tiles else {}
+    declared = read_many([s.path if provenance and images[i] is None and table.ok[i] else None
+                          for i, s in enumerate(samples)])
     results = []
     for i, sample in enumerate(samples):
         if table.ok[i]:
@@ -172,7 +180,7 @@ def score(
             grid = grids.get(i)
             results.append(Prediction(sample.path, p, "fake" if p > threshold else "real",
                                       float(np.mean([t["probability"] for t in grid])) if grid else None,
-                                      tiles=grid))
+                                      tiles=grid, provenance=declared[i]))
         else:
             results.append(Prediction(sample.path, None, None, None, table.skipped.get(i, "unreadable")))
     return results

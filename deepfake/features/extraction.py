@@ -240,6 +240,8 @@ def _image_loader(dataset: DeepfakeDataset, indices: list[int], settings: Extrac
     # The budget bounds the batches the loader holds: each worker prefetches two.
     spec = getattr(dataset, "preprocess", None)
     batch_size = images_per_batch(settings.batch_size, preprocessed_shape(spec) if spec else (1,), settings.batch_pixels)
+    if spec is not None and spec.mode == "native":
+        batch_size = 1  # whole unresized images differ in size: they cannot share a batch tensor
     return DataLoader(
         subset,
         batch_size=batch_size,

@@ -2,13 +2,16 @@
 
     deepfake import ufd fc_weights.pth --out runs/ufd
     deepfake import rine model_4class_trainable.pth --out runs/rine-4class   # --variant read from the name
+    deepfake import tiny-ladeda-wildrf WildRF_Tiny_LaDeDa.pth --out runs/tiny-ladeda-wildrf   # a whole network
 
 UniversalFakeDetect's ``pretrained_weights/fc_weights.pth`` (a linear probe on CLIP ViT-L/14's image
 embedding) and RINE's ``ckpt/model_{1class,2class,4class,ldm}_trainable.pth`` (a head on every block's
 ln_2 CLS token) become an ordinary run folder (``best.safetensors`` + ``best.json``) on the tower
 ``openai/clip-vit-large-patch14`` with the authors' test transform (center crop 224, no resize).
 The file is read with ``torch.load(weights_only=True)``: nothing in it is run, and its keys and
-shapes must be exactly the release's. Then ``deepfake test --checkpoint RUN``, ``predict``, ``serve``
+shapes must be exactly the release's. The whole released networks (``tiny-ladeda-wildrf``,
+``tiny-ladeda-forensynth``, ``npr``) become a run whose tower loads from FILE where it is.
+Then ``deepfake test --checkpoint RUN``, ``predict``, ``serve``
 and ``push`` use it as any run. Exit status: 0 on success, 2 when the file or the options are refused.
 See docs/published-detectors.md.
 """
@@ -20,6 +23,7 @@ import sys
 
 from deepfake.cli.args import CliParser, run_job, setup_logging
 from deepfake.model.published import RELEASES, TargetTower, import_release
+from deepfake.model.released_networks import NETWORK_RELEASES, import_network
 from deepfake.towers.loading import load_tower
 from deepfake.towers.weights import WeightsError
 
@@ -28,7 +32,9 @@ VARIANTS = sorted({v for r in RELEASES.values() for v in r.variants if v})
 
 def build_parser(prog: str = "deepfake import") -> argparse.ArgumentParser:
     p = CliParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("release", choices=sorted(RELEASES), help="whose head: ufd (UniversalFakeDetect) or rine (RINE)")
+    p.add_argument("release", choices=sorted(RELEASES) + sorted(NETWORK_RELEASES),
+                   help="whose head: ufd (UniversalFakeDetect) or rine (RINE); or a whole released network: "
+                        + ", ".join(sorted(NETWORK_RELEASES)))
     p.add_argument("file", help="the released .pth file, as downloaded")
     p.add_argument("--out", required=True, help="run folder to write (best.safetensors + best.json)")
     p.add_argument("--variant", default=None, choices=VARIANTS,
@@ -52,14 +58,21 @@ def _target(tower: str | None) -> TargetTower | None:
         raise ValueError(f"--tower {tower}: {exc}") from exc
 
 
+def _import_network(args: argparse.Namespace):
+    if args.variant or args.tower:
+        raise ValueError(f"{args.release} is a whole network: --variant and --tower do not apply")
+    return import_network(args.file, args.release, args.out, args.overwrite)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    code, weights = run_job("import", lambda: import_release(args.file, args.release, args.out, args.variant,
-                                                             _target(args.tower), args.overwrite),
-                            "run the same command again")
+    job = (lambda: _import_network(args)) if args.release in NETWORK_RELEASES else (
+        lambda: import_release(args.file, args.release, args.out, args.variant, _target(args.tower), args.overwrite))
+    code, weights = run_job("import", job, "run the same command again")
     if weights is not None:
-        print(f"imported the {args.release} head of {args.file} into {weights.parent}; "
+        what = "network" if args.release in NETWORK_RELEASES else "head"
+        print(f"imported the {args.release} {what} of {args.file} into {weights.parent}; "
               f"use it with --checkpoint {weights.parent}")
     return code
 

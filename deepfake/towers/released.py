@@ -102,6 +102,7 @@ class NetworkTower(ImageTower):
     """
 
     patch_scores: bool = False
+    feature_dtype = torch.float32  # logits of hundreds from cancelling terms: float16 would move them
 
     def __init__(self, net: nn.Module, backbone: Backbone, identity: dict, feature_dim: int, feature: str):
         super().__init__()
@@ -111,7 +112,7 @@ class NetworkTower(ImageTower):
         self.num_layers = 0
         self.hidden_size = 0
         self.taps = ()
-        self.identity = {**identity, "feature_dim": self.feature_dim, "feature": feature, "layer_token": ""}
+        self.identity = {**identity, "feature_dim": self.feature_dim, "feature": feature, "layer_token": "none"}
         self.freeze()
 
     @property
@@ -127,7 +128,7 @@ class NetworkTower(ImageTower):
         if layers:
             raise ValueError(f"{self.backbone.name}: a released {self.identity['family']} network has no transformer "
                              "blocks; --feature_layers needs a ViT tower")
-        return TowerOutput(embeds=self.pool(self.feature_map(pixel_values)))
+        return TowerOutput(embeds=self.pool(self.feature_map(pixel_values)), store_dtype=self.feature_dtype)
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         """[B, D, h, w] -> [B, D]: the mean over every position.

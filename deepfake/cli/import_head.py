@@ -23,8 +23,9 @@ import sys
 
 from deepfake.cli.args import CliParser, run_job, setup_logging
 from deepfake.model.published import RELEASES, TargetTower, import_release
-from deepfake.model.released_networks import NETWORK_RELEASES, import_network
+from deepfake.model.released_networks import NETWORK_MODES, NETWORK_RELEASES, import_network
 from deepfake.towers.loading import load_tower
+from deepfake.towers.released import DEFAULT_MODE
 from deepfake.towers.weights import WeightsError
 
 VARIANTS = sorted({v for r in RELEASES.values() for v in r.variants if v})
@@ -42,6 +43,9 @@ def build_parser(prog: str = "deepfake import") -> argparse.ArgumentParser:
     p.add_argument("--tower", default=None, metavar="DIR",
                    help="run the head on this CLIP tower instead of openai/clip-vit-large-patch14 (a local copy "
                         "of it, or any CLIP or LanguageBind tower whose sizes fit the file)")
+    p.add_argument("--preprocess", default=None, choices=NETWORK_MODES,
+                   help="a whole network: native (the whole unresized image) or resize (its paper's 256 x 256 "
+                        f"transform) (default: {DEFAULT_MODE}, measured in docs/published-detectors.md)")
     p.add_argument("--overwrite", action="store_true", help="replace the head in a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -61,12 +65,14 @@ def _target(tower: str | None) -> TargetTower | None:
 def _import_network(args: argparse.Namespace):
     if args.variant or args.tower:
         raise ValueError(f"{args.release} is a whole network: --variant and --tower do not apply")
-    return import_network(args.file, args.release, args.out, args.overwrite)
+    return import_network(args.file, args.release, args.out, args.overwrite, args.preprocess)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    if args.preprocess and args.release not in NETWORK_RELEASES:
+        build_parser().error(f"--preprocess is for the whole released networks, not {args.release}")
     job = (lambda: _import_network(args)) if args.release in NETWORK_RELEASES else (
         lambda: import_release(args.file, args.release, args.out, args.variant, _target(args.tower), args.overwrite))
     code, weights = run_job("import", job, "run the same command again")

@@ -29,7 +29,6 @@ from deepfake.towers.released import (
     DEFAULT_MODE,
     NetworkTower,
     load_network_file,
-    network_preprocess,
     read_network_state,
     split_head,
 )
@@ -43,6 +42,7 @@ LADEDA_PAPER = "Cavia, Horwitz, Reiss, Hoshen: Real-Time Deepfake Detection in t
 LADEDA_REPO = "https://github.com/barcavia/RealTime-DeepfakeDetection-in-the-RealWorld"
 LADEDA_COMMIT = "e734562bbb6763f5bb2951099e9dc9a38df5e7dd"
 LADEDA_LICENCE = "Yissum SOFTWARE RESEARCH LICENSE: research use only (no commercial use, no redistribution)"
+NETWORK_MODES = ("native", "resize")
 PAPER_TRANSFORM = "Resize((256, 256)) bilinear on the PIL image, no crop, ImageNet mean and std"
 
 
@@ -139,9 +139,12 @@ def _provenance(release: NetworkRelease, path: Path, sha256: str, licence_copy: 
     }
 
 
-def _tower(release: NetworkRelease, path: Path) -> NetworkTower:
+def _tower(release: NetworkRelease, path: Path, mode: str) -> NetworkTower:
+    if mode not in NETWORK_MODES:
+        raise NetworkRefused(f"--preprocess {mode}: a released network runs at native size or at its paper's resize "
+                             f"({', '.join(NETWORK_MODES)})")
     try:
-        tower = load_network_file(str(path), DEFAULT_MODE)
+        tower = load_network_file(str(path), mode)
     except (WeightsError, FileNotFoundError) as exc:
         raise NetworkRefused(str(exc)) from None
     if tower.identity["family"] != release.family:
@@ -150,9 +153,12 @@ def _tower(release: NetworkRelease, path: Path) -> NetworkTower:
     return tower
 
 
-def import_network(path: str | os.PathLike, release: str, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+def import_network(path: str | os.PathLike, release: str, out_dir: str | os.PathLike, overwrite: bool = False,
+                   mode: str | None = None) -> Path:
     """Import a released network's ``.pth`` into the run folder ``out_dir``; returns the weights' path.
 
+    ``mode``: the run's preprocessing, ``native`` or ``resize`` (the paper's transform); default
+    :data:`~deepfake.towers.released.DEFAULT_MODE`.
     The tower loads from ``path`` where it is (keep the file there); a ``LICENSE`` beside it is
     copied into the run. A file whose sha256 is not the release's but whose keys and shapes fit
     is imported with a warning naming both hashes.
@@ -164,7 +170,7 @@ def import_network(path: str | os.PathLike, release: str, out_dir: str | os.Path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     refuse_overwrite(out, None, overwrite, hint="pass --overwrite to replace the run there or choose another --out")
-    tower = _tower(record, path)
+    tower = _tower(record, path, mode or DEFAULT_MODE)
     _, fc = split_head(read_network_state(path), record.head_key)
     head = head_from_config({"kind": "linear", "in_dim": tower.feature_dim, "num_classes": 1})
     try:
@@ -183,7 +189,7 @@ def import_network(path: str | os.PathLike, release: str, out_dir: str | os.Path
     settings = ExtractionSettings(precision="fp32")
     config = {
         "tower": dict(tower.identity),
-        "preprocess": network_preprocess(DEFAULT_MODE).to_dict(),
+        "preprocess": tower.preprocess.to_dict(),
         "features": {**settings.cache_info(), "store_dtype": str(tower.feature_dtype).replace("torch.", ""), "layers": []},
         "head": head.config(),
         "categories": [],

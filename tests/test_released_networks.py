@@ -235,3 +235,31 @@ def test_predict_heatmap_refuses_a_detector_without_patch_scores_naming_those_wi
     code = deepfake_main(["predict", str(IMAGES[0]), "--checkpoint", str(run), "--heatmap", str(out)])
     assert code == 2 and not out.exists()
     assert "Tiny-LaDeDa" in caplog.text and "patch scores" in caplog.text
+
+
+def test_serve_scores_uploads_of_different_sizes_with_an_imported_tiny_ladeda_run_as_the_authors(tmp_path, ref):
+    import threading
+    import time
+
+    from deepfake.cli.serve import build_parser, build_server
+
+    from .test_serve import post
+
+    run = imported("tiny-ladeda-wildrf", LADEDA["wildrf"], tmp_path / "run")
+    server = build_server(build_parser().parse_args(["--checkpoint", str(run), "--port", "0"]))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(600):
+            if server.started:
+                break
+            time.sleep(0.05)
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        status, answer = post(f"http://{host}:{port}", [(p.name, p.read_bytes()) for p in IMAGES[1:3]])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert status == 200
+    got = [p["probability"] for p in (answer["predictions"] if isinstance(answer, dict) else answer)]
+    expected = [float(ref[f"ladeda.wildrf.native.{i}.logit"].sigmoid()) for i in (1, 2)]
+    assert np.abs(np.array(got) - np.array(expected)).max() <= 1e-5

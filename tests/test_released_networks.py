@@ -263,3 +263,9 @@ def test_serve_scores_uploads_of_different_sizes_with_an_imported_tiny_ladeda_ru
     got = [p["probability"] for p in (answer["predictions"] if isinstance(answer, dict) else answer)]
     expected = [float(ref[f"ladeda.wildrf.native.{i}.logit"].sigmoid()) for i in (1, 2)]
     assert np.abs(np.array(got) - np.array(expected)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("model", ["spectrum", "spectrum-crop256"])
+def test_native_preprocessing_is_refused_for_towers_that_are_not_whole_released_networks(model):
+    with pytest.raises(ValueError, match="fully convolutional released networks"):
+        load_tower(model, preprocess_mode="native")

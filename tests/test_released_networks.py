@@ -141,14 +141,14 @@ def test_cache_keys_tell_the_two_tiny_ladeda_releases_and_the_two_modes_apart(tm
     assert len(keys) == 4
 
 
-def imported(release: str, file: Path, out: Path) -> Path:
-    assert deepfake_main(["import", release, str(file), "--out", str(out), "--quiet"]) == 0
+def imported(release: str, file: Path, out: Path, *extra: str) -> Path:
+    assert deepfake_main(["import", release, str(file), "--out", str(out), "--quiet", *extra]) == 0
     return out
 
 
 def test_imported_tiny_ladeda_run_scores_images_as_the_authors_at_native_size_and_records_file_hash_licence(
         tmp_path, ref):
-    run = imported("tiny-ladeda-wildrf", LADEDA["wildrf"], tmp_path / "run")
+    run = imported("tiny-ladeda-wildrf", LADEDA["wildrf"], tmp_path / "run", "--preprocess", "native")
     config = json.loads((run / "best.json").read_text())
     assert config["tower"]["model"] == str(LADEDA["wildrf"].resolve()) and config["tower"]["family"] == "tiny-ladeda"
     assert config["tower"]["weights_sha256"] == NETWORK_RELEASES["tiny-ladeda-wildrf"].sha256
@@ -162,6 +162,14 @@ def test_imported_tiny_ladeda_run_scores_images_as_the_authors_at_native_size_an
     predictions = clf.predict([str(p) for p in IMAGES])
     expected = torch.cat([ref[f"ladeda.wildrf.native.{i}.logit"] for i in range(5)]).sigmoid()[:, 0]
     assert np.abs(np.array([p.probability for p in predictions]) - expected.double().numpy()).max() <= 1e-5
+
+
+def test_an_imported_run_scores_with_the_papers_transform_by_default_as_the_authors(tmp_path, ref):
+    run = imported("tiny-ladeda-wildrf", LADEDA["wildrf"], tmp_path / "run")
+    assert json.loads((run / "best.json").read_text())["preprocess"] == paper_preprocess().to_dict()
+    predictions = DeepfakeClassifier.from_pretrained(run).predict([str(p) for p in IMAGES])
+    expected = ref["ladeda.wildrf.prob"][:, 0].double().numpy()
+    assert np.abs(np.array([p.probability for p in predictions]) - expected).max() <= 1e-5
 
 
 def test_imported_npr_run_predicts_from_the_command_line(tmp_path, capsys):
@@ -245,7 +253,7 @@ def test_serve_scores_uploads_of_different_sizes_with_an_imported_tiny_ladeda_ru
 
     from .test_serve import post
 
-    run = imported("tiny-ladeda-wildrf", LADEDA["wildrf"], tmp_path / "run")
+    run = imported("tiny-ladeda-wildrf", LADEDA["wildrf"], tmp_path / "run", "--preprocess", "native")
     server = build_server(build_parser().parse_args(["--checkpoint", str(run), "--port", "0"]))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

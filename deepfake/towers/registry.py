@@ -45,7 +45,6 @@ class TowerFamily:
     # the tower built from it (deepfake/towers/released.py).
     fits_state: Callable[[dict], bool] | None = None
     from_state: Callable[[dict, Backbone, dict], ImageTower] | None = None
-    patch_scores: bool = False  # whether each position of its feature map is a patch the head can score
 
 
 _FAMILIES: dict[str, TowerFamily] = {}

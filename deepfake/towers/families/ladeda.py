@@ -89,4 +89,4 @@ def load_ladeda_tower(files, backbone: Backbone, identity: dict) -> TinyLaDeDaTo
 
 
 register(TowerFamily(FAMILY, (), load_ladeda_tower, None, feature=FEATURE, fits_state=fits_state,
-                     from_state=tower_from_state, patch_scores=True))
+                     from_state=tower_from_state))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -248,13 +247,6 @@ def test_a_local_folder_named_like_a_release_wins_with_a_warning(server, tmp_pat
     assert "a local path of that name exists and is used" in caplog.text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepfake.model.released_networks") is not None,
-                    reason="whole released networks are importable in this version")
-def test_a_whole_network_release_is_refused_before_any_download_where_its_importer_is_absent(server, caplog):
-    assert deepfake_main(["predict", str(IMAGE), "--checkpoint", "npr", "--quiet"]) == 2
-    assert "not available in this version" in caplog.text and server.requests == []
-
-
 def test_the_model_card_of_a_research_only_release_calls_its_licence_that():
     config = {"tower": {"model": "tiny-ladeda"}, "published": {
         "title": "Tiny-LaDeDa (WildRF)", "licence": {"name": "Yissum SOFTWARE RESEARCH LICENSE", "research_only": True,
@@ -263,8 +255,6 @@ def test_the_model_card_of_a_research_only_release_calls_its_licence_that():
     assert "research use only" in card and "license: other" in card
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepfake.model.released_networks") is None,
-                    reason="whole released networks (Tiny-LaDeDa, NPR) are not importable in this version")
 def test_predict_with_tiny_ladeda_by_name_downloads_checks_scores_and_then_downloads_nothing(server, tmp_path, capsys):
     shared = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "released-detectors" / "tiny-ladeda"
     if not (shared / "WildRF_Tiny_LaDeDa.pth").is_file():

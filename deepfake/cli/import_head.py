@@ -3,6 +3,7 @@
     deepfake import rine-4class model_4class_trainable.pth           # into the cache: --checkpoint rine-4class
     deepfake import ufd fc_weights.pth --out runs/ufd                 # into a run folder of your own
     deepfake import rine model_4class_trainable.pth --out runs/rine   # --variant read from the file name
+    deepfake import tiny-ladeda-wildrf WildRF_Tiny_LaDeDa.pth         # a whole network: its tower loads from FILE
 
 NAME is a released detector (``deepfake detectors`` lists them), or ``rine`` with the variant read
 from the file name (``model_<variant>_trainable.pth``) or given by ``--variant``. UniversalFakeDetect's
@@ -14,8 +15,10 @@ The file is read with ``torch.load(weights_only=True)``: nothing in it is run, a
 shapes must be exactly the release's. A file of that form whose hash is not the release's (your own
 fine-tune) is imported with a warning naming both hashes; without ``--out`` (into the cache, where
 ``--checkpoint NAME`` finds it) only the release itself is. Then ``deepfake test --checkpoint RUN``,
-``predict``, ``serve`` and ``push`` use it as any run. Exit status: 0 on success, 2 when the file or
-the options are refused. See docs/detectors.md.
+``predict``, ``serve`` and ``push`` use it as any run. The whole released networks
+(``tiny-ladeda-wildrf``, ``tiny-ladeda-forensynth``, ``npr``) become a run whose tower loads from
+FILE where it is (``--preprocess`` picks native size or the paper's resize). Exit status: 0 on
+success, 2 when the file or the options are refused. See docs/detectors.md.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from deepfake.model.detectors import import_detector
 from deepfake.model.published import PUBLISHED_TOWER, RELEASES, ReleaseRefused, TargetTower, release_variant
 from deepfake.model.releases import detectors
 from deepfake.towers.loading import load_tower
+from deepfake.towers.released import DEFAULT_MODE, NETWORK_MODES
 from deepfake.towers.weights import WeightsError, unavailable_reason
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,9 @@ def build_parser(prog: str = "deepfake import") -> argparse.ArgumentParser:
     p.add_argument("--tower", default=None, metavar="DIR",
                    help="run the head on this CLIP tower instead of openai/clip-vit-large-patch14 (a local copy "
                         "of it, or any CLIP or LanguageBind tower whose sizes fit the file); needs --out")
+    p.add_argument("--preprocess", default=None, choices=NETWORK_MODES,
+                   help="a whole network: native (the whole unresized image) or resize (its paper's 256 x 256 "
+                        f"transform) (default: {DEFAULT_MODE}, measured in docs/published-detectors.md)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in a non-empty --out folder (its checkpoints, run.json and LICENSE go)")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
@@ -89,9 +96,12 @@ def _import(args: argparse.Namespace) -> Path:
     name = detector_name(args.release, args.variant, args.file)
     if args.tower and args.out is None:
         raise ReleaseRefused("--tower makes a head for another tower: give it a run folder with --out")
-    if args.tower is None and name in detectors() and detectors()[name].kind == "head":
+    network = name in detectors() and detectors()[name].kind == "network"
+    if args.preprocess and not network:
+        raise ReleaseRefused(f"--preprocess is for the whole released networks, not {name}")
+    if args.tower is None and not network:
         _warn_if_tower_unavailable()
-    return import_detector(name, args.file, args.out, args.overwrite, _target(args.tower))
+    return import_detector(name, args.file, args.out, args.overwrite, _target(args.tower), mode=args.preprocess)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ other file is listed with the reason it was skipped. ``--checkpoint`` takes a ru
 directory, a checkpoint file, a saved head folder, a hub repo id or a released detector's name
 (``ufd``, ``rine-4class``, ...: ``deepfake detectors``). Exit status: 0 when
 something was scored, 1 when nothing was (or, with ``--strict``, when anything was
-skipped), 2 on a usage or checkpoint error.
+skipped), 2 on a usage or checkpoint error. ``--heatmap DIR`` writes one PNG per image with the
+patch scores over it, for detectors that score patches (Tiny-LaDeDa); any other exits 2.
 
 The scores come from the same code path as ``test_ClassifierHead.py`` (deepfake.model.scoring):
 the shared loader, the tower's batched feature pass, the head.
@@ -27,6 +28,7 @@ from deepfake.cli.args import CliParser, add_runtime_args, parse_threshold, setu
 from deepfake.data.image_io import expand_inputs
 from deepfake.data.provenance import flat_record
 from deepfake.deepfake_classifier import DeepfakeClassifier
+from deepfake.evaluation.heatmaps import has_patch_scores, write_heatmaps
 from deepfake.model.checkpoint import CheckpointRefused
 from deepfake.model.scoring import DEFAULT_MAX_TILES, FLAT_FIELDS, Prediction, score
 from deepfake.towers.weights import WeightsError
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any file was skipped")
     p.add_argument("--no_provenance", dest="provenance", action="store_false",
                    help="skip reading what each file declares about its origin (C2PA manifest, IPTC XMP)")
+    p.add_argument("--heatmap", default=None, metavar="DIR",
+                   help="write one PNG per image into DIR: the image with its patch scores over it, a colour bar "
+                        "and its score (detectors whose tower scores patches: Tiny-LaDeDa)")
     add_runtime_args(p)
     return p
 
@@ -135,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointRefused, WeightsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    if args.heatmap and not has_patch_scores(classifier):
+        log.error("--heatmap: %s has no patch scores (its tower is %s); detectors with patch scores: Tiny-LaDeDa "
+                  "(tiny-ladeda-wildrf, tiny-ladeda-forensynth), whose head scores every position",
+                  args.checkpoint, classifier.tower.identity.get("family"))
+        return 2
     # Under torchrun every rank scores a share of the files; rank 0 prints and writes.
     init_distributed(classifier.tower.device)
     files, missing = expand_inputs(args.paths)
@@ -151,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scored {scored}, skipped {skipped}")
     if args.output:
         write_predictions(Path(args.output), predictions, threshold, classifier.config.get("checkpoint", ""))
+    if args.heatmap:
+        print(f"heatmaps: {len(write_heatmaps(classifier, predictions, args.heatmap, args.max_pixels))} PNG in {args.heatmap}")
     if scored == 0 or (args.strict and skipped):
         return 1
     return 0

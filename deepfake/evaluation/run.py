@@ -246,10 +246,17 @@ def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict
 
 
 def _protocol_preprocess(classifier: DeepfakeClassifier, protocol: Protocol | None, warn: bool = True) -> Preprocess:
-    """The preprocessing of the test images: the protocol's crop under ``--protocol``, else the tower's."""
+    """The preprocessing of the test images: the protocol's crop under ``--protocol``, else the tower's.
+
+    A whole released network (Tiny-LaDeDa, NPR) brings its paper's test transform: under any
+    ``--protocol`` that is what it is evaluated with, as its paper's tables were.
+    """
     tower_preprocess = classifier.tower.preprocess
     if protocol is None:
         return tower_preprocess
+    paper = getattr(classifier.tower, "paper_preprocess", None)
+    if paper is not None:
+        return paper
     preprocess = protocol_preprocess(tower_preprocess, protocol)
     if not warn:
         return preprocess
@@ -345,7 +352,8 @@ def _image_step(protocol: Protocol | None, preprocess: Preprocess, align: Alignm
         extra["align"] = align.to_dict()
     if protocol is None:
         return (None if perturb.is_identity else perturb), extra
-    step = ProtocolImage(perturb, protocol_resize(protocol, preprocess.size))
+    # The protocol's resize comes before its crop; a tower with its own resizing test transform has no crop.
+    step = ProtocolImage(perturb, protocol_resize(protocol, preprocess.size) if preprocess.mode == "crop" else None)
     extra["protocol"] = {"name": protocol.name, "preprocess": preprocess.to_dict(), "resize_short": step.resize_short,
                          "exif_transpose": False}
     return (None if step.is_identity else step), extra

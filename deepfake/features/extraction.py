@@ -240,6 +240,8 @@ def _image_loader(dataset: DeepfakeDataset, indices: list[int], settings: Extrac
     # The budget bounds the batches the loader holds: each worker prefetches two.
     spec = getattr(dataset, "preprocess", None)
     batch_size = images_per_batch(settings.batch_size, preprocessed_shape(spec) if spec else (1,), settings.batch_pixels)
+    if spec is not None and spec.mode == "native":
+        batch_size = 1  # whole unresized images differ in size: they cannot share a batch tensor
     return DataLoader(
         subset,
         batch_size=batch_size,
@@ -395,7 +397,7 @@ def _compute(tower, dataset, settings: ExtractionSettings, indices: Sequence[int
     """Features without a cache, for ``indices`` (other rows stay empty)."""
     n = len(dataset)
     blocks = list(settings.layers)
-    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
+    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=store_dtype(tower)), torch.zeros(n, dtype=torch.bool),
                          layer_ids=blocks, tap=settings.tap)
     if blocks:
         table.layer_source = MemoryLayers(n, blocks, tower.hidden_size)
@@ -403,7 +405,7 @@ def _compute(tower, dataset, settings: ExtractionSettings, indices: Sequence[int
         if idx:
             rows = torch.tensor(idx)
             # Round exactly as the cache stores them, so cached and uncached runs see equal features.
-            table.embeds[rows] = embeds.to(STORE_DTYPE)
+            table.embeds[rows] = embeds.to(table.embeds.dtype)
             for block, value in (layers or {}).items():
                 table.layer_source.tensors[block][rows] = value.to(STORE_DTYPE)
             table.ok[rows] = True
@@ -537,7 +539,7 @@ def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCach
             raise CacheError(f"feature cache {cache.dir}: {len(still)} images keep changing while they are "
                              f"extracted (first: {samples[still[0]].path}); run again once they are stable")
     n = len(samples)
-    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
+    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=store_dtype(tower)), torch.zeros(n, dtype=torch.bool),
                          layer_ids=list(settings.layers), tap=settings.tap)
     table.skipped.update(rows.skipped)
     table.ok = cache.fill_embeds(table.embeds, rows)
@@ -551,8 +553,16 @@ def feature_cache(root: Path | None, tower: ImageTower, settings: ExtractionSett
     """The cache under ``root`` for this tower, preprocessing, precision and view (``None``: no cache)."""
     if root is None:
         return None
-    info = {"tower": tower.cache_identity(), "features": settings.cache_info(), **(extra or {})}
-    return FeatureCache(root, info)
+    features = settings.cache_info()
+    if store_dtype(tower) != STORE_DTYPE:
+        features["store_dtype"] = str(store_dtype(tower)).replace("torch.", "")
+    info = {"tower": tower.cache_identity(), "features": features, **(extra or {})}
+    return FeatureCache(root, info, store_dtype(tower))
+
+
+def store_dtype(tower: ImageTower) -> torch.dtype:
+    """The dtype the tower's features are stored in: the cache's float16 unless the tower says otherwise."""
+    return getattr(tower, "feature_dtype", None) or STORE_DTYPE
 
 
 def report_skipped(what: str, samples: list, skipped: dict[int, str]) -> list[dict]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from pathlib import Path
 from deepfake.config import detectors_cache_dir
 from deepfake.model.checkpoint import BEST, CheckpointRefused
 from deepfake.model.published import ReleaseRefused, import_release
+from deepfake.model.released_networks import import_network
 from deepfake.model.releases import GITHUB, Detector, blob_hasher, find, is_detector_name
 from deepfake.towers.weights import url_offline_reason
 from deepfake.utils.fileio import atomic_write
@@ -52,7 +52,6 @@ MIRROR_ENV = "DEEPFAKE_RELEASES_MIRROR"
 # Seconds a download may wait for the server's next bytes (the reachability probe has already answered).
 DOWNLOAD_TIMEOUT = 30.0
 RELEASE_DIR = "release"
-NETWORK_IMPORTER = "deepfake.model.released_networks"
 
 
 class DetectorUnavailable(CheckpointRefused):
@@ -80,7 +79,7 @@ def _source(record: Detector, sha256: str, blob: str) -> dict:
 
 
 def import_detector(name: str, path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                    overwrite: bool = False, target=None) -> Path:
+                    overwrite: bool = False, target=None, mode: str | None = None) -> Path:
     """Import the release file ``path`` of the detector ``name`` into ``out_dir`` (default: the cache's run).
 
     A file whose keys and shapes fit but whose hash is not the release's (a fine-tune of it) is
@@ -99,7 +98,7 @@ def import_detector(name: str, path: str | os.PathLike, out_dir: str | os.PathLi
         out_dir, overwrite = cached_run_dir(name), True
     source = _source(record, sha256, blob)
     if record.kind == "network":
-        weights = _import_network(record, path, Path(out_dir), overwrite, source, target)
+        weights = _import_network(record, path, Path(out_dir), overwrite, source, target, mode)
     else:
         weights = import_release(path, record.release, out_dir, record.variant or None, target, overwrite, source)
     if not matches:  # said once the file has passed every check of its form
@@ -108,21 +107,11 @@ def import_detector(name: str, path: str | os.PathLike, out_dir: str | os.PathLi
     return weights
 
 
-def network_importer(record: Detector):
-    """The importer of whole released networks, ``import_network(path, family, out_dir, overwrite=, source=)``
-    of :data:`NETWORK_IMPORTER` (imported on use only: the model layer's registry names no family module)."""
-    try:
-        module = importlib.import_module(NETWORK_IMPORTER)
-        return module.import_network
-    except (ImportError, AttributeError):
-        raise ReleaseRefused(f"{record.name}: importing whole released networks ({record.family}) is not "
-                             "available in this version") from None
-
-
-def _import_network(record: Detector, path: Path, out: Path, overwrite: bool, source: dict, target) -> Path:
+def _import_network(record: Detector, path: Path, out: Path, overwrite: bool, source: dict, target,
+                    mode: str | None) -> Path:
     if target is not None:
         raise ReleaseRefused(f"{record.name} is a whole network (the {record.family} tower family): --tower does not apply")
-    return network_importer(record)(path, record.family, out, overwrite=overwrite, source=source)
+    return import_network(path, record.family, out, overwrite=overwrite, source=source, mode=mode)
 
 
 # --- the cache ------------------------------------------------------------------------
@@ -172,11 +161,6 @@ def named_run(name: str) -> Path:
         if found is not None:
             return found
         record = find(name)
-        if record.kind == "network":
-            try:
-                network_importer(record)  # refused before anything is downloaded
-            except ReleaseRefused as exc:
-                raise DetectorUnavailable(str(exc)) from None
         weights = download_release(record, run / RELEASE_DIR)
         try:
             import_detector(name, weights, run, overwrite=True)

@@ -101,6 +101,7 @@ class TowerOutput:
     embeds: torch.Tensor  # [B, D]
     layers: torch.Tensor | None = None  # [B, num_layers + 1, hidden] (block tap) or [B, num_layers, hidden] (ln2)
     tap: str = BLOCK_TAP  # which per-block tokens ``layers`` holds
+    store_dtype: torch.dtype | None = None  # the tower's ``feature_dtype``
 
 
 class ImageTower(nn.Module):
@@ -112,6 +113,9 @@ class ImageTower(nn.Module):
     hidden_size: int = 0
     taps: tuple[str, ...] = (BLOCK_TAP,)
     identity: dict
+    # How its features are stored and rounded (None: the cache's float16). float32 where a head
+    # reads large cancelling terms that float16 would move (the released networks' logits).
+    feature_dtype: torch.dtype | None = None
 
     @property
     def preprocess(self) -> Preprocess:

@@ -342,12 +342,17 @@ class DeepfakeClassifier(nn.Module):
         ``calibrated`` on a head with no calibrated operating point uses that default, with a
         warning naming it and how to calibrate. ``provenance``: also read what each file declares
         about its origin (``Prediction.provenance``; ``None`` for a PIL image, which has no file).
+        An input that cannot be scored (missing, unreadable, too large) comes back with
+        ``probability=None`` and its reason in ``skipped``, and a warning naming it is logged.
         """
         self._tower()  # a head loaded without its tower scores features, not images
         single = isinstance(inputs, (str, os.PathLike, Image.Image))
         results = score(self, [inputs] if single else list(inputs), batch_size=batch_size, num_workers=num_workers,
                         tiles=tiles, threshold=self.decision_threshold(threshold, fallback=True),
                         max_pixels=max_pixels, provenance=provenance)
+        for result in results:
+            if result.probability is None:  # the list keeps it, so a caller that reads only probabilities is told
+                log.warning("%s: not scored: %s", result.path, result.skipped)
         return results[0] if single else results
 
     def predict_proba(

@@ -19,11 +19,14 @@ import difflib
 import importlib.util
 import json
 import math
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "data" / "golden"
@@ -411,3 +414,43 @@ def test_every_command_help_matches_the_pre_refactor_golden_text(captured):
 def test_the_capture_writes_exactly_the_golden_file_set(captured):
     """No golden file is missing from the capture and the capture writes no file the goldens lack."""
     assert sorted(p.name for p in captured.iterdir()) == sorted(p.name for p in GOLDEN.iterdir() if p.is_file())
+
+
+def test_the_capture_runs_precision_auto_as_on_a_cpu_without_bf16_whatever_the_cpu(tmp_path):
+    """On a CPU with native bf16 ``--precision auto`` resolves to bf16 and the runs record it; the goldens hold fp32.
+
+    A ``sitecustomize`` makes every Python started here see such a CPU; the capture's commands must still resolve
+    ``auto`` to fp32, so the capture is the same on both kinds of CPU."""
+    simulated = tmp_path / "bf16-cpu"
+    simulated.mkdir()
+    (simulated / "sitecustomize.py").write_text(
+        "import deepfake.utils.runtime as runtime\nruntime.cpu_has_bf16 = lambda: True\n", encoding="utf-8")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import torch\nfrom deepfake.utils.runtime import resolve_precision\n"
+                     "print(resolve_precision('auto', torch.device('cpu')))\n", encoding="utf-8")
+    env = make_golden._env(tmp_path, REPO)
+    env["PYTHONPATH"] = f"{simulated}{os.pathsep}{REPO}"
+    assert make_golden._run([str(probe)], tmp_path, env, []).strip() == "fp32"
+    direct = subprocess.run([sys.executable, str(probe)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, check=True)
+    assert direct.stdout.strip() == "bf16"  # the simulated CPU is seen outside the capture
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_a_run_records_what_precision_auto_resolved_to_on_this_cpu(tmp_path, monkeypatch, has_bf16, expected):
+    """Both resolutions of ``--precision auto`` on the CPU: bf16 with native bf16, fp32 without; the checkpoint and
+    run.json record the one used (what the golden capture pins to fp32)."""
+    from deepfake.cli import train
+    from deepfake.utils import runtime
+
+    from .conftest import make_forensynths
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == expected
+    data = make_forensynths(tmp_path / "data", n_train=4, n_val=2, n_test=1)
+    out = tmp_path / "run"
+    assert train.main(["--dataset_dir", str(data), "--output_dir", str(out), "--model", "spectrum-tiles256",
+                       "--cache_dir", str(tmp_path / "cache"), "--num_epochs", "1", "--batch_size", "8",
+                       "--num_workers", "0", "--precision", "auto", "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((out / "best.json").read_text())["features"]["precision"] == expected
+    assert json.loads((out / "run.json").read_text())["config"]["features"]["precision"] == expected

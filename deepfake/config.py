@@ -60,6 +60,12 @@ class RuntimeConfig:
     quiet: bool = False
     verbose: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked where every command's flags become a config: 0 is not "the default" here.
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("num_workers", self.num_workers, 0)
+        _at_least("max_pixels", self.max_pixels, 1)
+
 
 @dataclass(frozen=True)
 class TowerConfig:
@@ -251,13 +257,18 @@ class CompareConfig:
 
 
 def _at_least(name: str, value: Any, low: float, kind: type = int) -> None:
-    """Refuse a serve limit below ``low`` (or not a number of ``kind``), naming its flag."""
+    """Refuse a limit below ``low`` (or not a number of ``kind``), naming its flag."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value != float("inf")
     if kind is int:
         ok = ok and float(value).is_integer()
     if not ok or value < low:
         what = "a whole number" if kind is int else "a number"
         raise ValueError(f"--{name} must be {what} >= {low:g}, got {value!r}")
+
+
+def check_tiles(tiles: Any) -> None:
+    """``--tiles`` of predict and serve: a tile budget of 0 (no tiles) or more."""
+    _at_least("tiles", tiles, 0)
 
 
 @dataclass(frozen=True)
@@ -292,7 +303,7 @@ class ServeConfig:
         object.__setattr__(self, "allow_host", tuple(self.allow_host or ()))
         for name in ("max_files", "max_batch", "max_pixels", "max_request_pixels", "max_queue", "max_connections"):
             _at_least(name, getattr(self, name), 1)
-        _at_least("tiles", self.tiles, 0)
+        check_tiles(self.tiles)
         _at_least("max_upload_mb", self.max_upload_mb, 1e-3, float)
         _at_least("timeout", self.timeout, 0.1, float)
         if self.max_request_pixels < self.max_pixels:

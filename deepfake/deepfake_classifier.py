@@ -111,14 +111,6 @@ def _loadable(model: str) -> bool:
     return True
 
 
-def _same_tower(saved: dict, loaded: dict) -> bool:
-    """Whether the tower a head was trained on is the one just loaded."""
-    for key in ("weights_sha256", "revision"):
-        if saved.get(key) and loaded.get(key):
-            return saved[key] == loaded[key]
-    return saved.get("model") == loaded.get("model") and saved.get("family") == loaded.get("family")
-
-
 def _head_of(config: dict, path: Path) -> nn.Module:
     """The head a checkpoint config describes (weights not loaded yet)."""
     try:
@@ -149,14 +141,12 @@ def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
     preprocess = Preprocess.from_dict(config["preprocess"])
     tower = load_tower(model or saved_tower["model"], saved_tower.get("revision") if model is None else None,
                        preprocess.mode)
-    if not _same_tower(saved_tower, tower.identity):
-        raise CheckpointRefused(
-            f"{path}: head was trained on tower {saved_tower.get('model')!r} "
-            f"({saved_tower.get('revision') or saved_tower.get('weights_sha256', '')[:12]}), "
-            f"but {tower.identity.get('model')!r} was loaded; features would not match"
-        )
-    # The checkpoint says how its training images were prepared: use exactly that.
+    # The checkpoint says how its training images were prepared: use exactly that. First: a spectral tower's
+    # features (gray or colour) follow its preprocessing, and the check compares them.
     tower.backbone = replace(tower.backbone, preprocess=preprocess)
+    problem = tower.recorded_problem(saved_tower)
+    if problem:
+        raise CheckpointRefused(f"{path}: {problem}")
     return tower
 
 

@@ -249,6 +249,36 @@ INTENDED_JSON["results.json"][("audit", "flags", 0, "message")] = (
     + _SPECTRUM_JPEG_FLAG[1])
 
 
+# RINE's protocol (--protocol rine) and its 20 test sets (the rine benchmark preset).
+_RINE_PROTOCOL_HELP = [
+    ("genimage, synthbuster, ufd, wildrf", "genimage, rine, synthbuster, ufd, wildrf"),
+    ("  --protocol {ufd,cnndetection,aigcdetect}\n", "  --protocol {ufd,cnndetection,aigcdetect,rine}\n"),
+    ("                        cnndetection: center crop 224 without resizing; aigcdetect: short side\n"
+     "                        256, then crop 224), sampling (ufd: 1000 images per class, 100 when a\n"
+     "                        class has fewer, equal counts), its uint8 blur, and its headline numbers\n"
+     "                        (accuracy at 0.5 and AP) printed first (default: none)\n",
+     "                        cnndetection, rine: center crop 224 without resizing; aigcdetect: short\n"
+     "                        side 256, then crop 224), sampling (ufd: 1000 images per class, 100 when a\n"
+     "                        class has fewer, equal counts; the others: every image), its uint8 blur,\n"
+     "                        and its headline numbers (accuracy at 0.5 and AP) printed first; RINE's\n"
+     "                        figures: --benchmark rine --protocol rine (default: none)\n")]
+INTENDED_TEXT["help_test.txt"] += [
+    ("[--threshold THRESHOLD] [--protocol {ufd,cnndetection,aigcdetect}]\n",
+     "[--threshold THRESHOLD] [--protocol {ufd,cnndetection,aigcdetect,rine}]\n"), *_RINE_PROTOCOL_HELP]
+INTENDED_TEXT["help_test_ClassifierHead.txt"] += [(
+    "                              [--protocol {ufd,cnndetection,aigcdetect}] [--max_sample MAX_SAMPLE]\n"
+    "                              [--seed SEED] [--calibrate_real DIR] [--target_fpr TARGET_FPR]\n"
+    "                              [--jpeg_quality JPEG_QUALITY] [--gaussian_sigma GAUSSIAN_SIGMA]\n"
+    "                              [--resize_scale RESIZE_SCALE] [--robustness]\n"
+    "                              [--sweep_jpeg SWEEP_JPEG] [--sweep_sigma SWEEP_SIGMA]\n",
+    "                              [--protocol {ufd,cnndetection,aigcdetect,rine}]\n"
+    "                              [--max_sample MAX_SAMPLE] [--seed SEED] [--calibrate_real DIR]\n"
+    "                              [--target_fpr TARGET_FPR] [--jpeg_quality JPEG_QUALITY]\n"
+    "                              [--gaussian_sigma GAUSSIAN_SIGMA] [--resize_scale RESIZE_SCALE]\n"
+    "                              [--robustness] [--sweep_jpeg SWEEP_JPEG] [--sweep_sigma SWEEP_SIGMA]\n"),
+    *_RINE_PROTOCOL_HELP]
+
+
 def _drop_new_key(doc, path: tuple, where: str = "$") -> str | None:
     """Remove the intended new key at ``path`` (``*``: every key) from ``doc``; the first place it is missing."""
     head, *rest = path

@@ -15,6 +15,7 @@ A field is named after its command-line flag (``metadata["flag"]`` where the two
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,6 +283,9 @@ class ServeConfig:
     host: str = "127.0.0.1"  # this machine only: the server has no authentication
     port: int = 8000
     allow_host: tuple[str, ...] = ()  # further Host names answered (a reverse proxy's, a LAN name)
+    allow_origin: tuple[str, ...] = ()  # further origins whose POSTs are accepted (a reverse proxy's public URL)
+    # Peers (addresses or networks) whose X-Forwarded-Proto / X-Forwarded-Host are believed: reverse proxies.
+    forwarded_allow_ips: tuple[str, ...] = ()
     tiles: int = 0
     max_upload_mb: float = 20.0  # request body; larger ones get 413 before they are read
     max_files: int = 64
@@ -301,6 +305,17 @@ class ServeConfig:
         if self.port > 65535:
             raise ValueError(f"--port must be in 0..65535, got {self.port!r}")
         object.__setattr__(self, "allow_host", tuple(self.allow_host or ()))
+        object.__setattr__(self, "allow_origin", tuple(o.strip().rstrip("/").lower() for o in self.allow_origin or ()))
+        for origin in self.allow_origin:
+            if not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]:
+                raise ValueError(f"--allow_origin must be a scheme and host, like https://detector.example.org, "
+                                 f"got {origin!r}")
+        object.__setattr__(self, "forwarded_allow_ips", tuple(self.forwarded_allow_ips or ()))
+        for address in self.forwarded_allow_ips:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"--forwarded_allow_ips must be an address or network, got {address!r}") from None
         for name in ("max_files", "max_batch", "max_pixels", "max_request_pixels", "max_queue", "max_connections"):
             _at_least(name, getattr(self, name), 1)
         check_tiles(self.tiles)

@@ -279,6 +279,21 @@ INTENDED_TEXT["help_test_ClassifierHead.txt"] += [(
     *_RINE_PROTOCOL_HELP]
 
 
+# Serving behind a reverse proxy: the proxies whose forwarded headers are believed, and further accepted origins.
+INTENDED_TEXT["help_serve.txt"] += [
+    ("usage: deepfake serve [-h] --checkpoint CHECKPOINT [--host HOST] [--port PORT] [--allow_host NAME]\n",
+     "usage: deepfake serve [-h] --checkpoint CHECKPOINT [--host HOST] [--port PORT] [--allow_host NAME]\n"
+     "                      [--forwarded_allow_ips ADDR] [--allow_origin URL]\n"),
+    ("                        --host address)\n",
+     "                        --host address)\n"
+     "  --forwarded_allow_ips ADDR\n"
+     "                        a reverse proxy's address or network (repeatable): its X-Forwarded-Proto\n"
+     "                        and X-Forwarded-Host give the origin its page's uploads come from\n"
+     "                        (default: none; those headers are ignored)\n"
+     "  --allow_origin URL    also accept POSTs from this origin, e.g. https://detector.example.org\n"
+     "                        (repeatable)\n")]
+
+
 def _drop_new_key(doc, path: tuple, where: str = "$") -> str | None:
     """Remove the intended new key at ``path`` (``*``: every key) from ``doc``; the first place it is missing."""
     head, *rest = path

@@ -15,6 +15,7 @@ A field is named after its command-line flag (``metadata["flag"]`` where the two
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,12 @@ class RuntimeConfig:
     decode: str | None = None  # None: exact for training, the checkpoint's for test and predict
     quiet: bool = False
     verbose: bool = False
+
+    def __post_init__(self) -> None:
+        # Checked where every command's flags become a config: 0 is not "the default" here.
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("num_workers", self.num_workers, 0)
+        _at_least("max_pixels", self.max_pixels, 1)
 
 
 @dataclass(frozen=True)
@@ -267,13 +274,18 @@ class CompareConfig:
 
 
 def _at_least(name: str, value: Any, low: float, kind: type = int) -> None:
-    """Refuse a serve limit below ``low`` (or not a number of ``kind``), naming its flag."""
+    """Refuse a limit below ``low`` (or not a number of ``kind``), naming its flag."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value != float("inf")
     if kind is int:
         ok = ok and float(value).is_integer()
     if not ok or value < low:
         what = "a whole number" if kind is int else "a number"
         raise ValueError(f"--{name} must be {what} >= {low:g}, got {value!r}")
+
+
+def check_tiles(tiles: Any) -> None:
+    """``--tiles`` of predict and serve: a tile budget of 0 (no tiles) or more."""
+    _at_least("tiles", tiles, 0)
 
 
 @dataclass(frozen=True)
@@ -287,6 +299,9 @@ class ServeConfig:
     host: str = "127.0.0.1"  # this machine only: the server has no authentication
     port: int = 8000
     allow_host: tuple[str, ...] = ()  # further Host names answered (a reverse proxy's, a LAN name)
+    allow_origin: tuple[str, ...] = ()  # further origins whose POSTs are accepted (a reverse proxy's public URL)
+    # Peers (addresses or networks) whose X-Forwarded-Proto / X-Forwarded-Host are believed: reverse proxies.
+    forwarded_allow_ips: tuple[str, ...] = ()
     tiles: int = 0
     max_upload_mb: float = 20.0  # request body; larger ones get 413 before they are read
     max_files: int = 64
@@ -306,9 +321,20 @@ class ServeConfig:
         if self.port > 65535:
             raise ValueError(f"--port must be in 0..65535, got {self.port!r}")
         object.__setattr__(self, "allow_host", tuple(self.allow_host or ()))
+        object.__setattr__(self, "allow_origin", tuple(o.strip().rstrip("/").lower() for o in self.allow_origin or ()))
+        for origin in self.allow_origin:
+            if not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]:
+                raise ValueError(f"--allow_origin must be a scheme and host, like https://detector.example.org, "
+                                 f"got {origin!r}")
+        object.__setattr__(self, "forwarded_allow_ips", tuple(self.forwarded_allow_ips or ()))
+        for address in self.forwarded_allow_ips:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"--forwarded_allow_ips must be an address or network, got {address!r}") from None
         for name in ("max_files", "max_batch", "max_pixels", "max_request_pixels", "max_queue", "max_connections"):
             _at_least(name, getattr(self, name), 1)
-        _at_least("tiles", self.tiles, 0)
+        check_tiles(self.tiles)
         _at_least("max_upload_mb", self.max_upload_mb, 1e-3, float)
         _at_least("timeout", self.timeout, 0.1, float)
         if self.max_request_pixels < self.max_pixels:

@@ -33,7 +33,7 @@ from deepfake.config import HEAD_DROPOUT, HEAD_HIDDEN
 from deepfake.data.preprocess import Preprocess
 from deepfake.features.batch import FeatureBatch, tower_batch
 from deepfake.features.extraction import prepare_tower
-from deepfake.model.calibration import read_calibration
+from deepfake.model.calibration import calibration_mismatch, read_calibration
 from deepfake.model.checkpoint import CheckpointRefused, load_checkpoint
 from deepfake.model.detectors import checkpoint_source
 from deepfake.model.heads import head_from_config, head_tap
@@ -65,17 +65,24 @@ CALIBRATE_HINT = ("fit one on known-real images of your domain with `deepfake te
                   "--calibrate_real REAL_DIR --target_fpr 0.05`")
 
 
-def resolve_threshold(spec: str | float | None, config: dict, fallback: bool = False) -> float:
+def resolve_threshold(spec: str | float | None, config: dict, fallback: bool = False,
+                      preprocess: Preprocess | None = None, align: dict | None = None) -> float:
     """A threshold spec against a checkpoint config: ``val``, ``calibrated``, a number in [0, 1], or ``None``.
 
     ``calibrated`` on a checkpoint with no calibrated operating point raises, saying how to fit one;
     with ``fallback`` it gives the default threshold instead (the validation one), with a warning naming it.
+    Given the ``preprocess`` and ``align`` of the images it will label, a calibration fitted on images
+    prepared otherwise is refused (``ValueError`` naming both), fallback or not.
     """
     if spec is None:
         spec = "val" if config.get("val_threshold") is not None else float(config.get("threshold", 0.5))
     if isinstance(spec, str) and spec.strip().lower() in THRESHOLD_NAMES:
         name = spec.strip().lower()
         value = config.get("val_threshold") if name == "val" else (config.get("calibration") or {}).get("threshold")
+        if value is not None and name == "calibrated" and preprocess is not None:
+            problem = calibration_mismatch(config["calibration"], preprocess, align)
+            if problem:
+                raise ValueError(f"{config.get('checkpoint', 'this head')}: {problem}")
         if value is None and name == "calibrated" and fallback:
             value = resolve_threshold(None, config)
             log.warning("%s: no calibrated threshold (%s); labels use the %s threshold, %.4g",
@@ -103,14 +110,6 @@ def _loadable(model: str) -> bool:
     except WeightsError:
         return False
     return True
-
-
-def _same_tower(saved: dict, loaded: dict) -> bool:
-    """Whether the tower a head was trained on is the one just loaded."""
-    for key in ("weights_sha256", "revision"):
-        if saved.get(key) and loaded.get(key):
-            return saved[key] == loaded[key]
-    return saved.get("model") == loaded.get("model") and saved.get("family") == loaded.get("family")
 
 
 def _head_of(config: dict, path: Path) -> nn.Module:
@@ -157,14 +156,12 @@ def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
                            preprocess.mode)
     except TowerOffline as exc:
         raise TowerOffline(exc.source, exc.reason, _offline_advice(config, path)) from None
-    if not _same_tower(saved_tower, tower.identity):
-        raise CheckpointRefused(
-            f"{path}: head was trained on tower {saved_tower.get('model')!r} "
-            f"({saved_tower.get('revision') or saved_tower.get('weights_sha256', '')[:12]}), "
-            f"but {tower.identity.get('model')!r} was loaded; features would not match"
-        )
-    # The checkpoint says how its training images were prepared: use exactly that.
+    # The checkpoint says how its training images were prepared: use exactly that. First: a spectral tower's
+    # features (gray or colour) follow its preprocessing, and the check compares them.
     tower.backbone = replace(tower.backbone, preprocess=preprocess)
+    problem = tower.recorded_problem(saved_tower)
+    if problem:
+        raise CheckpointRefused(f"{path}: {problem}")
     return tower
 
 
@@ -188,15 +185,18 @@ class DeepfakeClassifier(nn.Module):
         """The checkpoint's reporting threshold (0.5, the field's convention for accuracy)."""
         return float(self.config.get("threshold", 0.5))
 
-    def decision_threshold(self, spec: str | float | None = None, fallback: bool = False) -> float:
+    def decision_threshold(self, spec: str | float | None = None, fallback: bool = False,
+                           preprocess: Preprocess | None = None, align: dict | None = None) -> float:
         """The threshold for labels: ``val``, ``calibrated``, a number, or (``None``) the default.
 
         The default is the validation threshold the checkpoint stores (the one that maximised
         validation accuracy), and the reporting threshold for a checkpoint without one.
         ``calibrated`` without a calibrated operating point raises (saying how to fit one), or
-        with ``fallback`` gives the default with a warning naming it.
+        with ``fallback`` gives the default with a warning naming it; one fitted on images prepared
+        otherwise than ``preprocess`` and ``align`` (default: :meth:`predict`'s, the tower's
+        transform without alignment) raises naming both.
         """
-        return resolve_threshold(spec, self.config, fallback)
+        return resolve_threshold(spec, self.config, fallback, preprocess or self.preprocess, align)
 
     @property
     def preprocess(self) -> Preprocess:

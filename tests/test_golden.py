@@ -19,11 +19,14 @@ import difflib
 import importlib.util
 import json
 import math
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "data" / "golden"
@@ -321,6 +324,51 @@ INTENDED_JSON.setdefault("demo_best.json", {}).update({("train_args", "keep_last
 INTENDED_JSON["demo_run.json"].update({("config", "train_args", "keep_last"): 1, ("config", "training", "keep_last"): 1})
 
 
+# RINE's protocol (--protocol rine) and its 20 test sets (the rine benchmark preset).
+_RINE_PROTOCOL_HELP = [
+    ("genimage, synthbuster, ufd, wildrf", "genimage, rine, synthbuster, ufd, wildrf"),
+    ("  --protocol {ufd,cnndetection,aigcdetect}\n", "  --protocol {ufd,cnndetection,aigcdetect,rine}\n"),
+    ("                        cnndetection: center crop 224 without resizing; aigcdetect: short side\n"
+     "                        256, then crop 224), sampling (ufd: 1000 images per class, 100 when a\n"
+     "                        class has fewer, equal counts), its uint8 blur, and its headline numbers\n"
+     "                        (accuracy at 0.5 and AP) printed first (default: none)\n",
+     "                        cnndetection, rine: center crop 224 without resizing; aigcdetect: short\n"
+     "                        side 256, then crop 224), sampling (ufd: 1000 images per class, 100 when a\n"
+     "                        class has fewer, equal counts; the others: every image), its uint8 blur,\n"
+     "                        and its headline numbers (accuracy at 0.5 and AP) printed first; RINE's\n"
+     "                        figures: --benchmark rine --protocol rine (default: none)\n")]
+INTENDED_TEXT["help_test.txt"] += [
+    ("[--threshold THRESHOLD] [--protocol {ufd,cnndetection,aigcdetect}]\n",
+     "[--threshold THRESHOLD] [--protocol {ufd,cnndetection,aigcdetect,rine}]\n"), *_RINE_PROTOCOL_HELP]
+INTENDED_TEXT["help_test_ClassifierHead.txt"] += [(
+    "                              [--protocol {ufd,cnndetection,aigcdetect}] [--max_sample MAX_SAMPLE]\n"
+    "                              [--seed SEED] [--calibrate_real DIR] [--target_fpr TARGET_FPR]\n"
+    "                              [--jpeg_quality JPEG_QUALITY] [--gaussian_sigma GAUSSIAN_SIGMA]\n"
+    "                              [--resize_scale RESIZE_SCALE] [--robustness]\n"
+    "                              [--sweep_jpeg SWEEP_JPEG] [--sweep_sigma SWEEP_SIGMA]\n",
+    "                              [--protocol {ufd,cnndetection,aigcdetect,rine}]\n"
+    "                              [--max_sample MAX_SAMPLE] [--seed SEED] [--calibrate_real DIR]\n"
+    "                              [--target_fpr TARGET_FPR] [--jpeg_quality JPEG_QUALITY]\n"
+    "                              [--gaussian_sigma GAUSSIAN_SIGMA] [--resize_scale RESIZE_SCALE]\n"
+    "                              [--robustness] [--sweep_jpeg SWEEP_JPEG] [--sweep_sigma SWEEP_SIGMA]\n"),
+    *_RINE_PROTOCOL_HELP]
+
+
+# Serving behind a reverse proxy: the proxies whose forwarded headers are believed, and further accepted origins.
+INTENDED_TEXT["help_serve.txt"] += [
+    ("usage: deepfake serve [-h] --checkpoint CHECKPOINT [--host HOST] [--port PORT] [--allow_host NAME]\n",
+     "usage: deepfake serve [-h] --checkpoint CHECKPOINT [--host HOST] [--port PORT] [--allow_host NAME]\n"
+     "                      [--forwarded_allow_ips ADDR] [--allow_origin URL]\n"),
+    ("                        --host address)\n",
+     "                        --host address)\n"
+     "  --forwarded_allow_ips ADDR\n"
+     "                        a reverse proxy's address or network (repeatable): its X-Forwarded-Proto\n"
+     "                        and X-Forwarded-Host give the origin its page's uploads come from\n"
+     "                        (default: none; those headers are ignored)\n"
+     "  --allow_origin URL    also accept POSTs from this origin, e.g. https://detector.example.org\n"
+     "                        (repeatable)\n")]
+
+
 def _drop_new_key(doc, path: tuple, where: str = "$") -> str | None:
     """Remove the intended new key at ``path`` (``*``: every key) from ``doc``; the first place it is missing."""
     head, *rest = path
@@ -489,3 +537,43 @@ def test_every_command_help_matches_the_pre_refactor_golden_text(captured):
 def test_the_capture_writes_exactly_the_golden_file_set(captured):
     """No golden file is missing from the capture and the capture writes no file the goldens lack."""
     assert sorted(p.name for p in captured.iterdir()) == sorted(p.name for p in GOLDEN.iterdir() if p.is_file())
+
+
+def test_the_capture_runs_precision_auto_as_on_a_cpu_without_bf16_whatever_the_cpu(tmp_path):
+    """On a CPU with native bf16 ``--precision auto`` resolves to bf16 and the runs record it; the goldens hold fp32.
+
+    A ``sitecustomize`` makes every Python started here see such a CPU; the capture's commands must still resolve
+    ``auto`` to fp32, so the capture is the same on both kinds of CPU."""
+    simulated = tmp_path / "bf16-cpu"
+    simulated.mkdir()
+    (simulated / "sitecustomize.py").write_text(
+        "import deepfake.utils.runtime as runtime\nruntime.cpu_has_bf16 = lambda: True\n", encoding="utf-8")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import torch\nfrom deepfake.utils.runtime import resolve_precision\n"
+                     "print(resolve_precision('auto', torch.device('cpu')))\n", encoding="utf-8")
+    env = make_golden._env(tmp_path, REPO)
+    env["PYTHONPATH"] = f"{simulated}{os.pathsep}{REPO}"
+    assert make_golden._run([str(probe)], tmp_path, env, []).strip() == "fp32"
+    direct = subprocess.run([sys.executable, str(probe)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, check=True)
+    assert direct.stdout.strip() == "bf16"  # the simulated CPU is seen outside the capture
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_a_run_records_what_precision_auto_resolved_to_on_this_cpu(tmp_path, monkeypatch, has_bf16, expected):
+    """Both resolutions of ``--precision auto`` on the CPU: bf16 with native bf16, fp32 without; the checkpoint and
+    run.json record the one used (what the golden capture pins to fp32)."""
+    from deepfake.cli import train
+    from deepfake.utils import runtime
+
+    from .conftest import make_forensynths
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == expected
+    data = make_forensynths(tmp_path / "data", n_train=4, n_val=2, n_test=1)
+    out = tmp_path / "run"
+    assert train.main(["--dataset_dir", str(data), "--output_dir", str(out), "--model", "spectrum-tiles256",
+                       "--cache_dir", str(tmp_path / "cache"), "--num_epochs", "1", "--batch_size", "8",
+                       "--num_workers", "0", "--precision", "auto", "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((out / "best.json").read_text())["features"]["precision"] == expected
+    assert json.loads((out / "run.json").read_text())["config"]["features"]["precision"] == expected

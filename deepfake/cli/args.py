@@ -291,10 +291,11 @@ def test_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="threshold of the acc columns: val (the checkpoint's validation threshold), calibrated "
                         "(when the checkpoint has one) or a number (default: the checkpoint's, 0.5)")
     p.add_argument("--protocol", default=EVAL.protocol, choices=PROTOCOL_NAMES,
-                   help="evaluate as a published benchmark repository does: its preprocessing (ufd, cnndetection: "
-                        "center crop 224 without resizing; aigcdetect: short side 256, then crop 224), sampling "
-                        "(ufd: 1000 images per class, 100 when a class has fewer, equal counts), its uint8 blur, and "
-                        "its headline numbers (accuracy at 0.5 and AP) printed first (default: none)")
+                   help="evaluate as a published benchmark repository does: its preprocessing (ufd, cnndetection, "
+                        "rine: center crop 224 without resizing; aigcdetect: short side 256, then crop 224), sampling "
+                        "(ufd: 1000 images per class, 100 when a class has fewer, equal counts; the others: every "
+                        "image), its uint8 blur, and its headline numbers (accuracy at 0.5 and AP) printed first; "
+                        "RINE's figures: --benchmark rine --protocol rine (default: none)")
     p.add_argument("--max_sample", type=int, default=EVAL.max_sample,
                    help="at most N images per generator and class (with --protocol ufd: its max_sample, default 1000)")
     p.add_argument("--seed", type=int, default=EVAL.seed, help="seed for --max_sample")

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from deepfake.cli.args import CliParser, add_runtime_args, parse_threshold, setup_logging
+from deepfake.config import RuntimeConfig, check_tiles, from_flags
 from deepfake.data.image_io import expand_inputs
 from deepfake.data.provenance import flat_record
 from deepfake.deepfake_classifier import DeepfakeClassifier
@@ -125,12 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    if args.output:
-        try:
+    try:  # the checks serve's flags get (deepfake.config), before the model loads
+        from_flags(RuntimeConfig, vars(args))
+        check_tiles(args.tiles)
+        if args.output:
             output_format(args.output)
-        except ValueError as exc:
-            log.error("%s", exc)
-            return 2
+    except ValueError as exc:
+        log.error("deepfake predict: %s", exc)
+        return 2
+    if args.output:
         if Path(args.output).exists() and not args.overwrite:
             log.error("%s: exists; pass --overwrite to replace it", args.output)
             return 2

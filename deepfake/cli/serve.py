@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_host", action="append", default=list(SERVE.allow_host), metavar="NAME",
                    help="also answer requests whose Host is NAME (repeatable; a reverse proxy's or a LAN name). "
                         "Other Host names get 400 (default: loopback names and the --host address)")
+    p.add_argument("--forwarded_allow_ips", action="append", default=list(SERVE.forwarded_allow_ips),
+                   metavar="ADDR", help="a reverse proxy's address or network (repeatable): its X-Forwarded-Proto "
+                                        "and X-Forwarded-Host give the origin its page's uploads come from (default: "
+                                        "none; those headers are ignored)")
+    p.add_argument("--allow_origin", action="append", default=list(SERVE.allow_origin), metavar="URL",
+                   help="also accept POSTs from this origin, e.g. https://detector.example.org (repeatable)")
     p.add_argument("--max_upload_mb", type=float, default=SERVE.max_upload_mb,
                    help="largest request body in MB; larger uploads get 413 (default: %(default)s)")
     p.add_argument("--max_files", type=int, default=SERVE.max_files, help="most images per request (default: %(default)s)")

@@ -143,16 +143,19 @@ def calibrate(classifier: DeepfakeClassifier, real_dir: str, target_fpr: float, 
 
 
 def resolve_threshold_source(requested: str | float | None, classifier: DeepfakeClassifier,
-                             calibration: dict | None) -> tuple[float, str, dict | None]:
+                             calibration: dict | None, preprocess: Preprocess | None = None,
+                             align: Alignment | None = None) -> tuple[float, str, dict | None]:
     """The threshold of the acc columns, where it came from, and the calibration record behind it (if any).
 
     ``calibration`` is the one just fitted on ``--calibrate_real``; ``--threshold calibrated``
-    without it takes the checkpoint's stored operating point (and raises when there is none).
+    without it takes the checkpoint's stored operating point (and raises when there is none, or when
+    it was fitted on images prepared otherwise than ``preprocess`` and ``align``, the test images').
     """
     if requested == "calibrated":
         if calibration is not None:
             return calibration["threshold"], "calibration", calibration
-        threshold = classifier.decision_threshold("calibrated")
+        threshold = classifier.decision_threshold("calibrated", preprocess=preprocess,
+                                                  align=align.to_dict() if align else None)
         stored = {k: v for k, v in classifier.config["calibration"].items()
                   if k not in ("format", "tower", "preprocess", "align")}
         return threshold, "checkpoint calibration", stored
@@ -298,7 +301,8 @@ def _prepare(config: EvalConfig, classifier: DeepfakeClassifier, samples: list[T
     # Off rank 0 a --calibrate_real fit is None (rank 0 fits it) and the threshold is never used;
     # without one every rank resolves it, so a missing stored calibration stops them all alike.
     if is_main_process() or not config.calibrate_real:
-        threshold, *source = resolve_threshold_source(config.threshold, classifier, calibration)
+        threshold, *source = resolve_threshold_source(config.threshold, classifier, calibration,
+                                                      _protocol_preprocess(classifier, protocol, warn=False), align)
     setting = _Setting(config, classifier, samples, align, settings, decode, threshold,
                        classifier.config.get("val_threshold"), _protocol_preprocess(classifier, protocol), protocol)
     return setting, calibration, tuple(source)

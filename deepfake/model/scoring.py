@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from deepfake.config import DEFAULT_MAX_PIXELS
+from deepfake.config import DEFAULT_MAX_PIXELS, check_tiles
 from deepfake.data.image_io import ImageSkipped
 from deepfake.data.preprocess import Preprocess
 from deepfake.data.provenance import FLAT_COLUMNS, Provenance, read_many
@@ -156,12 +156,16 @@ def score(
     ``decode`` defaults to the decode path the checkpoint's features were made with.
     ``provenance``: also read what each scored file declares about its origin.
     """
+    check_tiles(tiles)
+    if max_pixels is not None and not (isinstance(max_pixels, int) and max_pixels >= 1):
+        raise ValueError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     threshold = classifier.decision_threshold() if threshold is None else threshold
     images = [x if isinstance(x, Image.Image) else None for x in inputs]
     samples = [Sample((names[i] if names else f"<image {i}>") if images[i] is not None else os.fspath(x), -1, "")
                for i, x in enumerate(inputs)]
     decode = decode or classifier.config.get("features", {}).get("decode", "exact")
-    dataset = DeepfakeDataset(samples, classifier.preprocess, images=images, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+    dataset = DeepfakeDataset(samples, classifier.preprocess, images=images, max_pixels=max_pixels,
                               decode=decode)
     settings = ExtractionSettings(batch_size=batch_size, num_workers=num_workers,
                                   precision=classifier.config.get("precision", "fp32"), progress=progress,

@@ -125,7 +125,7 @@ def create_app(classifier: Scorer, threshold: float, config: ServeConfig | None 
 
     app = FastAPI(title="deepfake", summary="P(fake) for images", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.add_middleware(RequestGuard, hosts=allowed_hosts(config), max_bytes=config.max_upload_bytes,
-                       timeout=config.timeout)
+                       timeout=config.timeout, origins=config.allow_origin, proxies=config.forwarded_allow_ips)
     app.state.scorer = scorer
     app.state.requests = 0
     page = PAGE.read_text(encoding="utf-8")

@@ -47,5 +47,6 @@ def build_server(checkpoint: str, config: ServeConfig | None = None, threshold: 
     classifier = DeepfakeClassifier.from_pretrained(checkpoint, device=device, precision=precision)
     app = create_app(classifier, classifier.decision_threshold(threshold), config, public_name(checkpoint))
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                        http=header_deadline_protocol(config.timeout), limit_concurrency=config.max_connections)
+                        http=header_deadline_protocol(config.timeout), limit_concurrency=config.max_connections,
+                        proxy_headers=False)  # forwarded headers are judged by the app's guard (--forwarded_allow_ips)
     return uvicorn.Server(uv)

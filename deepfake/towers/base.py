@@ -141,6 +141,22 @@ class ImageTower(nn.Module):
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
+    def recorded_problem(self, recorded: dict) -> str | None:
+        """Why a head recorded on the tower ``recorded`` (a checkpoint's ``tower``) would not read this tower's
+        features; None when it would. The weights' hash decides, else the revision, else the name and family."""
+        loaded = self.identity
+        for key in ("weights_sha256", "revision"):
+            if recorded.get(key) and loaded.get(key):
+                if recorded[key] == loaded[key]:
+                    return None
+                break
+        else:
+            if recorded.get("model") == loaded.get("model") and recorded.get("family") == loaded.get("family"):
+                return None
+        return (f"head was trained on tower {recorded.get('model')!r} "
+                f"({recorded.get('revision') or str(recorded.get('weights_sha256', ''))[:12]}), "
+                f"but {loaded.get('model')!r} was loaded; features would not match")
+
     def cache_identity(self) -> dict:
         """What must match for cached features of this tower to be reused."""
         return {**self.identity, "preprocess": self.preprocess.to_dict()}

@@ -30,6 +30,7 @@ from deepfake.model.scoring import DEFAULT_MAX_TILES, FLAT_FIELDS, Prediction, s
 from deepfake.towers.weights import WeightsError
 from deepfake.utils.fileio import atomic_write_text, display_path
 from deepfake.utils.runtime import init_distributed
+from deepfake.utils.threads import budget_threads
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointRefused, WeightsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    budget_threads(args.threads, args.num_workers)
     # Under torchrun every rank scores a share of the files; rank 0 prints and writes.
     init_distributed(classifier.tower.device)
     files, missing = expand_inputs(args.paths)

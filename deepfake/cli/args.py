@@ -111,7 +111,7 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                         help="exact: full-resolution decode, then the resize; fast: JPEG draft / integer reduce "
                              "in uint8 to >= 2x the input size first (quicker on large photos, features move "
                              "slightly; see README). Default: exact for training, the checkpoint's for test/predict")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars; log warnings and errors only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines; log warnings and errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 

@@ -24,7 +24,7 @@ def run_to_file(args: list[str], stderr_path, interval: str = "0.01") -> subproc
                               env=env, timeout=600)
 
 
-def test_train_and_predict_log_progress_lines_when_stderr_is_a_file(tmp_path):
+def test_train_and_predict_log_progress_lines_and_their_thread_budget_when_stderr_is_a_file(tmp_path):
     data = make_forensynths(tmp_path / "data", n_train=8, n_val=2, n_test=2)
     run, cache = tmp_path / "run", tmp_path / "cache"
     train_err = tmp_path / "train.err"
@@ -38,9 +38,11 @@ def test_train_and_predict_log_progress_lines_when_stderr_is_a_file(tmp_path):
     assert "epoch  40" in done.stdout  # results stay on stdout
 
     predict_err = tmp_path / "predict.err"
-    done = run_to_file(["predict", str(data / "test"), "--checkpoint", str(run), "--num_workers", "0"], predict_err)
+    done = run_to_file(["predict", str(data / "test"), "--checkpoint", str(run), "--num_workers", "0", "--threads", "1"],
+                       predict_err)
     text = predict_err.read_text()
     assert done.returncode == 0, text
+    assert "threads: 1 thread(s) + 0 decode worker(s)" in text and "(as asked)" in text  # --threads reached the budget
     assert re.search(LINE.format(desc="scoring", total=16, unit="img"), text), text
     assert "\r" not in text
 

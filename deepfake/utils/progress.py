@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 
 from tqdm.auto import tqdm
 
@@ -59,9 +60,9 @@ class Progress:
             self.bar = tqdm(total=total, desc=desc, unit=unit, leave=leave)
         else:
             self._stop = threading.Event()
-            self._timer = threading.Thread(target=self._tick, args=(interval or log_interval(),),
-                                           name=f"progress-{desc}", daemon=True)
-            self._timer.start()
+            # The timer holds the bar weakly: a loop left half-way (an exception, a generator dropped) stops it too.
+            threading.Thread(target=_tick, args=(weakref.ref(self), self._stop, interval or log_interval()),
+                             name=f"progress-{desc}", daemon=True).start()
 
     def line(self) -> str:
         """The progress line as logged: done/total, rate and time left."""
@@ -71,10 +72,6 @@ class Progress:
         left = f", about {_duration((self.total - self.done) / rate)} left" if rate > 0 and self.total else ""
         extra = f", {self.postfix}" if self.postfix else ""
         return f"{self.desc}: {self.done}/{self.total} {self.unit}{share}, {rate:.2f} {self.unit}/s{left}{extra}"
-
-    def _tick(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            log.info("%s", self.line())
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -94,11 +91,24 @@ class Progress:
         if self._stop is not None:
             self._stop.set()
 
+    def __del__(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _tick(ref: weakref.ref, stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        bar = ref()
+        if bar is None:
+            return
+        log.info("%s", bar.line())
+        del bar
 
 
 def write_line(text: str, file=None) -> None:

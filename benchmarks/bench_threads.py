@@ -75,6 +75,11 @@ def command(name: str, where: dict, run_id: str, epochs: int) -> list[str]:
             "--quiet", "--overwrite"]
 
 
+def load() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def timed(cmd: list[str]) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     start = time.perf_counter()
@@ -142,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     cpus = usable_cpus()
     settings = ["default"] + [str(t) for t in range(1, cpus + 1)]
     names = args.commands.split(",")
-    print(f"{cpus} usable CPUs ({os.cpu_count()} on the machine); load average {os.getloadavg()}; "
+    print(f"{cpus} usable CPUs ({os.cpu_count()} on the machine); load average {load()}; "
           f"predict: {args.n} JPEGs of {args.size}; train: 64 JPEGs of {args.size}, {args.num_epochs} epochs")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         where = prepare(Path(tmp), args.n, size)
         for label in args.conditions.split(","):
-            print(f"{label}: load average {os.getloadavg()} before" + (f", {cpus} busy loops beside" if label == "busy" else ""),
+            print(f"{label}: load average {load()} before" + (f", {cpus} busy loops beside" if label == "busy" else ""),
                   flush=True)
             if label == "busy":
                 with busy_loops(cpus):

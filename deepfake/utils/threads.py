@@ -4,8 +4,8 @@ A process may use fewer CPUs than the machine has: its affinity (``taskset``, a 
 binding) and its cgroup's CPU quota (a container or a job given 4 CPUs of a 64-core node) bound
 it. Torch, MKL and OpenBLAS start one thread per core of the machine; on a node shared with
 other work those threads wait for each other at every parallel step, each wait a scheduler time
-slice: ``deepfake predict`` beside two busy processes on 2 cores ran 3x slower with two threads
-than with one (docs/performance.md). So the budget is:
+slice: ``deepfake predict`` beside two busy processes on 2 cores ran 3 to 9 times slower with two
+threads than with one (docs/performance.md). So the budget is:
 
 - ``cpus``: the CPUs this process may use (affinity, then the cgroup quota, rounded down);
 - ``workers``: decode worker processes (``--num_workers``), each one thread;
@@ -33,8 +33,8 @@ PROC_STAT = Path("/proc/stat")
 # How often a chosen budget is measured again, and the shortest window a measurement trusts.
 REFRESH_SECONDS = 5.0
 MIN_WINDOW_SECONDS = 0.2
-# A CPU counts as free when others leave more than this share of it idle: two threads beside a
-# half-busy core already wait on each other (docs/performance.md), so the rounding leans to fewer.
+# A CPU counts as free when others leave more than this share of it idle. The rounding leans to
+# fewer threads: on 2 cores one thread too few cost 8% idle, one too many 3 to 9 times (docs/performance.md).
 FREE_SHARE = 0.75
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepfake.utils.threads import default_workers
+
 DEFAULT_MODEL = "LanguageBind/LanguageBind_Image"
 # Pillow's own bomb limit (its default ``Image.MAX_IMAGE_PIXELS``, ~89.5 MP): above any
 # camera or generator output the field uses (a 50 MP photo passes), and a decompression
@@ -47,11 +49,6 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 STANDARDIZE_CHOICES = ("auto", "on", "off")
 
 
-def default_workers() -> int:
-    """Decoding workers that leave the tower its cores: none on a 2-core machine, up to 8 on big ones."""
-    return min(8, max(0, (os.cpu_count() or 1) - 2))
-
-
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how fast the tower runs, and how much is said about it."""
@@ -60,6 +57,7 @@ class RuntimeConfig:
     precision: str | None = None  # None: auto for training, the checkpoint's for test and predict
     batch_size: int = 64
     num_workers: int = field(default_factory=default_workers)
+    threads: int | None = None  # None: the CPUs this process may use, less workers and others' use (utils/threads.py)
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode: str | None = None  # None: exact for training, the checkpoint's for test and predict
     quiet: bool = False

@@ -369,6 +369,191 @@ INTENDED_TEXT["help_serve.txt"] += [
      "                        (repeatable)\n")]
 
 
+# The thread budget: --threads on every command that computes (a run's train_args record it), and --quiet
+# also silences the progress lines logged where stderr is not a terminal.
+_THREADS_HELP = {'help_demo.txt': [('                     [--num_epochs NUM_EPOCHS] [--seed SEED] [--standardize '
+                    '{auto,on,off}]\n'
+                    '                     [--overwrite]\n'
+                    '\n',
+                    '                     [--num_epochs NUM_EPOCHS] [--seed SEED] [--standardize '
+                    '{auto,on,off}]\n'
+                    '                     [--threads THREADS] [--overwrite]\n'
+                    '\n'),
+                   ("                        for it, as the spectral towers' does)\n"
+                    '  --overwrite           reuse a non-empty --out\n',
+                    "                        for it, as the spectral towers' does)\n"
+                    '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                    'process may\n'
+                    '                        use, by affinity and cgroup quota, less the decoding workers and '
+                    'what\n'
+                    '                        other processes were measured to use of them; see '
+                    'docs/performance.md)\n'
+                    '  --overwrite           reuse a non-empty --out\n')],
+ 'help_predict.txt': [('                        [--precision {auto,fp32,bf16,fp16}] [--batch_size BATCH_SIZE]\n'
+                       '                        [--num_workers NUM_WORKERS] [--max_pixels MAX_PIXELS]\n'
+                       '                        [--decode {exact,fast}] [--quiet] [-v]\n',
+                       '                        [--precision {auto,fp32,bf16,fp16}] [--batch_size BATCH_SIZE]\n'
+                       '                        [--num_workers NUM_WORKERS] [--threads THREADS] [--max_pixels '
+                       'MAX_PIXELS]\n'
+                       '                        [--decode {exact,fast}] [--quiet] [-v]\n'),
+                      ('                        image decoding worker processes (default: <N> on this '
+                       'machine)\n'
+                       '  --max_pixels MAX_PIXELS\n',
+                       '                        image decoding worker processes (default: <N> on this '
+                       'machine)\n'
+                       '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                       'process may\n'
+                       '                        use, by affinity and cgroup quota, less the decoding workers '
+                       'and what\n'
+                       '                        other processes were measured to use of them; see '
+                       'docs/performance.md)\n'
+                       '  --max_pixels MAX_PIXELS\n'),
+                      ("                        checkpoint's for test/predict\n"
+                       '  --quiet               no progress bars; log warnings and errors only\n'
+                       '  -v, --verbose         debug logging\n',
+                       "                        checkpoint's for test/predict\n"
+                       '  --quiet               no progress bars or progress lines; log warnings and errors '
+                       'only\n'
+                       '  -v, --verbose         debug logging\n')],
+ 'help_serve.txt': [('                      [--timeout TIMEOUT] [--tiles [TILES]] [--threshold THRESHOLD]\n'
+                     '                      [--max_batch MAX_BATCH] [--device DEVICE] [--precision PRECISION] '
+                     '[--quiet]\n'
+                     '                      [-v]\n'
+                     '\n',
+                     '                      [--timeout TIMEOUT] [--tiles [TILES]] [--threshold THRESHOLD]\n'
+                     '                      [--max_batch MAX_BATCH] [--device DEVICE] [--precision PRECISION]\n'
+                     '                      [--threads THREADS] [--quiet] [-v]\n'
+                     '\n'),
+                    ("                        tower precision (default: the checkpoint's)\n"
+                     '  --quiet               log warnings and errors only\n',
+                     "                        tower precision (default: the checkpoint's)\n"
+                     '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                     'process may\n'
+                     '                        use, by affinity and cgroup quota, less the decoding workers and '
+                     'what\n'
+                     '                        other processes were measured to use of them; see '
+                     'docs/performance.md)\n'
+                     '  --quiet               log warnings and errors only\n')],
+ 'help_test.txt': [('                     [--device DEVICE] [--precision {auto,fp32,bf16,fp16}]\n'
+                    '                     [--batch_size BATCH_SIZE] [--num_workers NUM_WORKERS]\n'
+                    '                     [--max_pixels MAX_PIXELS] [--decode {exact,fast}] [--quiet] [-v]\n',
+                    '                     [--device DEVICE] [--precision {auto,fp32,bf16,fp16}]\n'
+                    '                     [--batch_size BATCH_SIZE] [--num_workers NUM_WORKERS] [--threads '
+                    'THREADS]\n'
+                    '                     [--max_pixels MAX_PIXELS] [--decode {exact,fast}] [--quiet] [-v]\n'),
+                   ('                        image decoding worker processes (default: <N> on this machine)\n'
+                    '  --max_pixels MAX_PIXELS\n',
+                    '                        image decoding worker processes (default: <N> on this machine)\n'
+                    '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                    'process may\n'
+                    '                        use, by affinity and cgroup quota, less the decoding workers and '
+                    'what\n'
+                    '                        other processes were measured to use of them; see '
+                    'docs/performance.md)\n'
+                    '  --max_pixels MAX_PIXELS\n'),
+                   ("                        checkpoint's for test/predict\n"
+                    '  --quiet               no progress bars; log warnings and errors only\n'
+                    '  -v, --verbose         debug logging\n',
+                    "                        checkpoint's for test/predict\n"
+                    '  --quiet               no progress bars or progress lines; log warnings and errors only\n'
+                    '  -v, --verbose         debug logging\n')],
+ 'help_test_ClassifierHead.txt': [('                              [--batch_size BATCH_SIZE] [--num_workers '
+                                   'NUM_WORKERS]\n'
+                                   '                              [--max_pixels MAX_PIXELS] [--decode '
+                                   '{exact,fast}] [--quiet] [-v]\n'
+                                   '                              [--cache_dir CACHE_DIR] [--no_cache] '
+                                   '[--compile]\n'
+                                   '\n',
+                                   '                              [--batch_size BATCH_SIZE] [--num_workers '
+                                   'NUM_WORKERS]\n'
+                                   '                              [--threads THREADS] [--max_pixels '
+                                   'MAX_PIXELS]\n'
+                                   '                              [--decode {exact,fast}] [--quiet] [-v] '
+                                   '[--cache_dir CACHE_DIR]\n'
+                                   '                              [--no_cache] [--compile]\n'
+                                   '\n'),
+                                  ('                        image decoding worker processes (default: <N> on '
+                                   'this machine)\n'
+                                   '  --max_pixels MAX_PIXELS\n',
+                                   '                        image decoding worker processes (default: <N> on '
+                                   'this machine)\n'
+                                   '  --threads THREADS     compute threads of the main process (default: the '
+                                   'CPUs this process may\n'
+                                   '                        use, by affinity and cgroup quota, less the '
+                                   'decoding workers and what\n'
+                                   '                        other processes were measured to use of them; see '
+                                   'docs/performance.md)\n'
+                                   '  --max_pixels MAX_PIXELS\n'),
+                                  ("                        checkpoint's for test/predict\n"
+                                   '  --quiet               no progress bars; log warnings and errors only\n'
+                                   '  -v, --verbose         debug logging\n',
+                                   "                        checkpoint's for test/predict\n"
+                                   '  --quiet               no progress bars or progress lines; log warnings '
+                                   'and errors only\n'
+                                   '  -v, --verbose         debug logging\n')],
+ 'help_train.txt': [('                      [--precision {auto,fp32,bf16,fp16}] [--batch_size BATCH_SIZE]\n'
+                     '                      [--num_workers NUM_WORKERS] [--max_pixels MAX_PIXELS]\n'
+                     '                      [--decode {exact,fast}] [--quiet] [-v]\n',
+                     '                      [--precision {auto,fp32,bf16,fp16}] [--batch_size BATCH_SIZE]\n'
+                     '                      [--num_workers NUM_WORKERS] [--threads THREADS] [--max_pixels '
+                     'MAX_PIXELS]\n'
+                     '                      [--decode {exact,fast}] [--quiet] [-v]\n'),
+                    ('                        image decoding worker processes (default: <N> on this machine)\n'
+                     '  --max_pixels MAX_PIXELS\n',
+                     '                        image decoding worker processes (default: <N> on this machine)\n'
+                     '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                     'process may\n'
+                     '                        use, by affinity and cgroup quota, less the decoding workers and '
+                     'what\n'
+                     '                        other processes were measured to use of them; see '
+                     'docs/performance.md)\n'
+                     '  --max_pixels MAX_PIXELS\n'),
+                    ("                        checkpoint's for test/predict\n"
+                     '  --quiet               no progress bars; log warnings and errors only\n'
+                     '  -v, --verbose         debug logging\n',
+                     "                        checkpoint's for test/predict\n"
+                     '  --quiet               no progress bars or progress lines; log warnings and errors '
+                     'only\n'
+                     '  -v, --verbose         debug logging\n')],
+ 'help_train_ClassifierHead.txt': [('                               [--batch_size BATCH_SIZE] [--num_workers '
+                                    'NUM_WORKERS]\n'
+                                    '                               [--max_pixels MAX_PIXELS] [--decode '
+                                    '{exact,fast}] [--quiet] [-v]\n'
+                                    '                               [--extract_batch_size EXTRACT_BATCH_SIZE] '
+                                    '[--cache_dir CACHE_DIR]\n',
+                                    '                               [--batch_size BATCH_SIZE] [--num_workers '
+                                    'NUM_WORKERS]\n'
+                                    '                               [--threads THREADS] [--max_pixels '
+                                    'MAX_PIXELS]\n'
+                                    '                               [--decode {exact,fast}] [--quiet] [-v]\n'
+                                    '                               [--extract_batch_size EXTRACT_BATCH_SIZE] '
+                                    '[--cache_dir CACHE_DIR]\n'),
+                                   ('                        image decoding worker processes (default: <N> on '
+                                    'this machine)\n'
+                                    '  --max_pixels MAX_PIXELS\n',
+                                    '                        image decoding worker processes (default: <N> on '
+                                    'this machine)\n'
+                                    '  --threads THREADS     compute threads of the main process (default: the '
+                                    'CPUs this process may\n'
+                                    '                        use, by affinity and cgroup quota, less the '
+                                    'decoding workers and what\n'
+                                    '                        other processes were measured to use of them; see '
+                                    'docs/performance.md)\n'
+                                    '  --max_pixels MAX_PIXELS\n'),
+                                   ("                        checkpoint's for test/predict\n"
+                                    '  --quiet               no progress bars; log warnings and errors only\n'
+                                    '  -v, --verbose         debug logging\n',
+                                    "                        checkpoint's for test/predict\n"
+                                    '  --quiet               no progress bars or progress lines; log warnings '
+                                    'and errors only\n'
+                                    '  -v, --verbose         debug logging\n')]}
+for _name, _pairs in _THREADS_HELP.items():
+    INTENDED_TEXT.setdefault(_name, []).extend(_pairs)
+for _name, _parents in (("best.json", ()), ("demo_best.json", ()), ("run.json", ("config",)),
+                        ("demo_run.json", ("config",))):
+    INTENDED_JSON[_name][(*_parents, "train_args", "threads")] = None
+
+
 def _drop_new_key(doc, path: tuple, where: str = "$") -> str | None:
     """Remove the intended new key at ``path`` (``*``: every key) from ``doc``; the first place it is missing."""
     head, *rest = path

@@ -104,14 +104,33 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=RUNTIME.batch_size, help="images per batch")
     parser.add_argument("--num_workers", type=int, default=RUNTIME.num_workers,
                         help="image decoding worker processes (default: %(default)s on this machine)")
+    add_threads_arg(parser)
     parser.add_argument("--max_pixels", type=int, default=RUNTIME.max_pixels,
                         help="refuse images with more pixels than this (decompression bombs)")
     parser.add_argument("--decode", default=None, choices=("exact", "fast"),
                         help="exact: full-resolution decode, then the resize; fast: JPEG draft / integer reduce "
                              "in uint8 to >= 2x the input size first (quicker on large photos, features move "
                              "slightly; see README). Default: exact for training, the checkpoint's for test/predict")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars; log warnings and errors only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines; log warnings and errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def add_threads_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--threads N``: the main process's compute threads (every command that runs a tower or trains)."""
+    parser.add_argument("--threads", type=_positive_int, default=RUNTIME.threads,
+                        help="compute threads of the main process (default: the CPUs this process may use, by "
+                             "affinity and cgroup quota, less the decoding workers and what other processes "
+                             "were measured to use of them; see docs/performance.md)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
 
 
 def add_tower_args(parser: argparse.ArgumentParser) -> None:

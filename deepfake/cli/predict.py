@@ -35,6 +35,7 @@ from deepfake.model.scoring import DEFAULT_MAX_TILES, FLAT_FIELDS, Prediction, s
 from deepfake.towers.weights import WeightsError
 from deepfake.utils.fileio import atomic_write_text, display_path
 from deepfake.utils.runtime import init_distributed
+from deepfake.utils.threads import budget_threads
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                   "(tiny-ladeda-wildrf, tiny-ladeda-forensynth), whose head scores every position",
                   args.checkpoint, classifier.tower.identity.get("family"))
         return 2
+    budget_threads(args.threads, args.num_workers)
     # Under torchrun every rank scores a share of the files; rank 0 prints and writes.
     init_distributed(classifier.tower.device)
     files, missing = expand_inputs(args.paths)

@@ -21,11 +21,12 @@ import logging
 import socket
 import sys
 
-from deepfake.cli.args import CliParser, parse_threshold, setup_logging
+from deepfake.cli.args import CliParser, add_threads_arg, parse_threshold, setup_logging
 from deepfake.config import ServeConfig, from_flags
 from deepfake.model.checkpoint import CheckpointRefused
 from deepfake.model.scoring import DEFAULT_MAX_TILES
 from deepfake.towers.weights import WeightsError
+from deepfake.utils.threads import budget_threads
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_batch", type=int, default=SERVE.max_batch, help="most images scored in one pass (default: %(default)s)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--precision", default=None, help="tower precision (default: the checkpoint's)")
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointRefused, WeightsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    budget_threads(args.threads, workers=0)  # the scoring worker decodes in this process
     log.info("serving %s on http://%s:%d (Ctrl-C stops)", args.checkpoint, config.host, config.port)
     server.run()
     return 0

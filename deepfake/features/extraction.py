@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from deepfake.config import DEFAULT_BATCH_PIXELS, RuntimeConfig
 from deepfake.data.preprocess import preprocessed_shape
@@ -44,8 +43,10 @@ from deepfake.features.cache import (
 )
 from deepfake.towers.base import BLOCK_TAP, TAP_FIRST_BLOCK, ImageTower, layers_request, tap_rows
 from deepfake.towers.deferred import DeferredTower
+from deepfake.utils import threads
 from deepfake.utils.fileio import display_path
 from deepfake.utils.hashing import file_stamp
+from deepfake.utils.progress import Progress
 from deepfake.utils.runtime import DTYPES, barrier, rank_and_world, release_free_heap, terminate_as_interrupt
 from deepfake.utils.text import parse_list
 
@@ -269,8 +270,8 @@ def iterate_tower(
     """
     device = tower.device
     loader = _image_loader(dataset, indices, settings, stamped=stamps is not None, pin=device.type == "cuda")
-    # Progress goes to stderr, and only to a terminal (disable=None): piped output stays clean.
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=None if settings.progress else True, leave=False)
+    # Progress goes to stderr: a bar on a terminal, a line every 30 s elsewhere (deepfake.utils.progress).
+    bar = Progress(len(indices), desc, "img", enabled=settings.progress, leave=False)
     start = time.perf_counter()
     blocks = list(settings.layers)
     n_scored = n_skipped = 0
@@ -292,6 +293,7 @@ def iterate_tower(
                     picked = out.layers[:, tap_rows(settings.tap, blocks)].float().cpu()
                     layers = {b: picked[:, j] for j, b in enumerate(blocks)}
         bar.update(len(positions) + len(skipped))
+        threads.refresh()  # others' load may have changed since the budget was decided
         n_scored += len(positions)
         n_skipped += len(skipped)
         yield positions, embeds, layers, skipped

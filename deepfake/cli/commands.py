@@ -19,6 +19,7 @@ COMMANDS = {
     "audit": "deepfake.cli.audit",
     "split": "deepfake.cli.split",
     "import": "deepfake.cli.import_head",
+    "compare": "deepfake.cli.compare",
 }
 
 

@@ -155,3 +155,10 @@ def test_compare_refuses_a_detector_that_names_nothing_and_writes_nothing(detect
     assert deepfake_main(argv) == 2
     assert "missing: no such run folder or checkpoint file" in caplog.text
     assert not out.exists()
+
+
+def test_a_checkpoint_file_is_a_detector_as_its_run_folder_is(detectors, tmp_path):
+    run = detectors["runs"]["ufd"]
+    results = _compare([run / "best.safetensors", run], detectors["test"], tmp_path / "out", tmp_path / "cache")
+    assert [d["name"] for d in results["detectors"]] == ["ufd/best", "ufd"]
+    assert results["results"]["ufd/best"] == results["results"]["ufd"]

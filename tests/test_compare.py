@@ -132,7 +132,7 @@ def _with_preprocess(run: Path, out: Path, preprocess: Preprocess) -> Path:
 def test_detectors_with_other_preprocessing_run_a_pass_each_unless_a_protocol_prepares_all_alike(
         detectors, tower_passes, tmp_path):
     crop = detectors["runs"]["ufd"]
-    resized = _with_preprocess(crop, tmp_path / "ufd-resize", Preprocess(mode="resize", size=56))
+    resized = _with_preprocess(crop, crop.parent / "ufd-resize", Preprocess(mode="resize", size=56))
     results = _compare([crop, resized], detectors["test"], tmp_path / "own", tmp_path / "cache")
     assert sum(tower_passes) == 2 * detectors["n_images"]
     assert [p["detectors"] for p in results["passes"]] == [["ufd"], ["ufd-resize"]]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,11 +76,16 @@ class Detector:
 
 
 def detector_names(specs: tuple[str, ...] | list[str]) -> list[str]:
-    """The column name of each detector: a run folder's name, a checkpoint's run and file; repeats numbered."""
-    names = []
+    """The column name of each detector: its path below the folder all of them share; repeats numbered.
+
+    ``runs/demo/run runs/linear`` -> ``demo/run``, ``linear``; one detector: its folder's name.
+    """
+    paths = {spec: Path(spec).expanduser().resolve() for spec in specs if Path(spec).expanduser().exists()}
+    common = Path(os.path.commonpath([p.parent for p in paths.values()])) if paths else None
+    names: list[str] = []
     for spec in specs:
-        path = Path(spec)
-        name = spec if not path.exists() else (path.name if path.is_dir() else f"{path.parent.name}/{path.stem}")
+        path = paths.get(spec)
+        name = spec if path is None else path.relative_to(common).with_suffix("").as_posix()
         base, k = name, 2
         while name in names:
             name, k = f"{base}#{k}", k + 1

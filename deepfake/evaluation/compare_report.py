@@ -83,7 +83,7 @@ def write_comparison(results: dict, samples: list, probs: dict[str, np.ndarray],
 
 
 def write_ap_figure(results: dict, path: Path) -> None:
-    """AP per generator and the mean, one bar per detector (grouped), chance (50%) drawn."""
+    """AP per generator and the mean, one bar per detector (grouped); the mean's values written on its bars."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -97,13 +97,14 @@ def write_ap_figure(results: dict, path: Path) -> None:
     for j, name in enumerate(names):
         values = [100 * (r.get(f"{name}:ap") if r.get(f"{name}:ap") is not None else float("nan")) for r in rows]
         bars = ax.bar(x + (j - (len(names) - 1) / 2) * width, values, width, label=name)
-        ax.bar_label(bars, labels=[f"{values[-1]:.0f}" if k == len(rows) - 1 else "" for k in range(len(rows))],
-                     fontsize=7, padding=1)
+        ax.bar_label(bars, labels=[f"{values[-1]:.1f}" if k == len(rows) - 1 else "" for k in range(len(rows))],
+                     fontsize=7, padding=1, rotation=90 if len(names) > 2 else 0)
     ax.axhline(50, color="k", ls=":", lw=0.8)
     ax.axvline(len(rows) - 1.5, color="0.6", lw=0.8)  # the mean apart from the generators
     ax.set_xticks(x, [r["domain"] for r in rows], rotation=30 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center")
-    ax.set(ylabel="AP (%)", ylim=(0, 105), title=f"AP per generator ({results['label']}; dotted: chance)")
-    ax.legend(fontsize=8, ncols=min(len(names), 4), loc="lower left", framealpha=0.9)
+    ax.set(ylabel="AP (%)", ylim=(0, 112), title=f"AP per generator ({results['label']}; dotted: 50%, chance with as "
+                                                 f"many fakes as reals)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)

@@ -210,7 +210,8 @@ def _compare(config: DetectorsConfig) -> dict:
     passes = describe_passes(groups)
     if is_main_process():
         print(summarize(samples))
-        print(f"{len(detectors)} detector(s), {len(groups)} tower pass(es) over the images:")
+        print(f"{len(detectors)} detector(s), {len(groups)} tower pass(es) over the images (cached ones are not "
+              "extracted again):")
         for i, p in enumerate(passes, 1):
             print(f"  pass {i}: {p['tower']} ({p['preprocess']['mode']} {p['preprocess']['size']}, "
                   f"{p['precision']}): {', '.join(p['detectors'])}")

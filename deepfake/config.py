@@ -246,6 +246,17 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class DetectorsConfig:
+    """Detectors side by side on one test set (``deepfake compare``): each a run folder or checkpoint file.
+
+    ``evaluation`` holds the test set, protocol, perturbation, runtime and cache, as ``test`` takes them.
+    """
+
+    detectors: tuple[str, ...] = ()
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     """Every head kind trained on one feature cache and compared per generator."""
 

@@ -165,6 +165,15 @@ def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
     return tower
 
 
+def checkpoint_precision(config: dict, device: torch.device, precision: str | None = None) -> str:
+    """The precision a head's tower runs in: ``precision``, else the one its features were made in (fp16: auto on a CPU)."""
+    if precision is None:
+        precision = config.get("features", {}).get("precision", "auto")
+        if precision == "fp16" and device.type == "cpu":
+            precision = "auto"
+    return resolve_precision(precision, device)
+
+
 class DeepfakeClassifier(nn.Module):
     """Frozen tower + trainable head; ``forward`` maps pixel tensors to the head's logits (two, or one).
 
@@ -295,11 +304,7 @@ class DeepfakeClassifier(nn.Module):
         if problem:
             raise CheckpointRefused(f"{path}: {problem}")
         head = _load_weights(head, state, path)
-        if precision is None:
-            precision = config.get("features", {}).get("precision", "auto")
-            if precision == "fp16" and device.type == "cpu":
-                precision = "auto"
-        precision = resolve_precision(precision, device)
+        precision = checkpoint_precision(config, device, precision)
         loaded = prepare_tower(loaded, precision, device)
         clf = cls(loaded, head.to(device), {**config, "checkpoint": str(path), "precision": precision})
         clf.eval()

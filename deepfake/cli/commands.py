@@ -20,6 +20,7 @@ COMMANDS = {
     "split": "deepfake.cli.split",
     "import": "deepfake.cli.import_head",
     "detectors": "deepfake.cli.detectors",
+    "compare": "deepfake.cli.compare",
 }
 
 

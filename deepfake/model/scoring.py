@@ -25,6 +25,7 @@ from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.features.batch import FeatureBatch, table_batch, tower_batch
 from deepfake.features.extraction import ExtractionSettings, FeatureTable, extract_features, images_per_batch
 from deepfake.model.heads import head_tap
+from deepfake.model.ood import ood_flags
 from deepfake.towers.base import layers_request
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ class Prediction:
     """One input's result: P(fake) and label, or the reason it was skipped.
 
     ``tiles`` (with tiles on) lists each scored crop as ``{left, top, width, height, probability}``
-    in the pixels of the EXIF-rotated image, for a heat map.
+    in the pixels of the EXIF-rotated image, for a heat map. ``threshold``: the one ``label`` is
+    taken at (fake when P(fake) is above it). ``ood``: ``in`` or ``out`` of the head's training
+    distribution, or ``unknown`` for a head without its statistics (:mod:`deepfake.model.ood`);
+    ``ood_distance`` is the distance behind it.
     """
 
     path: str
@@ -61,10 +65,13 @@ class Prediction:
     tile_probability: float | None = None
     skipped: str = ""
     tiles: list[dict] | None = None
+    threshold: float | None = None
+    ood: str | None = None
+    ood_distance: float | None = None
 
 
 # Columns of the flat (CSV, table) form of a prediction; ``tiles`` only goes into JSON.
-FLAT_FIELDS = ("path", "probability", "label", "tile_probability", "skipped")
+FLAT_FIELDS = ("path", "probability", "label", "tile_probability", "skipped", "threshold", "ood", "ood_distance")
 
 
 def logits_to_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -130,6 +137,18 @@ def table_probabilities(head: nn.Module, table: FeatureTable) -> np.ndarray:
     return probs
 
 
+def table_ood(head: nn.Module, table: FeatureTable) -> tuple[np.ndarray, list[str | None]]:
+    """(distance, ``in``/``out``/``unknown``) per row of a feature table; NaN and ``None`` where the image was skipped."""
+    distances, flags = np.full(len(table.ok), np.nan), [None] * len(table.ok)
+    rows = table.ok.nonzero().flatten()
+    if len(rows):
+        found, labels = ood_flags(head, table.embeds[rows].float())
+        distances[rows.numpy()] = found
+        for i, flag in zip(rows.tolist(), labels):
+            flags[i] = flag
+    return distances, flags
+
+
 def score(
     classifier: Scorer,
     inputs: list,
@@ -164,6 +183,7 @@ def score(
     if table is None:
         return None
     probs = table_probabilities(classifier.head, table)
+    distances, flags = table_ood(classifier.head, table)
     grids = tile_scores(classifier, dataset, table.ok.nonzero().flatten().tolist(), tiles, batch_size) if tiles else {}
     results = []
     for i, sample in enumerate(samples):
@@ -172,7 +192,8 @@ def score(
             grid = grids.get(i)
             results.append(Prediction(sample.path, p, "fake" if p > threshold else "real",
                                       float(np.mean([t["probability"] for t in grid])) if grid else None,
-                                      tiles=grid))
+                                      tiles=grid, threshold=threshold, ood=flags[i],
+                                      ood_distance=None if np.isnan(distances[i]) else float(distances[i])))
         else:
             results.append(Prediction(sample.path, None, None, None, table.skipped.get(i, "unreadable")))
     return results

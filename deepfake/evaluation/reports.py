@@ -199,8 +199,10 @@ def threshold_note(results: dict) -> str:
     val = results.get("val_threshold")
     val_text = (f"val_thr_acc at the validation threshold {val:.4g}, the one predict, serve and the API label at "
                 "by default" if val is not None else "the checkpoint stores no validation threshold")
+    source = results.get("threshold_source") or "checkpoint"
+    source = "the checkpoint's reporting threshold" if source == "checkpoint" else f"from {source}"
     return (f"real_acc, fake_acc, acc and the histograms: fake when P(fake) > {results['threshold']:.4g} "
-            f"({results.get('threshold_source') or 'checkpoint'}); {val_text}")
+            f"({source}); {val_text}")
 
 
 def _print_level(level: dict, protocol: dict | None, results: dict | None = None) -> str:

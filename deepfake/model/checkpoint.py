@@ -283,6 +283,7 @@ CHECKPOINT_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("head.ood.n_train", integer(0, 1 << 40)),
     FieldRule("head.ood.n_calibration", integer(0, 1 << 40)),
     FieldRule("head.ood.shrinkage", number(0.0, 1.0)),
+    FieldRule("head.ood.achieved_rate", nullable(number(0.0, 1.0))),
     FieldRule("standardize", boolean()),
     FieldRule("threshold", threshold_check),
     FieldRule("val_threshold", nullable(threshold_check)),

@@ -81,5 +81,7 @@ def ood_note(record: dict | None) -> str | None:
     """One line saying what the flag means for this head, or ``None`` without statistics."""
     if not record or record.get("threshold") is None:
         return None
-    return (f"{record['distance']} above {record['threshold']:.4g}, which {100 * record['target_rate']:g}% of "
-            f"{record['n_calibration']} held-out validation images exceed")
+    beyond = record.get("achieved_rate")
+    share = f"{100 * beyond:.1f}% of" if beyond is not None else "at most"
+    return (f"{record['distance']} above {record['threshold']:.4g}: {share} the {record['n_calibration']} held-out "
+            f"validation images lie beyond it (target {100 * record['target_rate']:g}%)")

@@ -99,7 +99,8 @@ def fit_ood(head: nn.Module, source: CachedFeatures | TowerFeatures, val_table: 
     distances = head.ood.distances(table_batch(val_table, val_rows).embeds) if len(val_rows) else np.zeros(0)
     threshold = threshold_for_fpr(distances, target_rate)
     record = {"dim": len(mean), "distance": OOD_DISTANCE, "threshold": threshold, "target_rate": target_rate,
-              "n_train": n, "n_calibration": len(distances), "shrinkage": shrinkage}
+              "n_train": n, "n_calibration": len(distances), "shrinkage": shrinkage,
+              "achieved_rate": float(np.mean(distances > threshold)) if threshold is not None else None}
     head.ood_record = record
     if threshold is None:
         log.warning("no readable validation image: the head stores no out-of-distribution threshold "

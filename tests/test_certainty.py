@@ -8,7 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import train_ClassifierHead
+from deepfake.data.synthetic import generate
 from deepfake.data.test_sets import TestSample
+from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.evaluation.domains import SMALL_DOMAIN, domain_rows, pooled_row, row_metrics
 from deepfake.evaluation.metrics import _weighted_ap, average_precision, bootstrap_intervals
 from deepfake.evaluation.reports import certainty_notes, format_table
@@ -152,3 +155,22 @@ def test_ood_statistics_survive_the_checkpoint_and_heads_without_them_say_unknow
     old = head_from_config({k: v for k, v in config.items() if k != "ood"})
     old.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("ood.")}, strict=True)
     assert ood_flags(old, probe)[1] == [OOD_UNKNOWN] * 50
+
+
+def test_head_trained_on_one_synthetic_family_flags_other_families_fakes_far_more_than_its_own_held_out_images(
+        tmp_path):
+    data = generate(tmp_path / "data", n_train=30, n_val=30, n_test=30, sizes=(256, 256), train_family="tconv",
+                    test_families=("tconv", "bilinear", "nearest"))
+    run = tmp_path / "run"
+    assert train_ClassifierHead.main(["--dataset_dir", str(data), "--output_dir", str(run), "--model", "spectrum",
+                                      "--cache_dir", str(tmp_path / "cache"), "--num_epochs", "2", "--num_workers", "0",
+                                      "--quiet"]) == 0
+    clf = DeepfakeClassifier.from_pretrained(run)
+    assert clf.config["head"]["ood"]["n_calibration"] == 120  # the validation split: 2 categories x 2 classes x 30
+    own = clf.predict(sorted((data / "test" / "tconv").rglob("*.*")))
+    others = clf.predict(sorted(p for f in ("bilinear", "nearest") for p in (data / "test" / f).rglob("1_fake/*.*")))
+    own_share = np.mean([p.ood == "out" for p in own])
+    other_share = np.mean([p.ood == "out" for p in others])
+    assert len(own) == len(others) == 120
+    assert own_share <= 0.05, own_share  # about 1%: held-out images of the family it was trained on
+    assert other_share >= max(0.25, 5 * own_share), (own_share, other_share)

@@ -96,7 +96,8 @@ def test_table_marks_small_domains_and_says_so_with_pooled_row_and_thresholds_un
     assert "a *" in table and "b *" in table and "pooled" in table and "AP 95% CI" in table
     notes = "\n".join(certainty_notes(level, {"threshold": 0.5, "threshold_source": "checkpoint", "val_threshold": 0.4}))
     assert f"fewer than {SMALL_DOMAIN} images of a class" in notes
-    assert "images pooled" in notes and "P(fake) > 0.5" in notes and "validation threshold 0.4" in notes
+    assert "images pooled" in notes and "(95% CI n/a)" not in notes
+    assert "P(fake) > 0.5" in notes and "validation threshold 0.4" in notes
     assert "OOD: n/a" in notes
 
 

@@ -179,7 +179,7 @@ def certainty_notes(level: dict, results: dict) -> list[str]:
     notes = []
     mean, pooled = level["mean"], level.get("pooled")
     if pooled and pooled.get("ap") is not None:
-        ci = _fmt(_cell(pooled, "ap", "ci"), "ci")
+        ci = _fmt(_cell(pooled, "ap_ci", "ci"), "ci")
         notes.append(f"AP: {_fmt(mean.get('ap'), 'pct')} as the mean of {len(mean.get('covers') or [])} domain(s); "
                      f"{_fmt(pooled['ap'], 'pct')} (95% CI {ci}) over the {pooled['n_real'] + pooled['n_fake']} "
                      "images pooled")

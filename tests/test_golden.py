@@ -554,12 +554,31 @@ for _name, _parents in (("best.json", ()), ("demo_best.json", ()), ("run.json", 
     INTENDED_JSON[_name][(*_parents, "train_args", "threads")] = None
 
 
+# Numbers that say how sure they are: every trained head stores its out-of-distribution statistics (head.ood);
+# each evaluation level has a pooled row, and each row its bootstrap intervals, small-domain mark and share flagged
+# out of distribution (tests/test_certainty.py checks their values).
+for _name, _parents in (("best.json", ()), ("demo_best.json", ()), ("run.json", ("config",)),
+                        ("demo_run.json", ("config",)), ("results.json", ()), ("demo_results.json", ())):
+    INTENDED_NEW_KEYS.setdefault(_name, []).append((*_parents, "head", "ood"))
+for _name in ("results.json", "demo_results.json"):
+    INTENDED_NEW_KEYS[_name] += [("bootstrap",), ("ood",), ("levels", "*", "pooled"), ("levels", "*", "mean", "ood"),
+                                 ("levels", "*", "family_means", "*", "ood")]
+    INTENDED_NEW_KEYS[_name] += [("levels", "*", "rows", "*", key) for key in
+                                 ("ap_ci_low", "ap_ci_high", "acc_ci_low", "acc_ci_high", "small", "ood")]
+
+
 def _drop_new_key(doc, path: tuple, where: str = "$") -> str | None:
-    """Remove the intended new key at ``path`` (``*``: every key) from ``doc``; the first place it is missing."""
+    """Remove the intended new key at ``path`` (``*``: every key, or every item of a list) from ``doc``; the first
+    place it is missing."""
     head, *rest = path
     if isinstance(doc, list) and head == "*" and rest:  # every item of a list
         return next(filter(None, (_drop_new_key(item, tuple(rest), f"{where}[{i}]") for i, item in enumerate(doc))),
                     None)
+    if isinstance(doc, list) and head == "*" and rest:
+        for i, item in enumerate(doc):
+            if found := _drop_new_key(item, tuple(rest), f"{where}[{i}]"):
+                return found
+        return None
     if not isinstance(doc, dict):
         return f"{where}: not an object"
     if head != "*" and head not in doc:

@@ -308,6 +308,8 @@ def test_a_rine_head_trained_from_the_command_line_tests_and_predicts_with_one_s
     assert train_ClassifierHead.main(train_args(data, run, cache, "--head", "rine", "--nproj", "2",
                                                 "--proj_dim", "16")) == 0
     config = json.loads((run / "best.json").read_text())
+    # Trained here, it carries its training features' out-of-distribution statistics (of the final embedding).
+    assert config["head"].pop("ood")["dim"] == 32
     assert config["head"] == {"kind": "rine", "hidden_size": 64, "blocks": [1, 2, 3], "proj_dim": 16, "nproj": 2,
                               "dropout": 0.5, "num_classes": 1, "tap": "ln2"}
     assert config["features"]["tap"] == "ln2" and config["train_args"]["nproj"] == 2

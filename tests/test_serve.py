@@ -137,6 +137,23 @@ def test_api_scores_equal_deepfake_predict(server, tmp_path):
         assert {k: v for k, v in mine.items() if k != "path"} == {k: v for k, v in theirs.items() if k != "path"}
 
 
+def test_each_answer_names_the_threshold_of_its_label_and_whether_the_image_lies_in_the_training_distribution(
+        server):
+    with urllib.request.urlopen(server["url"] + "/health", timeout=30) as response:
+        health = json.loads(response.read())
+    assert health["ood"]["threshold"] > 0 and "mahalanobis" in health["ood"]["distance"]
+    paths = sorted((server["run"]["data"] / "test").rglob("*.png"))[:3]
+    noise = io.BytesIO()
+    Image.fromarray(np.full((96, 96, 3), 255, np.uint8)).save(noise, format="PNG")  # a flat white frame
+    status, api = post(server["url"], [(p.name, p.read_bytes()) for p in paths] + [("white.png", noise.getvalue())])
+    assert status == 200
+    for p in api["predictions"]:
+        assert p["threshold"] == api["threshold"] == health["threshold"]
+        assert p["label"] == ("fake" if p["probability"] > p["threshold"] else "real")
+        assert p["ood"] == ("out" if p["ood_distance"] > health["ood"]["threshold"] else "in")
+    assert api["predictions"][-1]["ood"] == "out"
+
+
 def _hostile_files() -> dict[str, bytes]:
     good = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8))
     jpeg = io.BytesIO()
@@ -414,6 +431,8 @@ def test_page_in_headless_chromium_shows_the_apis_probabilities(server, tmp_path
             assert float(card.get_attribute("data-probability")) == expected[name]["probability"]
             assert card.get_attribute("data-label") == expected[name]["label"]
             assert f"P(fake) {expected[name]['probability']:.4f}" in card.text
+            assert card.get_attribute("data-ood") == expected[name]["ood"]
+            assert f"labelled at P(fake) > {expected[name]['threshold']:.3f}" in card.text
         png = browser.get_screenshot_as_png()
     finally:
         browser.quit()

@@ -31,6 +31,7 @@ from deepfake.data.provenance import flat_record
 from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.evaluation.heatmaps import has_patch_scores, write_heatmaps
 from deepfake.model.checkpoint import CheckpointRefused
+from deepfake.model.ood import ood_config, ood_note
 from deepfake.model.scoring import DEFAULT_MAX_TILES, FLAT_FIELDS, Prediction, score
 from deepfake.towers.weights import WeightsError
 from deepfake.utils.fileio import atomic_write_text, display_path
@@ -60,7 +61,8 @@ def prediction_record(p: Prediction) -> dict:
     return record
 
 
-def write_predictions(path: Path, predictions: list[Prediction], threshold: float, checkpoint: str) -> None:
+def write_predictions(path: Path, predictions: list[Prediction], threshold: float, checkpoint: str,
+                      ood: dict | None = None) -> None:
     """Write ``.csv`` (flat columns), ``.json`` (one document) or ``.jsonl`` (a line each), atomically."""
     fmt = output_format(path)
     if fmt == "csv":
@@ -71,17 +73,19 @@ def write_predictions(path: Path, predictions: list[Prediction], threshold: floa
             writer.writerow({**{k: ("" if v is None else v) for k, v in asdict(p).items()}, **flat_record(p.provenance)})
         atomic_write_text(path, buffer.getvalue())
     elif fmt == "json":
-        doc = {"checkpoint": checkpoint, "threshold": threshold, "predictions": [prediction_record(p) for p in predictions]}
+        doc = {"checkpoint": checkpoint, "threshold": threshold, "ood": ood,
+               "predictions": [prediction_record(p) for p in predictions]}
         atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     else:
         atomic_write_text(path, "".join(json.dumps(prediction_record(p)) + "\n" for p in predictions))
 
 
-def format_predictions(predictions: list[Prediction], threshold: float) -> str:
+def format_predictions(predictions: list[Prediction], threshold: float, ood: dict | None = None) -> str:
+    """The printed table (P(fake), label, OOD flag per file) and the lines saying what the label and flag mean."""
     width = min(80, max([len(display_path(p.path)) for p in predictions] + [4]))
     tiles = any(p.tile_probability is not None for p in predictions)
     provenance = any(p.provenance is not None for p in predictions)
-    head = (f"{'path'.ljust(width)}  P(fake)  label" + ("  P(fake) tiles" if tiles else "")
+    head = (f"{'path'.ljust(width)}  P(fake)  label  OOD    " + ("  P(fake) tiles" if tiles else "")
             + ("  provenance" if provenance else ""))
     lines = [head, "-" * len(head)]
     for p in predictions:
@@ -90,13 +94,16 @@ def format_predictions(predictions: list[Prediction], threshold: float) -> str:
         if p.probability is None:
             lines.append(f"{name.ljust(width)}  skipped: {p.skipped}")
         else:
-            row = f"{name.ljust(width)}  {p.probability:7.4f}  {p.label:5s}"
+            row = f"{name.ljust(width)}  {p.probability:7.4f}  {p.label:5s}  {p.ood or 'unknown':7s}"
             if tiles:
                 row += f"  {p.tile_probability:14.4f}" if p.tile_probability is not None else " " * 16
             if p.provenance is not None:
                 row += f"  {p.provenance.describe()}"
             lines.append(row.rstrip())
-    lines.append(f"threshold {threshold:g}")
+    lines.append(f"threshold {threshold:g}: labelled fake when P(fake) is above it")
+    note = ood_note(ood)
+    lines.append(f"OOD out: {note}" if note else
+                 "OOD unknown: this head stores no statistics of its training features to tell")
     return "\n".join(lines)
 
 
@@ -161,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     if predictions is None:
         return 0
     predictions += [Prediction(path, None, None, None, reason) for path, reason in missing]
-    print(format_predictions(predictions, threshold))
+    print(format_predictions(predictions, threshold, ood_config(classifier.head)))
     scored = sum(p.probability is not None for p in predictions)
     skipped = len(predictions) - scored
     print(f"scored {scored}, skipped {skipped}")
     if args.output:
-        write_predictions(Path(args.output), predictions, threshold, classifier.config.get("checkpoint", ""))
+        write_predictions(Path(args.output), predictions, threshold, classifier.config.get("checkpoint", ""),
+                          ood_config(classifier.head))
     if args.heatmap:
         print(f"heatmaps: {len(write_heatmaps(classifier, predictions, args.heatmap, args.max_pixels))} PNG in {args.heatmap}")
     if scored == 0 or (args.strict and skipped):

@@ -37,8 +37,8 @@ from deepfake.data.protocols import (
 from deepfake.data.test_sets import TestSample, check_pairing, discover_test_set, filter_samples, subsample, summarize
 from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.evaluation.domains import domain_rows, headline_rows
-from deepfake.evaluation.metrics import threshold_for_fpr
+from deepfake.evaluation.domains import domain_rows, headline_rows, pooled_row
+from deepfake.evaluation.metrics import BOOTSTRAP_RESAMPLES, CI_LEVEL, threshold_for_fpr
 from deepfake.evaluation.reports import default_output_dir, prepare_output_dir, write_outputs
 from deepfake.features.extraction import (
     ExtractionSettings,
@@ -48,7 +48,8 @@ from deepfake.features.extraction import (
     report_skipped,
 )
 from deepfake.model.calibration import calibration_record, write_calibration
-from deepfake.model.scoring import fake_probabilities, table_probabilities
+from deepfake.model.ood import OOD_IN, OOD_OUT, ood_config, ood_note
+from deepfake.model.scoring import fake_probabilities, table_ood, table_probabilities
 from deepfake.utils.fileio import removed_if_left_empty
 from deepfake.utils.runtime import choose_device, init_distributed, is_main_process, versions
 from deepfake.utils.text import split_list
@@ -237,6 +238,9 @@ def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict
         **({"protocol": protocol.to_dict()} if protocol else {}),
         **sampling,
         "seed": config.seed,
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "level": CI_LEVEL, "seed": config.seed,
+                      "stratified": "by class"},
+        "ood": {**(ood_config(classifier.head) or {}), "note": ood_note(ood_config(classifier.head))},
         "sample_counts": counts,
         "audit": audit,
         "versions": versions(),
@@ -330,15 +334,28 @@ def _score_level(setting: _Setting, perturb: Perturbation) -> dict | None:
     if table is None:
         return None
     probs, ok = table_probabilities(setting.classifier.head, table)[take], table.ok.numpy()[take]
-    rows, mean, family_means = domain_rows(samples, probs, ok, setting.threshold, setting.val_threshold)
+    ood = _ood_per_sample(setting.classifier.head, table, take)
+    seed = setting.config.seed
+    rows, mean, family_means = domain_rows(samples, probs, ok, setting.threshold, setting.val_threshold, seed, ood)
+    pooled = pooled_row(samples, probs, ok, setting.threshold, setting.val_threshold, seed, ood)
     skipped = report_skipped(f"test set ({perturb.label()})", as_samples, table.skipped)
     headline = {"headline": headline_rows(samples, probs, ok)} if setting.protocol else {}
     perturb = protocol_perturbation(perturb) if setting.protocol else perturb
     return {
         "perturbation": perturb.to_dict(), "label": perturb.label(), **headline, "rows": rows, "mean": mean,
-        "family_means": family_means, "skipped": skipped,
+        "pooled": pooled, "family_means": family_means, "skipped": skipped,
         "seconds": time.perf_counter() - start, "probabilities": probs,
     }
+
+
+def _ood_per_sample(head, table, take: np.ndarray) -> np.ndarray | None:
+    """1.0 (out of the training distribution), 0.0 (in) or NaN (skipped) per sample; ``None`` for a head
+    without the statistics to tell."""
+    if ood_config(head) is None:
+        return None
+    _, flags = table_ood(head, table)
+    per_row = np.array([{OOD_OUT: 1.0, OOD_IN: 0.0}.get(f, np.nan) for f in flags])
+    return per_row[take]
 
 
 def _image_step(protocol: Protocol | None, preprocess: Preprocess, align: Alignment,

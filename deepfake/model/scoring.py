@@ -26,6 +26,7 @@ from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.features.batch import FeatureBatch, table_batch, tower_batch
 from deepfake.features.extraction import ExtractionSettings, FeatureTable, extract_features, images_per_batch
 from deepfake.model.heads import head_tap
+from deepfake.model.ood import ood_flags
 from deepfake.towers.base import layers_request
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,10 @@ class Prediction:
     ``tiles`` (with tiles on) lists each scored crop as ``{left, top, width, height, probability}``
     in the pixels of the EXIF-rotated image, for a heat map. ``provenance``: what the file declares
     about its origin (:mod:`deepfake.data.provenance`), beside P(fake) and never part of it; ``None``
-    when it was not read (an in-memory image, or provenance off).
+    when it was not read (an in-memory image, or provenance off). ``threshold``: the one ``label`` is
+    taken at (fake when P(fake) is above it). ``ood``: ``in`` or ``out`` of the head's training
+    distribution, or ``unknown`` for a head without its statistics (:mod:`deepfake.model.ood`);
+    ``ood_distance`` is the distance behind it.
     """
 
     path: str
@@ -65,10 +69,14 @@ class Prediction:
     skipped: str = ""
     tiles: list[dict] | None = None
     provenance: Provenance | None = None
+    threshold: float | None = None
+    ood: str | None = None
+    ood_distance: float | None = None
 
 
 # Columns of the flat (CSV, table) form of a prediction; ``tiles`` only goes into JSON.
-FLAT_FIELDS = ("path", "probability", "label", "tile_probability", "skipped", *FLAT_COLUMNS)
+FLAT_FIELDS = ("path", "probability", "label", "tile_probability", "skipped", "threshold", "ood", "ood_distance",
+               *FLAT_COLUMNS)
 
 
 def logits_to_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -134,6 +142,18 @@ def table_probabilities(head: nn.Module, table: FeatureTable) -> np.ndarray:
     return probs
 
 
+def table_ood(head: nn.Module, table: FeatureTable) -> tuple[np.ndarray, list[str | None]]:
+    """(distance, ``in``/``out``/``unknown``) per row of a feature table; NaN and ``None`` where the image was skipped."""
+    distances, flags = np.full(len(table.ok), np.nan), [None] * len(table.ok)
+    rows = table.ok.nonzero().flatten()
+    if len(rows):
+        found, labels = ood_flags(head, table.embeds[rows].float())
+        distances[rows.numpy()] = found
+        for i, flag in zip(rows.tolist(), labels):
+            flags[i] = flag
+    return distances, flags
+
+
 def score(
     classifier: Scorer,
     inputs: list,
@@ -174,6 +194,7 @@ def score(
     if table is None:
         return None
     probs = table_probabilities(classifier.head, table)
+    distances, flags = table_ood(classifier.head, table)
     grids = tile_scores(classifier, dataset, table.ok.nonzero().flatten().tolist(), tiles, batch_size) if tiles else {}
     declared = read_many([s.path if provenance and images[i] is None and table.ok[i] else None
                           for i, s in enumerate(samples)])
@@ -184,7 +205,8 @@ def score(
             grid = grids.get(i)
             results.append(Prediction(sample.path, p, "fake" if p > threshold else "real",
                                       float(np.mean([t["probability"] for t in grid])) if grid else None,
-                                      tiles=grid, provenance=declared[i]))
+                                      tiles=grid, provenance=declared[i], threshold=threshold, ood=flags[i],
+                                      ood_distance=None if np.isnan(distances[i]) else float(distances[i])))
         else:
             results.append(Prediction(sample.path, None, None, None, table.skipped.get(i, "unreadable")))
     return results

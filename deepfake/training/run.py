@@ -44,6 +44,7 @@ from deepfake.towers.base import ImageTower
 from deepfake.towers.deferred import DeferredTower
 from deepfake.towers.loading import load_tower
 from deepfake.training.loop import EpochResult, drop_old_epochs, epoch_config, fit, run_config, validation_metrics
+from deepfake.training.ood import fit_ood
 from deepfake.training.resume import (
     RESUMABLE_CHANGES,
     check_resumable,
@@ -296,6 +297,8 @@ def _fit(plan: _Plan, tables: tuple | None, extract_seconds: float) -> dict:
     if plan.standardize and not plan.resume:
         # From the training split only; a resumed run restores the ones it saved with the head.
         fit_standardizer(head, source, config.runtime.batch_size)
+    # Deterministic from the same rows, so a resumed run fits the very statistics it saved.
+    fit_ood(head, source, val_table if tables is not None else _val_features(plan), config.runtime.batch_size)
     head = head.to(plan.device)
     optimizer = make_optimizer(head, opts)
     state = _resumed_state(plan, head, optimizer, generator, source)
@@ -329,6 +332,11 @@ def _fit(plan: _Plan, tables: tuple | None, extract_seconds: float) -> dict:
         "val": report_skipped("validation set", plan.val_samples, val_table.skipped if val_table else {}),
     }
     return _write_summary(plan, state, base_config, skipped, extract_seconds)
+
+
+def _val_features(plan: _Plan) -> FeatureTable:
+    """The validation split's features through the tower (``--no_cache``), for the out-of-distribution threshold."""
+    return extract_features(plan.tower, plan.val_set, plan.settings, None, "val features", collective=False)
 
 
 def _resumed_state(plan: _Plan, head: nn.Module, optimizer, generator: torch.Generator, source) -> FitState:

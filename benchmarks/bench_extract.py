@@ -37,7 +37,7 @@ from deepfake.towers.clip_tower import build_clip_tower  # noqa: E402
 from deepfake.towers.clip_weights import vision_config_from  # noqa: E402
 from deepfake.utils.runtime import DTYPES, choose_device, resolve_precision  # noqa: E402
 
-CONFIG = Path(__file__).resolve().parent.parent / "images" / "languagebind_image_config.json"
+CONFIG = Path(__file__).resolve().parent.parent / "deepfake" / "towers" / "configs" / "languagebind_image.json"
 
 
 def tower_flops(cfg) -> float:

@@ -15,10 +15,13 @@ A field is named after its command-line flag (``metadata["flag"]`` where the two
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from deepfake.utils.threads import default_workers
 
 DEFAULT_MODEL = "LanguageBind/LanguageBind_Image"
 # Pillow's own bomb limit (its default ``Image.MAX_IMAGE_PIXELS``, ~89.5 MP): above any
@@ -26,6 +29,10 @@ DEFAULT_MODEL = "LanguageBind/LanguageBind_Image"
 # bomb is refused before it is decoded. Decoding that many pixels takes ~270 MB as uint8
 # and ~1 GB as the float tensor the exact transform resizes.
 DEFAULT_MAX_PIXELS = 89_478_485
+# The most bytes the provenance reader (deepfake.data.provenance) reads of one file: above any
+# photo or generator output (a 50 MP JPEG is ~25 MB, a 16-bit TIFF of it ~300 MB is refused), so a
+# file padded with a giant manifest costs a bounded read and gets `unreadable` with the reason.
+DEFAULT_PROVENANCE_MAX_BYTES = 256 << 20
 # What one batch of preprocessed images may hold, in float32 values (planes x pixels): 64 MB.
 # Batches of --batch_size images are made smaller where their tensors are larger (the spectral
 # tower's tiles: 16 images of 4 x 4 tiles of 256 px), so a folder of photos never needs gigabytes.
@@ -42,11 +49,6 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 STANDARDIZE_CHOICES = ("auto", "on", "off")
 
 
-def default_workers() -> int:
-    """Decoding workers that leave the tower its cores: none on a 2-core machine, up to 8 on big ones."""
-    return min(8, max(0, (os.cpu_count() or 1) - 2))
-
-
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how fast the tower runs, and how much is said about it."""
@@ -55,10 +57,17 @@ class RuntimeConfig:
     precision: str | None = None  # None: auto for training, the checkpoint's for test and predict
     batch_size: int = 64
     num_workers: int = field(default_factory=default_workers)
+    threads: int | None = None  # None: the CPUs this process may use, less workers and others' use (utils/threads.py)
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode: str | None = None  # None: exact for training, the checkpoint's for test and predict
     quiet: bool = False
     verbose: bool = False
+
+    def __post_init__(self) -> None:
+        # Checked where every command's flags become a config: 0 is not "the default" here.
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("num_workers", self.num_workers, 0)
+        _at_least("max_pixels", self.max_pixels, 1)
 
 
 @dataclass(frozen=True)
@@ -85,12 +94,24 @@ class CacheConfig:
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
 
-def default_cache_dir() -> Path:
-    """``$DEEPFAKE_CACHE``, else ``$XDG_CACHE_HOME/deepfake/features`` (``~/.cache`` by default)."""
+def cache_home() -> Path:
+    """``$DEEPFAKE_CACHE``, else ``$XDG_CACHE_HOME/deepfake`` (``~/.cache`` by default): every cache lies under it."""
     if os.environ.get("DEEPFAKE_CACHE"):
         return Path(os.environ["DEEPFAKE_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deepfake" / "features"
+    return Path(base) / "deepfake"
+
+
+def default_cache_dir() -> Path:
+    """The feature cache: ``$DEEPFAKE_CACHE`` itself (as it always was), else ``~/.cache/deepfake/features``."""
+    return cache_home() if os.environ.get("DEEPFAKE_CACHE") else cache_home() / "features"
+
+
+def detectors_cache_dir() -> Path:
+    """Released detectors, downloaded and imported by name: ``<cache home>/detectors/NAME``.
+
+    Feature cache keys are hex digests, so this folder never meets one under ``$DEEPFAKE_CACHE``."""
+    return cache_home() / "detectors"
 
 
 @dataclass(frozen=True)
@@ -225,6 +246,17 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class DetectorsConfig:
+    """Detectors side by side on one test set (``deepfake compare``): each a run folder or checkpoint file.
+
+    ``evaluation`` holds the test set, protocol, perturbation, runtime and cache, as ``test`` takes them.
+    """
+
+    detectors: tuple[str, ...] = ()
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     """Every head kind trained on one feature cache and compared per generator."""
 
@@ -251,13 +283,18 @@ class CompareConfig:
 
 
 def _at_least(name: str, value: Any, low: float, kind: type = int) -> None:
-    """Refuse a serve limit below ``low`` (or not a number of ``kind``), naming its flag."""
+    """Refuse a limit below ``low`` (or not a number of ``kind``), naming its flag."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value != float("inf")
     if kind is int:
         ok = ok and float(value).is_integer()
     if not ok or value < low:
         what = "a whole number" if kind is int else "a number"
         raise ValueError(f"--{name} must be {what} >= {low:g}, got {value!r}")
+
+
+def check_tiles(tiles: Any) -> None:
+    """``--tiles`` of predict and serve: a tile budget of 0 (no tiles) or more."""
+    _at_least("tiles", tiles, 0)
 
 
 @dataclass(frozen=True)
@@ -271,6 +308,9 @@ class ServeConfig:
     host: str = "127.0.0.1"  # this machine only: the server has no authentication
     port: int = 8000
     allow_host: tuple[str, ...] = ()  # further Host names answered (a reverse proxy's, a LAN name)
+    allow_origin: tuple[str, ...] = ()  # further origins whose POSTs are accepted (a reverse proxy's public URL)
+    # Peers (addresses or networks) whose X-Forwarded-Proto / X-Forwarded-Host are believed: reverse proxies.
+    forwarded_allow_ips: tuple[str, ...] = ()
     tiles: int = 0
     max_upload_mb: float = 20.0  # request body; larger ones get 413 before they are read
     max_files: int = 64
@@ -290,9 +330,20 @@ class ServeConfig:
         if self.port > 65535:
             raise ValueError(f"--port must be in 0..65535, got {self.port!r}")
         object.__setattr__(self, "allow_host", tuple(self.allow_host or ()))
+        object.__setattr__(self, "allow_origin", tuple(o.strip().rstrip("/").lower() for o in self.allow_origin or ()))
+        for origin in self.allow_origin:
+            if not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]:
+                raise ValueError(f"--allow_origin must be a scheme and host, like https://detector.example.org, "
+                                 f"got {origin!r}")
+        object.__setattr__(self, "forwarded_allow_ips", tuple(self.forwarded_allow_ips or ()))
+        for address in self.forwarded_allow_ips:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"--forwarded_allow_ips must be an address or network, got {address!r}") from None
         for name in ("max_files", "max_batch", "max_pixels", "max_request_pixels", "max_queue", "max_connections"):
             _at_least(name, getattr(self, name), 1)
-        _at_least("tiles", self.tiles, 0)
+        check_tiles(self.tiles)
         _at_least("max_upload_mb", self.max_upload_mb, 1e-3, float)
         _at_least("timeout", self.timeout, 0.1, float)
         if self.max_request_pixels < self.max_pixels:

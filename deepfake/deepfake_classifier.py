@@ -33,8 +33,9 @@ from deepfake.config import HEAD_DROPOUT, HEAD_HIDDEN
 from deepfake.data.preprocess import Preprocess
 from deepfake.features.batch import FeatureBatch, tower_batch
 from deepfake.features.extraction import prepare_tower
-from deepfake.model.calibration import read_calibration
+from deepfake.model.calibration import calibration_mismatch, read_calibration
 from deepfake.model.checkpoint import CheckpointRefused, load_checkpoint
+from deepfake.model.detectors import checkpoint_source
 from deepfake.model.heads import head_from_config, head_tap
 from deepfake.model.hub import fetch_head, is_repo_id, push_head, save_head_folder
 from deepfake.model.scoring import Prediction, batch_probabilities, fake_probabilities, score
@@ -42,7 +43,7 @@ from deepfake.towers.base import ImageTower, layers_request
 from deepfake.towers.fused import FAMILY as FUSED_FAMILY
 from deepfake.towers.fused import fused_parts
 from deepfake.towers.loading import check_model, load_fused, load_tower
-from deepfake.towers.weights import WeightsError
+from deepfake.towers.weights import TowerOffline, WeightsError
 from deepfake.utils.runtime import choose_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -66,17 +67,24 @@ CALIBRATE_HINT = ("fit one on known-real images of your domain with `deepfake te
                   "--calibrate_real REAL_DIR --target_fpr 0.05`")
 
 
-def resolve_threshold(spec: str | float | None, config: dict, fallback: bool = False) -> float:
+def resolve_threshold(spec: str | float | None, config: dict, fallback: bool = False,
+                      preprocess: Preprocess | None = None, align: dict | None = None) -> float:
     """A threshold spec against a checkpoint config: ``val``, ``calibrated``, a number in [0, 1], or ``None``.
 
     ``calibrated`` on a checkpoint with no calibrated operating point raises, saying how to fit one;
     with ``fallback`` it gives the default threshold instead (the validation one), with a warning naming it.
+    Given the ``preprocess`` and ``align`` of the images it will label, a calibration fitted on images
+    prepared otherwise is refused (``ValueError`` naming both), fallback or not.
     """
     if spec is None:
         spec = "val" if config.get("val_threshold") is not None else float(config.get("threshold", 0.5))
     if isinstance(spec, str) and spec.strip().lower() in THRESHOLD_NAMES:
         name = spec.strip().lower()
         value = config.get("val_threshold") if name == "val" else (config.get("calibration") or {}).get("threshold")
+        if value is not None and name == "calibrated" and preprocess is not None:
+            problem = calibration_mismatch(config["calibration"], preprocess, align)
+            if problem:
+                raise ValueError(f"{config.get('checkpoint', 'this head')}: {problem}")
         if value is None and name == "calibrated" and fallback:
             value = resolve_threshold(None, config)
             log.warning("%s: no calibrated threshold (%s); labels use the %s threshold, %.4g",
@@ -106,14 +114,6 @@ def _loadable(model: str) -> bool:
     return True
 
 
-def _same_tower(saved: dict, loaded: dict) -> bool:
-    """Whether the tower a head was trained on is the one just loaded."""
-    for key in ("weights_sha256", "revision"):
-        if saved.get(key) and loaded.get(key):
-            return saved[key] == loaded[key]
-    return saved.get("model") == loaded.get("model") and saved.get("family") == loaded.get("family")
-
-
 def _head_of(config: dict, path: Path) -> nn.Module:
     """The head a checkpoint config describes (weights not loaded yet)."""
     try:
@@ -131,6 +131,17 @@ def _load_weights(head: nn.Module, state: dict, path: Path) -> nn.Module:
     return head
 
 
+def _offline_advice(config: dict, path: Path) -> str:
+    """What works offline for a head whose tower cannot be had: a local copy of that tower, named how this head allows."""
+    published = (config.get("published") or {}).get("release")
+    if published:
+        return (f"what works offline for {path}: a local copy of that tower (a folder with its config.json and "
+                f"weights), with the head imported onto it: `deepfake import {published} FILE --tower DIR --out RUN`, "
+                f"then --checkpoint RUN")
+    return (f"what works offline for {path}: that tower in this machine's hub cache (copied from a machine that has "
+            f"it), or its local folder: DeepfakeClassifier.from_pretrained(..., model=DIR)")
+
+
 def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
     """The tower a checkpoint names (or ``model``, refused unless it is the same), preparing images as it says."""
     saved_tower = config["tower"]
@@ -144,16 +155,17 @@ def _matching_tower(config: dict, path: Path, model: str | None) -> ImageTower:
             f"{str(saved_tower['weights_sha256'])[:12]}...), which is not found here; pass that tower's "
             "directory: DeepfakeClassifier.from_pretrained(..., model=DIR)")
     preprocess = Preprocess.from_dict(config["preprocess"])
-    tower = load_tower(model or saved_tower["model"], saved_tower.get("revision") if model is None else None,
-                       preprocess.mode)
-    if not _same_tower(saved_tower, tower.identity):
-        raise CheckpointRefused(
-            f"{path}: head was trained on tower {saved_tower.get('model')!r} "
-            f"({saved_tower.get('revision') or saved_tower.get('weights_sha256', '')[:12]}), "
-            f"but {tower.identity.get('model')!r} was loaded; features would not match"
-        )
-    # The checkpoint says how its training images were prepared: use exactly that.
+    try:
+        tower = load_tower(model or saved_tower["model"], saved_tower.get("revision") if model is None else None,
+                           preprocess.mode)
+    except TowerOffline as exc:
+        raise TowerOffline(exc.source, exc.reason, _offline_advice(config, path)) from None
+    # The checkpoint says how its training images were prepared: use exactly that. First: a spectral tower's
+    # features (gray or colour) follow its preprocessing, and the check compares them.
     tower.backbone = replace(tower.backbone, preprocess=preprocess)
+    problem = tower.recorded_problem(saved_tower)
+    if problem:
+        raise CheckpointRefused(f"{path}: {problem}")
     return tower
 
 
@@ -173,12 +185,21 @@ def _matching_fused(config: dict, path: Path, model: str | None) -> ImageTower:
         tower = load_fused(parts, name=config["tower"].get("model"))
     except WeightsError as exc:
         raise CheckpointRefused(f"{path}: {exc}") from exc
-    for number, (part, loaded) in enumerate(zip(saved, tower.parts), 1):
-        if not _same_tower(part, loaded.identity):
-            raise CheckpointRefused(f"{path}: part {number} of the head's tower was {part.get('model')!r}, "
-                                    f"but {loaded.identity.get('model')!r} was loaded; features would not match")
     tower.set_preprocess(preprocess)
+    for number, (part, loaded) in enumerate(zip(saved, tower.parts), 1):
+        problem = loaded.recorded_problem(part)
+        if problem:
+            raise CheckpointRefused(f"{path}: part {number} of the head's tower: {problem}")
     return tower
+
+
+def checkpoint_precision(config: dict, device: torch.device, precision: str | None = None) -> str:
+    """The precision a head's tower runs in: ``precision``, else the one its features were made in (fp16: auto on a CPU)."""
+    if precision is None:
+        precision = config.get("features", {}).get("precision", "auto")
+        if precision == "fp16" and device.type == "cpu":
+            precision = "auto"
+    return resolve_precision(precision, device)
 
 
 class DeepfakeClassifier(nn.Module):
@@ -201,15 +222,18 @@ class DeepfakeClassifier(nn.Module):
         """The checkpoint's reporting threshold (0.5, the field's convention for accuracy)."""
         return float(self.config.get("threshold", 0.5))
 
-    def decision_threshold(self, spec: str | float | None = None, fallback: bool = False) -> float:
+    def decision_threshold(self, spec: str | float | None = None, fallback: bool = False,
+                           preprocess: Preprocess | None = None, align: dict | None = None) -> float:
         """The threshold for labels: ``val``, ``calibrated``, a number, or (``None``) the default.
 
         The default is the validation threshold the checkpoint stores (the one that maximised
         validation accuracy), and the reporting threshold for a checkpoint without one.
         ``calibrated`` without a calibrated operating point raises (saying how to fit one), or
-        with ``fallback`` gives the default with a warning naming it.
+        with ``fallback`` gives the default with a warning naming it; one fitted on images prepared
+        otherwise than ``preprocess`` and ``align`` (default: :meth:`predict`'s, the tower's
+        transform without alignment) raises naming both.
         """
-        return resolve_threshold(spec, self.config, fallback)
+        return resolve_threshold(spec, self.config, fallback, preprocess or self.preprocess, align)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -278,14 +302,16 @@ class DeepfakeClassifier(nn.Module):
         """Load a head and the tower it names (or ``model``, if it is the same tower).
 
         ``checkpoint``: a run directory (its ``best``), a checkpoint file, a folder written by
-        :meth:`save_pretrained`, or a hub repo id (``org/name``, ``@revision`` optional) fetched
+        :meth:`save_pretrained`, a released detector's name (``ufd``, ``rine-4class``, ...: downloaded,
+        checked and imported into the cache on first use, :mod:`deepfake.model.detectors`), or a hub
+        repo id (``org/name``, ``@revision`` optional) fetched
         with ``huggingface_hub`` into its cache (``HF_HUB_OFFLINE=1`` honoured). Nothing is
         unpickled, and a head trained on another tower is refused. ``precision`` defaults to
         the one the head's training features were computed in, so scores match the
         validation numbers; ``auto`` picks the device's fastest. ``tower=False`` loads the head
         alone (no tower weights are read): it scores features with :meth:`probability_from_features`.
         """
-        source = checkpoint
+        source = checkpoint_source(checkpoint)  # a released detector's name: its cached run, fetched on first use
         if isinstance(checkpoint, str) and is_repo_id(checkpoint):
             source = fetch_head(checkpoint, revision)
         state, config, path = load_checkpoint(source)
@@ -306,11 +332,7 @@ class DeepfakeClassifier(nn.Module):
         if problem:
             raise CheckpointRefused(f"{path}: {problem}")
         head = _load_weights(head, state, path)
-        if precision is None:
-            precision = config.get("features", {}).get("precision", "auto")
-            if precision == "fp16" and device.type == "cpu":
-                precision = "auto"
-        precision = resolve_precision(precision, device)
+        precision = checkpoint_precision(config, device, precision)
         loaded = prepare_tower(loaded, precision, device)
         clf = cls(loaded, head.to(device), {**config, "checkpoint": str(path), "precision": precision})
         clf.eval()
@@ -345,18 +367,25 @@ class DeepfakeClassifier(nn.Module):
         tiles: int = 0,
         threshold: str | float | None = None,
         max_pixels: int | None = None,
+        provenance: bool = True,
     ) -> Prediction | list[Prediction]:
         """Score one path or PIL image (one :class:`~deepfake.model.scoring.Prediction`) or a list (a list, skips included).
 
         ``threshold``: ``val``, ``calibrated``, a number, or ``None`` for :meth:`decision_threshold`'s default.
         ``calibrated`` on a head with no calibrated operating point uses that default, with a
-        warning naming it and how to calibrate.
+        warning naming it and how to calibrate. ``provenance``: also read what each file declares
+        about its origin (``Prediction.provenance``; ``None`` for a PIL image, which has no file).
+        An input that cannot be scored (missing, unreadable, too large) comes back with
+        ``probability=None`` and its reason in ``skipped``, and a warning naming it is logged.
         """
         self._tower()  # a head loaded without its tower scores features, not images
         single = isinstance(inputs, (str, os.PathLike, Image.Image))
         results = score(self, [inputs] if single else list(inputs), batch_size=batch_size, num_workers=num_workers,
                         tiles=tiles, threshold=self.decision_threshold(threshold, fallback=True),
-                        max_pixels=max_pixels)
+                        max_pixels=max_pixels, provenance=provenance)
+        for result in results:
+            if result.probability is None:  # the list keeps it, so a caller that reads only probabilities is told
+                log.warning("%s: not scored: %s", result.path, result.skipped)
         return results[0] if single else results
 
     def predict_proba(

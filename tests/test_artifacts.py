@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from deepfake.features.extraction import ExtractionSettings, extract_features
 from deepfake.model.checkpoint import CHECKPOINT_FIELDS, WEIGHTS_HASH, CheckpointRefused
 from deepfake.towers.clip_tower import CLIPTower
 from deepfake.towers.loading import load_tower
-from deepfake.utils.fileio import is_stale_temp, remove_stale_temp_files
+from deepfake.utils.fileio import atomic_write, atomic_write_json, is_stale_temp, remove_stale_temp_files
 from deepfake.utils.hashing import file_sha256
 
 from .conftest import TOWER, labelled_image, make_forensynths, train_args
@@ -375,3 +376,40 @@ def test_checkpoint_given_as_a_json_that_is_no_checkpoint_is_named_as_passed(tra
     assert deepfake_main(["predict", image, "--checkpoint", str(given), "--quiet"]) == 2
     assert f"{given}: {problem}" in caplog.text and "best.safetensors" in caplog.text
     assert name.replace(".json", ".safetensors") not in caplog.text
+
+
+def test_a_temp_file_whose_writer_holds_its_lock_is_kept_even_when_its_pid_is_dead_here(tmp_path):
+    """Two containers with one host name and separate PID namespaces share a cache: the other's writer has a PID
+    that is dead (or someone else) here. Its lock, not its PID, says it is writing; released, the file is stale."""
+    host = re.sub(r"[^A-Za-z0-9]", "-", socket.gethostname())[:32]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    temp = tmp_path / f".shard-x.safetensors.{host}-{int(gone.stdout)}.abcd1234.tmp"  # that PID is dead here
+    temp.write_bytes(b"half a shard")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               f"f = open({str(temp)!r}, 'rb'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+                               "print('locked', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert not is_stale_temp(temp)
+        assert remove_stale_temp_files(tmp_path) == [] and temp.exists()
+        atomic_write_json(tmp_path / "index.json", {"shards": 0})  # a write's first sweep of the folder, too
+        assert temp.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert is_stale_temp(temp)  # the writer is gone: its lock with it
+    assert remove_stale_temp_files(tmp_path) == [temp] and not temp.exists()
+
+
+def test_an_atomic_write_holds_its_temp_files_lock_until_the_rename(tmp_path):
+    seen = []
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text("{}")
+        seen.append(is_stale_temp(tmp))
+        with open(tmp, "rb") as other:  # another open of the file (another process's, for flock) cannot lock it
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    atomic_write(tmp_path / "x.json", write)
+    assert seen == [False] and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]

@@ -450,3 +450,15 @@ def test_probe_describes_only_formats_the_loader_opens(tmp_path):
     eps = tmp_path / "evil.png"
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n")
     assert "error" in probe(str(eps))
+
+
+def test_an_explanation_shared_by_findings_in_several_domains_is_printed_once(biased):
+    files = sorted(biased.rglob("*.*"))
+    items = [(str(p), domain, int(p.parent.name == "1_fake")) for domain in ("one", "two", "three") for p in files]
+    report = audit_samples(items, RESIZE)
+    size_flags = [f for f in report["flags"] if f["property"] == "size"]
+    assert len(size_flags) == 4  # three domains and the pooled one, one explanation
+    for brief in (True, False):
+        text = format_audit(report, brief=brief)
+        assert text.count(size_flags[0]["hint"]) == 1
+        assert sum(line.startswith("  [") and "size: median short side" in line for line in text.splitlines()) == 4

@@ -63,7 +63,8 @@ def counts(samples) -> dict:
 
 
 def test_presets_are_the_published_benchmarks():
-    assert available_presets() == ["aigcdetect", "chameleon", "forensynths", "genimage", "synthbuster", "ufd", "wildrf"]
+    assert available_presets() == ["aigcdetect", "chameleon", "forensynths", "genimage", "rine", "synthbuster", "ufd",
+                                   "wildrf"]
     for name in available_presets():
         bench = load_benchmark(name)
         assert bench.source.startswith("https://") and bench.title and bench.data_root
@@ -71,6 +72,7 @@ def test_presets_are_the_published_benchmarks():
     assert load_benchmark("wildrf").source == "https://github.com/barcavia/RealTime-DeepfakeDetection-in-the-RealWorld"
     assert load_benchmark("ufd").source == "https://github.com/WisconsinAIVision/UniversalFakeDetect"
     assert len(load_benchmark("aigcdetect").domains) == 17
+    assert load_benchmark("rine").source == "https://github.com/mever-team/rine" and len(load_benchmark("rine").domains) == 20
 
 
 def test_the_docs_link_each_preset_to_the_repository_the_preset_names():

@@ -134,12 +134,15 @@ def test_results_are_recomputable_from_scores(trained_run, tmp_path):
             assert row["real_acc"] == pytest.approx(np.mean(probs[labels == 0] <= results["threshold"]))
         assert level["mean"]["ap"] == pytest.approx(np.mean([r["ap"] for r in level["rows"]]))
         assert level["mean"]["acc"] == pytest.approx(np.mean([r["acc"] for r in level["rows"]]))
+        labels = np.array([int(r["label"]) for r in rows])
+        assert level["pooled"]["ap"] == pytest.approx(average_precision_score(labels, [float(r["probability"])
+                                                                                      for r in rows]))
     clean = results["levels"][0]
     assert clean["mean"]["ap"] >= 0.95
     for name in ("roc.png", "pr.png", "histograms.png", "robustness.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     assert "| mean |" in (out / "results.md").read_text()
-    assert len(list(csv.DictReader(open(out / "results.csv")))) == 3 * 5  # 4 categories + mean, per level
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == 3 * 6  # 4 categories + mean + pooled, per level
 
 
 def test_second_run_needs_overwrite(trained_run, tmp_path, caplog):

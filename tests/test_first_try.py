@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import train_ClassifierHead
 from deepfake import DeepfakeClassifier
@@ -310,3 +311,21 @@ def test_a_shared_head_holds_no_absolute_path(trained_run, tmp_path):
         DeepfakeClassifier.from_pretrained(tmp_path / "saved")
     nested = head_config_for_sharing({"tower": {"model": "/home/me/towers/clip"}, "x": {"y": ["/srv/data/a.png"]}})
     assert nested == {"tower": {"model": "clip"}, "x": {"y": ["a.png"]}}
+
+
+# --- a published head offline -----------------------------------------------------------------
+
+
+def test_an_imported_published_head_offline_is_announced_at_import_and_predict_names_what_works_for_it(tmp_path):
+    env = hub_env(tmp_path, "env")
+    release = REPO / "tests" / "published-heads" / "ufd" / "fc_weights.pth"
+    imported = subprocess.run([sys.executable, "-m", "deepfake", "import", "ufd", str(release), "--out", "ufd"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert imported.returncode == 0, imported.stderr
+    assert "openai/clip-vit-large-patch14" in imported.stderr and "--tower DIR" in imported.stderr
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    scored = subprocess.run([sys.executable, "-m", "deepfake", "predict", "a.png", "--checkpoint", "ufd"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 2, scored.stderr
+    assert "deepfake import ufd FILE --tower DIR --out RUN" in scored.stderr
+    assert "--model" not in scored.stderr  # predict takes no --model: it is not offered

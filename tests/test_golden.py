@@ -19,11 +19,14 @@ import difflib
 import importlib.util
 import json
 import math
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "data" / "golden"
@@ -241,14 +244,341 @@ _SPECTRUM_JPEG_FLAG = ("compression strength separates the classes (--align jpeg
 INTENDED_TEXT["test.txt"].append(_SPECTRUM_JPEG_FLAG)
 for _name in ("run.json", "results.json", "demo_run.json", "demo_results.json"):
     INTENDED_JSON[_name][("audit", "preprocess")] = {"mode": "tiles", "size": 256, "grid": 4}
+# Each flag records its explanation apart, so a report says it once however many domains share the finding.
+for _name in ("run.json", "results.json", "demo_run.json", "demo_results.json"):
+    INTENDED_NEW_KEYS[_name].append(("audit", "flags", "*", "hint"))
 INTENDED_JSON["results.json"][("audit", "flags", 0, "message")] = (
     "JPEG quality: reals 20% JPEG at median quality 88, fakes 10% JPEG at median quality 93; "
     + _SPECTRUM_JPEG_FLAG[1])
 
+# Released detectors by name: --checkpoint takes a name in test, predict, serve and push, and the commands
+# import NAME and detectors.
+INTENDED_TEXT.setdefault("help_deepfake.txt", []).append((
+    "commands:\n"
+    "  train    Train the deepfake classifier head on a frozen LanguageBind image tower\n"
+    "  test     Evaluate a trained deepfake classifier head, per generator and category\n"
+    "  predict  Score your own images: deepfake predict PATH... --checkpoint RUN\n"
+    "  demo     One command, no downloads: build the synthetic benchmark, train on one generator, test on all\n"
+    "  serve    A web page and JSON API for a trained head: deepfake serve --checkpoint RUN\n"
+    "  push     Share a trained head on the Hugging Face hub: deepfake push RUN ORG/NAME\n"
+    "  audit    Bias audit of a data set: python -m deepfake audit ROOT [--benchmark NAME --real_root DIR]\n"
+    "  split    Turn flat real/fake folders into the ForenSynths layout: python -m deepfake split SRC OUT\n"
+    "  import   Import a published detector's released head as a run: deepfake import ufd|rine FILE --out RUN\n",
+    "commands:\n"
+    "  train      Train the deepfake classifier head on a frozen LanguageBind image tower\n"
+    "  test       Evaluate a trained deepfake classifier head, per generator and category\n"
+    "  predict    Score your own images: deepfake predict PATH... --checkpoint RUN\n"
+    "  demo       One command, no downloads: build the synthetic benchmark, train on one generator, test on all\n"
+    "  serve      A web page and JSON API for a trained head: deepfake serve --checkpoint RUN\n"
+    "  push       Share a trained head on the Hugging Face hub: deepfake push RUN ORG/NAME\n"
+    "  audit      Bias audit of a data set: python -m deepfake audit ROOT [--benchmark NAME --real_root DIR]\n"
+    "  split      Turn flat real/fake folders into the ForenSynths layout: python -m deepfake split SRC OUT\n"
+    "  import     Import a released detector's file as a run: deepfake import NAME FILE [--out RUN]\n"
+    "  detectors  List the released detectors this tool runs by name: deepfake detectors [--json]\n"))
+INTENDED_TEXT.setdefault("help_test.txt", []).append((
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best) or checkpoint file\n",
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file or a released detector's name\n"
+    "                        (`deepfake detectors`)\n"))
+INTENDED_TEXT.setdefault("help_predict.txt", []).append((
+    "other file is listed with the reason it was skipped. ``--checkpoint`` takes a run\n"
+    "directory, a checkpoint file, a saved head folder or a hub repo id. Exit status: 0 when\n",
+    "other file is listed with the reason it was skipped. ``--checkpoint`` takes a run\n"
+    "directory, a checkpoint file, a saved head folder, a hub repo id or a released detector's name\n"
+    "(``ufd``, ``rine-4class``, ...: ``deepfake detectors``). Exit status: 0 when\n"))
+INTENDED_TEXT.setdefault("help_predict.txt", []).append((
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file, saved head folder or hub repo\n"
+    "                        id\n",
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file, saved head folder, hub repo id\n"
+    "                        or a released detector's name (`deepfake detectors` lists them; fetched\n"
+    "                        into the cache on first use)\n"))
+INTENDED_TEXT.setdefault("help_serve.txt", []).append((
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file, saved head folder or hub repo\n"
+    "                        id\n",
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file, saved head folder, hub repo id\n"
+    "                        or a released detector's name (`deepfake detectors` lists them; fetched\n"
+    "                        into the cache on first use)\n"))
+INTENDED_TEXT.setdefault("help_push.txt", []).append((
+    "positional arguments:\n"
+    "  checkpoint            run directory (uses best), checkpoint file or saved head folder\n",
+    "positional arguments:\n"
+    "  checkpoint            run directory (uses best), checkpoint file, saved head folder or a\n"
+    "                        released detector's name (`deepfake detectors`)\n"))
+INTENDED_TEXT.setdefault("help_test_ClassifierHead.txt", []).append((
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best) or checkpoint file\n",
+    "  --checkpoint CHECKPOINT\n"
+    "                        run directory (uses best), checkpoint file or a released detector's name\n"
+    "                        (`deepfake detectors`)\n"))
+
+
+# The demo keeps its best and last checkpoints (not all 40 epochs), and names its head for predict.
+INTENDED_TEXT["demo.txt"].append(("\nresults in demo/eval\n", "\nresults in demo/eval\nhead in demo/run: score your own "
+                                  "images with `deepfake predict PATH --checkpoint demo/run`\n"))
+INTENDED_JSON.setdefault("demo_best.json", {}).update({("train_args", "keep_last"): 1, ("training", "keep_last"): 1})
+INTENDED_JSON["demo_run.json"].update({("config", "train_args", "keep_last"): 1, ("config", "training", "keep_last"): 1})
+
+
+# RINE's protocol (--protocol rine) and its 20 test sets (the rine benchmark preset).
+_RINE_PROTOCOL_HELP = [
+    ("genimage, synthbuster, ufd, wildrf", "genimage, rine, synthbuster, ufd, wildrf"),
+    ("  --protocol {ufd,cnndetection,aigcdetect}\n", "  --protocol {ufd,cnndetection,aigcdetect,rine}\n"),
+    ("                        cnndetection: center crop 224 without resizing; aigcdetect: short side\n"
+     "                        256, then crop 224), sampling (ufd: 1000 images per class, 100 when a\n"
+     "                        class has fewer, equal counts), its uint8 blur, and its headline numbers\n"
+     "                        (accuracy at 0.5 and AP) printed first (default: none)\n",
+     "                        cnndetection, rine: center crop 224 without resizing; aigcdetect: short\n"
+     "                        side 256, then crop 224), sampling (ufd: 1000 images per class, 100 when a\n"
+     "                        class has fewer, equal counts; the others: every image), its uint8 blur,\n"
+     "                        and its headline numbers (accuracy at 0.5 and AP) printed first; RINE's\n"
+     "                        figures: --benchmark rine --protocol rine (default: none)\n")]
+INTENDED_TEXT["help_test.txt"] += [
+    ("[--threshold THRESHOLD] [--protocol {ufd,cnndetection,aigcdetect}]\n",
+     "[--threshold THRESHOLD] [--protocol {ufd,cnndetection,aigcdetect,rine}]\n"), *_RINE_PROTOCOL_HELP]
+INTENDED_TEXT["help_test_ClassifierHead.txt"] += [(
+    "                              [--protocol {ufd,cnndetection,aigcdetect}] [--max_sample MAX_SAMPLE]\n"
+    "                              [--seed SEED] [--calibrate_real DIR] [--target_fpr TARGET_FPR]\n"
+    "                              [--jpeg_quality JPEG_QUALITY] [--gaussian_sigma GAUSSIAN_SIGMA]\n"
+    "                              [--resize_scale RESIZE_SCALE] [--robustness]\n"
+    "                              [--sweep_jpeg SWEEP_JPEG] [--sweep_sigma SWEEP_SIGMA]\n",
+    "                              [--protocol {ufd,cnndetection,aigcdetect,rine}]\n"
+    "                              [--max_sample MAX_SAMPLE] [--seed SEED] [--calibrate_real DIR]\n"
+    "                              [--target_fpr TARGET_FPR] [--jpeg_quality JPEG_QUALITY]\n"
+    "                              [--gaussian_sigma GAUSSIAN_SIGMA] [--resize_scale RESIZE_SCALE]\n"
+    "                              [--robustness] [--sweep_jpeg SWEEP_JPEG] [--sweep_sigma SWEEP_SIGMA]\n"),
+    *_RINE_PROTOCOL_HELP]
+
+
+# Serving behind a reverse proxy: the proxies whose forwarded headers are believed, and further accepted origins.
+INTENDED_TEXT["help_serve.txt"] += [
+    ("usage: deepfake serve [-h] --checkpoint CHECKPOINT [--host HOST] [--port PORT] [--allow_host NAME]\n",
+     "usage: deepfake serve [-h] --checkpoint CHECKPOINT [--host HOST] [--port PORT] [--allow_host NAME]\n"
+     "                      [--forwarded_allow_ips ADDR] [--allow_origin URL]\n"),
+    ("                        --host address)\n",
+     "                        --host address)\n"
+     "  --forwarded_allow_ips ADDR\n"
+     "                        a reverse proxy's address or network (repeatable): its X-Forwarded-Proto\n"
+     "                        and X-Forwarded-Host give the origin its page's uploads come from\n"
+     "                        (default: none; those headers are ignored)\n"
+     "  --allow_origin URL    also accept POSTs from this origin, e.g. https://detector.example.org\n"
+     "                        (repeatable)\n")]
+
+
+# The thread budget: --threads on every command that computes (a run's train_args record it), and --quiet
+# also silences the progress lines logged where stderr is not a terminal.
+_THREADS_HELP = {'help_demo.txt': [('                     [--num_epochs NUM_EPOCHS] [--seed SEED] [--standardize '
+                    '{auto,on,off}]\n'
+                    '                     [--overwrite]\n'
+                    '\n',
+                    '                     [--num_epochs NUM_EPOCHS] [--seed SEED] [--standardize '
+                    '{auto,on,off}]\n'
+                    '                     [--threads THREADS] [--overwrite]\n'
+                    '\n'),
+                   ("                        for it, as the spectral towers' does)\n"
+                    '  --overwrite           reuse a non-empty --out\n',
+                    "                        for it, as the spectral towers' does)\n"
+                    '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                    'process may\n'
+                    '                        use, by affinity and cgroup quota, less the decoding workers and '
+                    'what\n'
+                    '                        other processes were measured to use of them; see '
+                    'docs/performance.md)\n'
+                    '  --overwrite           reuse a non-empty --out\n')],
+ 'help_predict.txt': [('                        [--precision {auto,fp32,bf16,fp16}] [--batch_size BATCH_SIZE]\n'
+                       '                        [--num_workers NUM_WORKERS] [--max_pixels MAX_PIXELS]\n'
+                       '                        [--decode {exact,fast}] [--quiet] [-v]\n',
+                       '                        [--precision {auto,fp32,bf16,fp16}] [--batch_size BATCH_SIZE]\n'
+                       '                        [--num_workers NUM_WORKERS] [--threads THREADS] [--max_pixels '
+                       'MAX_PIXELS]\n'
+                       '                        [--decode {exact,fast}] [--quiet] [-v]\n'),
+                      ('                        image decoding worker processes (default: <N> on this '
+                       'machine)\n'
+                       '  --max_pixels MAX_PIXELS\n',
+                       '                        image decoding worker processes (default: <N> on this '
+                       'machine)\n'
+                       '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                       'process may\n'
+                       '                        use, by affinity and cgroup quota, less the decoding workers '
+                       'and what\n'
+                       '                        other processes were measured to use of them; see '
+                       'docs/performance.md)\n'
+                       '  --max_pixels MAX_PIXELS\n'),
+                      ("                        checkpoint's for test/predict\n"
+                       '  --quiet               no progress bars; log warnings and errors only\n'
+                       '  -v, --verbose         debug logging\n',
+                       "                        checkpoint's for test/predict\n"
+                       '  --quiet               no progress bars or progress lines; log warnings and errors '
+                       'only\n'
+                       '  -v, --verbose         debug logging\n')],
+ 'help_serve.txt': [('                      [--timeout TIMEOUT] [--tiles [TILES]] [--threshold THRESHOLD]\n'
+                     '                      [--max_batch MAX_BATCH] [--device DEVICE] [--precision PRECISION] '
+                     '[--quiet]\n'
+                     '                      [-v]\n'
+                     '\n',
+                     '                      [--timeout TIMEOUT] [--tiles [TILES]] [--threshold THRESHOLD]\n'
+                     '                      [--max_batch MAX_BATCH] [--device DEVICE] [--precision PRECISION]\n'
+                     '                      [--threads THREADS] [--quiet] [-v]\n'
+                     '\n'),
+                    ("                        tower precision (default: the checkpoint's)\n"
+                     '  --quiet               log warnings and errors only\n',
+                     "                        tower precision (default: the checkpoint's)\n"
+                     '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                     'process may\n'
+                     '                        use, by affinity and cgroup quota, less the decoding workers and '
+                     'what\n'
+                     '                        other processes were measured to use of them; see '
+                     'docs/performance.md)\n'
+                     '  --quiet               log warnings and errors only\n')],
+ 'help_test.txt': [('                     [--device DEVICE] [--precision {auto,fp32,bf16,fp16}]\n'
+                    '                     [--batch_size BATCH_SIZE] [--num_workers NUM_WORKERS]\n'
+                    '                     [--max_pixels MAX_PIXELS] [--decode {exact,fast}] [--quiet] [-v]\n',
+                    '                     [--device DEVICE] [--precision {auto,fp32,bf16,fp16}]\n'
+                    '                     [--batch_size BATCH_SIZE] [--num_workers NUM_WORKERS] [--threads '
+                    'THREADS]\n'
+                    '                     [--max_pixels MAX_PIXELS] [--decode {exact,fast}] [--quiet] [-v]\n'),
+                   ('                        image decoding worker processes (default: <N> on this machine)\n'
+                    '  --max_pixels MAX_PIXELS\n',
+                    '                        image decoding worker processes (default: <N> on this machine)\n'
+                    '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                    'process may\n'
+                    '                        use, by affinity and cgroup quota, less the decoding workers and '
+                    'what\n'
+                    '                        other processes were measured to use of them; see '
+                    'docs/performance.md)\n'
+                    '  --max_pixels MAX_PIXELS\n'),
+                   ("                        checkpoint's for test/predict\n"
+                    '  --quiet               no progress bars; log warnings and errors only\n'
+                    '  -v, --verbose         debug logging\n',
+                    "                        checkpoint's for test/predict\n"
+                    '  --quiet               no progress bars or progress lines; log warnings and errors only\n'
+                    '  -v, --verbose         debug logging\n')],
+ 'help_test_ClassifierHead.txt': [('                              [--batch_size BATCH_SIZE] [--num_workers '
+                                   'NUM_WORKERS]\n'
+                                   '                              [--max_pixels MAX_PIXELS] [--decode '
+                                   '{exact,fast}] [--quiet] [-v]\n'
+                                   '                              [--cache_dir CACHE_DIR] [--no_cache] '
+                                   '[--compile]\n'
+                                   '\n',
+                                   '                              [--batch_size BATCH_SIZE] [--num_workers '
+                                   'NUM_WORKERS]\n'
+                                   '                              [--threads THREADS] [--max_pixels '
+                                   'MAX_PIXELS]\n'
+                                   '                              [--decode {exact,fast}] [--quiet] [-v] '
+                                   '[--cache_dir CACHE_DIR]\n'
+                                   '                              [--no_cache] [--compile]\n'
+                                   '\n'),
+                                  ('                        image decoding worker processes (default: <N> on '
+                                   'this machine)\n'
+                                   '  --max_pixels MAX_PIXELS\n',
+                                   '                        image decoding worker processes (default: <N> on '
+                                   'this machine)\n'
+                                   '  --threads THREADS     compute threads of the main process (default: the '
+                                   'CPUs this process may\n'
+                                   '                        use, by affinity and cgroup quota, less the '
+                                   'decoding workers and what\n'
+                                   '                        other processes were measured to use of them; see '
+                                   'docs/performance.md)\n'
+                                   '  --max_pixels MAX_PIXELS\n'),
+                                  ("                        checkpoint's for test/predict\n"
+                                   '  --quiet               no progress bars; log warnings and errors only\n'
+                                   '  -v, --verbose         debug logging\n',
+                                   "                        checkpoint's for test/predict\n"
+                                   '  --quiet               no progress bars or progress lines; log warnings '
+                                   'and errors only\n'
+                                   '  -v, --verbose         debug logging\n')],
+ 'help_train.txt': [('                      [--precision {auto,fp32,bf16,fp16}] [--batch_size BATCH_SIZE]\n'
+                     '                      [--num_workers NUM_WORKERS] [--max_pixels MAX_PIXELS]\n'
+                     '                      [--decode {exact,fast}] [--quiet] [-v]\n',
+                     '                      [--precision {auto,fp32,bf16,fp16}] [--batch_size BATCH_SIZE]\n'
+                     '                      [--num_workers NUM_WORKERS] [--threads THREADS] [--max_pixels '
+                     'MAX_PIXELS]\n'
+                     '                      [--decode {exact,fast}] [--quiet] [-v]\n'),
+                    ('                        image decoding worker processes (default: <N> on this machine)\n'
+                     '  --max_pixels MAX_PIXELS\n',
+                     '                        image decoding worker processes (default: <N> on this machine)\n'
+                     '  --threads THREADS     compute threads of the main process (default: the CPUs this '
+                     'process may\n'
+                     '                        use, by affinity and cgroup quota, less the decoding workers and '
+                     'what\n'
+                     '                        other processes were measured to use of them; see '
+                     'docs/performance.md)\n'
+                     '  --max_pixels MAX_PIXELS\n'),
+                    ("                        checkpoint's for test/predict\n"
+                     '  --quiet               no progress bars; log warnings and errors only\n'
+                     '  -v, --verbose         debug logging\n',
+                     "                        checkpoint's for test/predict\n"
+                     '  --quiet               no progress bars or progress lines; log warnings and errors '
+                     'only\n'
+                     '  -v, --verbose         debug logging\n')],
+ 'help_train_ClassifierHead.txt': [('                               [--batch_size BATCH_SIZE] [--num_workers '
+                                    'NUM_WORKERS]\n'
+                                    '                               [--max_pixels MAX_PIXELS] [--decode '
+                                    '{exact,fast}] [--quiet] [-v]\n'
+                                    '                               [--extract_batch_size EXTRACT_BATCH_SIZE] '
+                                    '[--cache_dir CACHE_DIR]\n',
+                                    '                               [--batch_size BATCH_SIZE] [--num_workers '
+                                    'NUM_WORKERS]\n'
+                                    '                               [--threads THREADS] [--max_pixels '
+                                    'MAX_PIXELS]\n'
+                                    '                               [--decode {exact,fast}] [--quiet] [-v]\n'
+                                    '                               [--extract_batch_size EXTRACT_BATCH_SIZE] '
+                                    '[--cache_dir CACHE_DIR]\n'),
+                                   ('                        image decoding worker processes (default: <N> on '
+                                    'this machine)\n'
+                                    '  --max_pixels MAX_PIXELS\n',
+                                    '                        image decoding worker processes (default: <N> on '
+                                    'this machine)\n'
+                                    '  --threads THREADS     compute threads of the main process (default: the '
+                                    'CPUs this process may\n'
+                                    '                        use, by affinity and cgroup quota, less the '
+                                    'decoding workers and what\n'
+                                    '                        other processes were measured to use of them; see '
+                                    'docs/performance.md)\n'
+                                    '  --max_pixels MAX_PIXELS\n'),
+                                   ("                        checkpoint's for test/predict\n"
+                                    '  --quiet               no progress bars; log warnings and errors only\n'
+                                    '  -v, --verbose         debug logging\n',
+                                    "                        checkpoint's for test/predict\n"
+                                    '  --quiet               no progress bars or progress lines; log warnings '
+                                    'and errors only\n'
+                                    '  -v, --verbose         debug logging\n')]}
+for _name, _pairs in _THREADS_HELP.items():
+    INTENDED_TEXT.setdefault(_name, []).extend(_pairs)
+for _name, _parents in (("best.json", ()), ("demo_best.json", ()), ("run.json", ("config",)),
+                        ("demo_run.json", ("config",))):
+    INTENDED_JSON[_name][(*_parents, "train_args", "threads")] = None
+
+
+# Numbers that say how sure they are: every trained head stores its out-of-distribution statistics (head.ood);
+# each evaluation level has a pooled row, and each row its bootstrap intervals, small-domain mark and share flagged
+# out of distribution (tests/test_certainty.py checks their values).
+for _name, _parents in (("best.json", ()), ("demo_best.json", ()), ("run.json", ("config",)),
+                        ("demo_run.json", ("config",)), ("results.json", ()), ("demo_results.json", ())):
+    INTENDED_NEW_KEYS.setdefault(_name, []).append((*_parents, "head", "ood"))
+for _name in ("results.json", "demo_results.json"):
+    INTENDED_NEW_KEYS[_name] += [("bootstrap",), ("ood",), ("levels", "*", "pooled"), ("levels", "*", "mean", "ood"),
+                                 ("levels", "*", "family_means", "*", "ood")]
+    INTENDED_NEW_KEYS[_name] += [("levels", "*", "rows", "*", key) for key in
+                                 ("ap_ci_low", "ap_ci_high", "acc_ci_low", "acc_ci_high", "small", "ood")]
+
 
 def _drop_new_key(doc, path: tuple, where: str = "$") -> str | None:
-    """Remove the intended new key at ``path`` (``*``: every key) from ``doc``; the first place it is missing."""
+    """Remove the intended new key at ``path`` (``*``: every key, or every item of a list) from ``doc``; the first
+    place it is missing."""
     head, *rest = path
+    if isinstance(doc, list) and head == "*" and rest:  # every item of a list
+        return next(filter(None, (_drop_new_key(item, tuple(rest), f"{where}[{i}]") for i, item in enumerate(doc))),
+                    None)
+    if isinstance(doc, list) and head == "*" and rest:
+        for i, item in enumerate(doc):
+            if found := _drop_new_key(item, tuple(rest), f"{where}[{i}]"):
+                return found
+        return None
     if not isinstance(doc, dict):
         return f"{where}: not an object"
     if head != "*" and head not in doc:
@@ -411,3 +741,43 @@ def test_every_command_help_matches_the_pre_refactor_golden_text(captured):
 def test_the_capture_writes_exactly_the_golden_file_set(captured):
     """No golden file is missing from the capture and the capture writes no file the goldens lack."""
     assert sorted(p.name for p in captured.iterdir()) == sorted(p.name for p in GOLDEN.iterdir() if p.is_file())
+
+
+def test_the_capture_runs_precision_auto_as_on_a_cpu_without_bf16_whatever_the_cpu(tmp_path):
+    """On a CPU with native bf16 ``--precision auto`` resolves to bf16 and the runs record it; the goldens hold fp32.
+
+    A ``sitecustomize`` makes every Python started here see such a CPU; the capture's commands must still resolve
+    ``auto`` to fp32, so the capture is the same on both kinds of CPU."""
+    simulated = tmp_path / "bf16-cpu"
+    simulated.mkdir()
+    (simulated / "sitecustomize.py").write_text(
+        "import deepfake.utils.runtime as runtime\nruntime.cpu_has_bf16 = lambda: True\n", encoding="utf-8")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import torch\nfrom deepfake.utils.runtime import resolve_precision\n"
+                     "print(resolve_precision('auto', torch.device('cpu')))\n", encoding="utf-8")
+    env = make_golden._env(tmp_path, REPO)
+    env["PYTHONPATH"] = f"{simulated}{os.pathsep}{REPO}"
+    assert make_golden._run([str(probe)], tmp_path, env, []).strip() == "fp32"
+    direct = subprocess.run([sys.executable, str(probe)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, check=True)
+    assert direct.stdout.strip() == "bf16"  # the simulated CPU is seen outside the capture
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_a_run_records_what_precision_auto_resolved_to_on_this_cpu(tmp_path, monkeypatch, has_bf16, expected):
+    """Both resolutions of ``--precision auto`` on the CPU: bf16 with native bf16, fp32 without; the checkpoint and
+    run.json record the one used (what the golden capture pins to fp32)."""
+    from deepfake.cli import train
+    from deepfake.utils import runtime
+
+    from .conftest import make_forensynths
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == expected
+    data = make_forensynths(tmp_path / "data", n_train=4, n_val=2, n_test=1)
+    out = tmp_path / "run"
+    assert train.main(["--dataset_dir", str(data), "--output_dir", str(out), "--model", "spectrum-tiles256",
+                       "--cache_dir", str(tmp_path / "cache"), "--num_epochs", "1", "--batch_size", "8",
+                       "--num_workers", "0", "--precision", "auto", "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((out / "best.json").read_text())["features"]["precision"] == expected
+    assert json.loads((out / "run.json").read_text())["config"]["features"]["precision"] == expected

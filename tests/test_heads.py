@@ -261,6 +261,7 @@ def test_layers_run_records_head_importance_and_options_and_keeps_the_last_epoch
     assert sorted(p.name for p in run.glob("epoch_*")) == [
         "epoch_005.json", "epoch_005.safetensors", "epoch_006.json", "epoch_006.safetensors"]
     config = json.loads((run / "best.json").read_text())
+    assert config["head"].pop("ood")["dim"] == 32  # of the final embedding, whatever the head reads
     assert config["head"] == {"kind": "layers", "hidden_size": 64, "blocks": [0, 1, 2, 3], "proj_dim": 32,
                               "importance": "block", "hidden": 256, "dropout": 0.1, "num_classes": 2}
     assert config["training"]["lr_schedule"] == "cosine" and config["training"]["keep_last"] == 2

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import test_ClassifierHead
 from deepfake import DeepfakeClassifier
+from deepfake.__main__ import main as deepfake_main
 from deepfake.model.calibration import calibration_record, read_calibration, write_calibration
 from deepfake.model.checkpoint import save_checkpoint
 
@@ -140,3 +141,33 @@ def test_threshold_calibrated_without_calibrate_real_records_the_stored_calibrat
     assert results["threshold"] == 0.37 and results["threshold_source"] == "checkpoint calibration"
     cal = results["calibration"]
     assert (cal["real_dir"], cal["target_fpr"], cal["threshold"]) == ("deploy_reals", 0.02, 0.37)
+
+
+def test_a_calibration_fitted_on_protocol_crops_is_refused_on_images_the_tower_resizes(trained_run, tmp_path, caplog):
+    """``test --protocol ufd --calibrate_real`` fits on centre crops; predict, serve and the API prepare images the
+    tower's way, where that threshold would not give its FPR: refused naming both preparations and the fix."""
+    run = _copy_run(trained_run, tmp_path)
+    reals = tmp_path / "deploy_reals"
+    write_images(reals, 12, False, np.random.default_rng(7))
+    args = ("--no_plots", "--max_sample", "2", "--calibrate_real", str(reals), "--overwrite")
+    assert run_test_script(run, tmp_path / "fit_ufd", "--protocol", "ufd", *args) == 0
+    assert read_calibration(run["run"])["preprocess"]["mode"] == "crop"
+    image = str(reals / "000.png")
+    caplog.clear()
+    code = deepfake_main(["predict", image, "--checkpoint", str(run["run"]), "--threshold", "calibrated",
+                          "--num_workers", "0", "--output", str(tmp_path / "scores.csv")])
+    err = caplog.text
+    assert code == 2 and "fitted on images prepared as crop" in err and "prepared as resize" in err
+    assert "--calibrate_real REAL_DIR" in err and not (tmp_path / "scores.csv").exists()
+    clf = DeepfakeClassifier.from_pretrained(run["run"])
+    with pytest.raises(ValueError, match="prepared as crop .* but these are prepared as resize"):
+        clf.predict(image, threshold="calibrated")
+    # Under the protocol it was fitted with it holds; without it the test command refuses it too.
+    assert run_test_script(run, tmp_path / "same", "--protocol", "ufd", "--no_plots", "--max_sample", "2",
+                           "--threshold", "calibrated") == 0
+    assert run_test_script(run, tmp_path / "other", "--no_plots", "--threshold", "calibrated") == 2
+    # Refitted the tower's way, predict uses it.
+    assert run_test_script(run, tmp_path / "fit_tower", *args) == 0
+    assert deepfake_main(["predict", image, "--checkpoint", str(run["run"]), "--threshold", "calibrated",
+                          "--num_workers", "0"]) == 0
+    assert DeepfakeClassifier.from_pretrained(run["run"]).predict(image, threshold="calibrated").label is not None

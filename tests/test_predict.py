@@ -87,6 +87,19 @@ def classifier(trained_run):
 
 
 
+def test_a_skipped_input_is_logged_as_a_warning_naming_it_and_kept_in_the_list(tmp_path, classifier, caplog):
+    good, missing = tmp_path / "good.png", tmp_path / "missing.jpg"
+    labelled_image(np.random.default_rng(0), fake=False).save(good)
+    with caplog.at_level("WARNING", logger="deepfake"):
+        single = classifier.predict(str(missing))
+        both = classifier.predict([str(good), str(missing)])
+    assert single.probability is None and single.skipped
+    assert both[0].probability is not None and both[1].probability is None  # the list keeps the skip
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and str(missing) in r.getMessage()]
+    assert len(warned) == 2 and all(single.skipped in message for message in warned)
+    assert not any(str(good) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
 def test_every_odd_case_is_scored_or_explained(tmp_path, trained_run, classifier, capsys):
     folder = tmp_path / "inputs"
     folder.mkdir()
@@ -212,3 +225,53 @@ def test_head_scores_a_row_identically_whatever_rows_come_with_it():
     everything = fake_probabilities(head, features)
     for start, n in [(0, 1), (5, 6), (17, 32), (100, 255), (7, 257), (3, 64), (300, 300)]:
         assert np.array_equal(fake_probabilities(head, features[start:start + n]), everything[start:start + n]), (start, n)
+
+
+def _within(seconds: float, call):
+    """``call()``'s result, or a failure when it has not returned after ``seconds`` (a loop that never ends)."""
+    import threading
+
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", _outcome(call)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"did not return within {seconds:g} s"
+    kind, value = box["result"]
+    if kind == "raised":
+        raise value
+    return value
+
+
+def _outcome(call):
+    try:
+        return "returned", call()
+    except Exception as exc:  # handed back to the test's thread
+        return "raised", exc
+
+
+def test_a_negative_tile_budget_is_refused_by_predict_and_the_api_instead_of_looping_for_ever(
+        tmp_path, trained_run, classifier, caplog):
+    big = tmp_path / "big.png"
+    labelled_image(np.random.default_rng(0), fake=True, size=600).save(big)  # larger than a tile: tiles are cut
+    assert _within(120, lambda: deepfake_main(["predict", str(big), "--checkpoint", str(trained_run["run"]),
+                                               "--tiles", "-3", "--num_workers", "0"])) == 2
+    assert "--tiles must be a whole number >= 0, got -3" in caplog.text
+    with pytest.raises(ValueError, match="--tiles"):
+        _within(120, lambda: classifier.predict(str(big), tiles=-1))
+    assert _within(120, lambda: classifier.predict(str(big), tiles=2)).tile_probability is not None
+
+
+@pytest.mark.parametrize("flag, value", [("--max_pixels", "0"), ("--max_pixels", "-5"), ("--batch_size", "0"),
+                                         ("--num_workers", "-1")])
+def test_predict_refuses_runtime_flags_out_of_range_as_serve_does(tmp_path, trained_run, classifier, caplog, flag,
+                                                                   value):
+    """``--max_pixels 0`` used to become the default, ``--batch_size 0`` was accepted: exit 2 naming the flag,
+    before anything is loaded or written."""
+    image = tmp_path / "x.png"
+    labelled_image(np.random.default_rng(1), fake=False).save(image)
+    out = tmp_path / "scores.csv"
+    assert deepfake_main(["predict", str(image), "--checkpoint", str(trained_run["run"]), "--output", str(out),
+                          "--num_workers", "0", flag, value]) == 2
+    assert f"{flag} must be a whole number >= " in caplog.text and not out.exists()
+    with pytest.raises(ValueError, match="max_pixels"):
+        classifier.predict(str(image), max_pixels=0)

@@ -30,6 +30,7 @@ from deepfake.features.extraction import ExtractionSettings, parse_feature_layer
 from deepfake.model.heads import head_from_config
 from deepfake.model.losses import classification_loss
 from deepfake.model.published import RELEASES, VIT_L14, TargetTower
+from deepfake.model.releases import find
 from deepfake.model.scoring import logits_to_probability
 from deepfake.towers.fast_clip import FusedCLIPAttention
 from deepfake.towers.loading import load_tower
@@ -69,7 +70,7 @@ def test_imported_ufd_head_gives_ufds_probabilities_and_records_tower_crop_tap_s
     assert config["features"]["layers"] == [] and "tap" not in config["features"]
     source = config["published"]
     assert source["release"] == "ufd" and source["file"] == "pretrained_weights/fc_weights.pth"
-    assert source["sha256"] == RELEASES["ufd"].known_sha256[""] and source["sha256_matches"] is True
+    assert source["sha256"] == find("ufd").sha256 and source["sha256_matches"] is True and source["detector"] == "ufd"
     assert source["licence"]["name"] == "MIT" and source["licence"]["copy"] == "LICENSE"
     assert (run / "LICENSE").read_bytes() == (PUBLISHED / "ufd" / "LICENSE").read_bytes()
 
@@ -237,6 +238,16 @@ def test_import_refuses_to_write_into_a_folder_that_holds_a_run_unless_told(tmp_
     assert import_head.main(["ufd", str(UFD_FILE), "--out", str(run), "--overwrite", "--quiet"]) == 0
 
 
+@pytest.mark.parametrize("release", ["ufd", "rine"])
+def test_a_released_file_on_a_tower_of_another_width_blames_the_tower_not_the_file(release, tmp_path, caplog):
+    released = UFD_FILE if release == "ufd" else RINE_FILE
+    out = tmp_path / "run"
+    assert import_head.main([release, str(released), "--out", str(out), "--tower", str(TINY_CLIP)]) == 2
+    assert "head as released, for CLIP ViT-L/14" in caplog.text and "pass --tower a local copy of" in caplog.text
+    assert "not UniversalFakeDetect's head" not in caplog.text and "not RINE's" not in caplog.text
+    assert not out.exists()
+
+
 def _tiny_release(release: str, path: Path) -> dict[str, torch.Tensor]:
     """A file in a release's format sized for the tiny CLIP tower (16-d embedding, 4 blocks of 24)."""
     record = RELEASES[release]
@@ -297,6 +308,8 @@ def test_a_rine_head_trained_from_the_command_line_tests_and_predicts_with_one_s
     assert train_ClassifierHead.main(train_args(data, run, cache, "--head", "rine", "--nproj", "2",
                                                 "--proj_dim", "16")) == 0
     config = json.loads((run / "best.json").read_text())
+    # Trained here, it carries its training features' out-of-distribution statistics (of the final embedding).
+    assert config["head"].pop("ood")["dim"] == 32
     assert config["head"] == {"kind": "rine", "hidden_size": 64, "blocks": [1, 2, 3], "proj_dim": 16, "nproj": 2,
                               "dropout": 0.5, "num_classes": 1, "tap": "ln2"}
     assert config["features"]["tap"] == "ln2" and config["train_args"]["nproj"] == 2

@@ -328,3 +328,39 @@ def test_the_legend_no_longer_calls_ufd_acc_comparable_with_the_paper():
     docs = Path(__file__).resolve().parent.parent / "docs"
     for page in ("evaluation.md", "data-and-benchmarks.md"):
         assert "comparable with its paper" not in (docs / page).read_text(encoding="utf-8")
+
+
+# --- RINE's protocol: its 20 sets, every image ---------------------------------------------------------------------
+
+# RINE's src/utils.py get_generators(): its test sets, typed here (UFD's names, seeingdark for UFD's sitd).
+RINE_GENERATORS = ["progan", "stylegan", "stylegan2", "biggan", "cyclegan", "stargan", "gaugan", "deepfake",
+                   "seeingdark", "san", "crn", "imle", "guided", "ldm_200", "ldm_200_cfg", "ldm_100", "glide_100_27",
+                   "glide_50_27", "glide_100_10", "dalle"]
+
+
+def test_protocol_rine_on_the_rine_preset_evaluates_every_image_of_its_20_sets_stylegan2_included(
+        trained_run, rine_layout, tmp_path, capsys):
+    """RINE's validation.py: CenterCrop(224) without resizing on every image (no sampling) of 20 sets, UFD's 19
+    and stylegan2 (every category folder); accuracy at 0.5 and AP per set. --benchmark ufd --protocol ufd is not
+    that: it samples and has no stylegan2."""
+    rng = np.random.default_rng(3)
+    for category in ("car", "cat", "church", "horse"):  # CNNDetection's stylegan2 folders
+        write_images(rine_layout / "stylegan2" / category / "0_real", 2, False, rng)
+        write_images(rine_layout / "stylegan2" / category / "1_fake", 1, True, rng)
+    expected = [("sitd" if g == "seeingdark" else g) for g in RINE_GENERATORS]
+    resolved = resolve_benchmark(load_benchmark("rine"), rine_layout.parent.parent)  # RINE's repository root
+    assert resolved.missing == [] and sorted(resolved.present) == sorted(expected)
+    found = {g: sum(s.generator == g for s in resolved.samples) for g in expected}
+    out = tmp_path / "eval"
+    assert test_ClassifierHead.main(["--checkpoint", str(trained_run["run"]), "--benchmark", "rine", "--data_root",
+                                     str(rine_layout), "--protocol", "rine", "--output_dir", str(out), "--cache_dir",
+                                     str(trained_run["cache"]), "--num_workers", "0", "--no_plots", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"]["name"] == "rine" and results["preprocess"]["mode"] == "crop"
+    assert results["preprocess"]["size"] == 224 and not results.get("sampling_notes")
+    headline = {r["domain"]: r for r in results["levels"][0]["headline"]["rows"]}
+    assert set(headline) == set(expected) and all(r["threshold"] == 0.5 for r in headline.values())
+    # Every image: stylegan2's unequal classes (8 reals, 4 fakes) and laion's 4 reals beside 3 fakes are all kept.
+    assert {g: r["n_real"] + r["n_fake"] for g, r in headline.items()} == found
+    assert (headline["stylegan2"]["n_real"], headline["stylegan2"]["n_fake"]) == (8, 4)
+    assert "published headline, --protocol rine" in capsys.readouterr().out

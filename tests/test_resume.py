@@ -127,3 +127,25 @@ def test_resume_with_another_loss_or_head_exits_2_naming_the_option(tmp_path, sm
     assert train_ClassifierHead.main(train_args(small, out, cache, "--num_epochs", "1", *before)) == 0
     assert train_ClassifierHead.main(train_args(small, out, cache, "--num_epochs", "2", "--resume", *after)) == 2
     assert "cannot resume" in caplog.text and option in caplog.text
+
+
+def test_a_resume_state_saved_before_heads_kept_ood_statistics_resumes_as_an_uninterrupted_run(
+        tmp_path, small, monkeypatch):
+    from safetensors.torch import save_file
+
+    from deepfake.model.checkpoint import RESUME_STATE
+
+    assert train_ClassifierHead.main(args(small, tmp_path / "whole", tmp_path / "c")) == 0
+    crash_at_epoch(monkeypatch, 3)
+    assert train_ClassifierHead.main(args(small, tmp_path / "crashed", tmp_path / "c")) == 130
+    monkeypatch.undo()
+    state = tmp_path / "crashed" / f"{RESUME_STATE}.safetensors"
+    with safe_open(str(state), "pt") as handle:
+        meta = handle.metadata()
+    tensors = load_file(str(state))
+    assert any(k.startswith("head.ood.") for k in tensors)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("head.ood.")}, str(state), metadata=meta)
+    assert train_ClassifierHead.main(args(small, tmp_path / "crashed", tmp_path / "c", "--resume")) == 0
+    whole, resumed = heads(tmp_path / "whole"), heads(tmp_path / "crashed")
+    for name in whole:
+        assert all(torch.equal(whole[name][k], resumed[name][k]) for k in whole[name])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -133,6 +135,23 @@ def test_api_scores_equal_deepfake_predict(server, tmp_path):
     for mine, theirs, path in zip(api["predictions"], cli["predictions"], paths):
         assert mine["path"] == Path(path).name
         assert {k: v for k, v in mine.items() if k != "path"} == {k: v for k, v in theirs.items() if k != "path"}
+
+
+def test_each_answer_names_the_threshold_of_its_label_and_whether_the_image_lies_in_the_training_distribution(
+        server):
+    with urllib.request.urlopen(server["url"] + "/health", timeout=30) as response:
+        health = json.loads(response.read())
+    assert health["ood"]["threshold"] > 0 and "mahalanobis" in health["ood"]["distance"]
+    paths = sorted((server["run"]["data"] / "test").rglob("*.png"))[:3]
+    noise = io.BytesIO()
+    Image.fromarray(np.full((96, 96, 3), 255, np.uint8)).save(noise, format="PNG")  # a flat white frame
+    status, api = post(server["url"], [(p.name, p.read_bytes()) for p in paths] + [("white.png", noise.getvalue())])
+    assert status == 200
+    for p in api["predictions"]:
+        assert p["threshold"] == api["threshold"] == health["threshold"]
+        assert p["label"] == ("fake" if p["probability"] > p["threshold"] else "real")
+        assert p["ood"] == ("out" if p["ood_distance"] > health["ood"]["threshold"] else "in")
+    assert api["predictions"][-1]["ood"] == "out"
 
 
 def _hostile_files() -> dict[str, bytes]:
@@ -412,6 +431,8 @@ def test_page_in_headless_chromium_shows_the_apis_probabilities(server, tmp_path
             assert float(card.get_attribute("data-probability")) == expected[name]["probability"]
             assert card.get_attribute("data-label") == expected[name]["label"]
             assert f"P(fake) {expected[name]['probability']:.4f}" in card.text
+            assert card.get_attribute("data-ood") == expected[name]["ood"]
+            assert f"labelled at P(fake) > {expected[name]['threshold']:.3f}" in card.text
         png = browser.get_screenshot_as_png()
     finally:
         browser.quit()
@@ -455,3 +476,125 @@ def test_page_shows_cards_in_selection_order_a_skip_reason_instead_of_a_broken_i
         assert skipped.find_elements(By.CSS_SELECTOR, ".placeholder")
     finally:
         browser.quit()
+
+
+# --- behind a reverse proxy --------------------------------------------------------------------------------------
+
+NGINX_CONF = """
+{user}worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_max_body_size 20m;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            # As a TLS-terminating proxy in front of the server: the browser's scheme and name, forwarded.
+            proxy_pass http://127.0.0.1:{upstream};
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _nginx(tmp: Path, upstream_url: str):
+    """nginx (Debian's package) on 127.0.0.1 as a reverse proxy to ``upstream_url``; yields its URL."""
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx; .ci/run installs it)")
+    port = _free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(user="user root;\n" if os.geteuid() == 0 else "", tmp=tmp, port=port,
+                                      upstream=upstream_url.rsplit(":", 1)[1]))
+    proc = subprocess.Popen([nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert proc.poll() is None, f"nginx stopped: {proc.stderr.read().decode()}"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _upload(url: str, headers: dict[str, str], image: Path) -> tuple[int, bytes]:
+    body, content_type = multipart([(image.name, image.read_bytes())])
+    return request(url, "POST", "/predict", {**headers, "Content-Type": content_type}, body)
+
+
+@pytest.fixture(scope="module")
+def proxied_server(trained_run):
+    """``deepfake serve --forwarded_allow_ips 127.0.0.1 --allow_host detector.example`` on an ephemeral port."""
+    from deepfake.cli.serve import build_parser, build_server
+
+    args = build_parser().parse_args(["--checkpoint", str(trained_run["run"]), "--port", "0", "--forwarded_allow_ips",
+                                      "127.0.0.1", "--allow_host", "detector.example"])
+    server = build_server(args)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(600):
+        if server.started:
+            break
+        time.sleep(0.05)
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    yield {"url": f"http://{host}:{port}", "run": trained_run}
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_a_page_upload_through_an_https_reverse_proxy_is_served_when_the_proxy_is_trusted(proxied_server, tmp_path):
+    """nginx in front, forwarding the browser's https scheme and name: the page's Origin is that origin."""
+    image = sorted((proxied_server["run"]["data"] / "test").rglob("*.png"))[0]
+    browser = {"Host": "detector.example", "Origin": "https://detector.example"}
+    with _nginx(tmp_path, proxied_server["url"]) as proxy:
+        status, body = _upload(proxy, browser, image)
+        assert status == 200 and json.loads(body)["predictions"][0]["probability"] is not None
+        # Another page's POST through the same proxy is still refused.
+        assert _upload(proxy, {**browser, "Origin": "https://evil.example"}, image)[0] == 403
+
+
+def test_forwarded_headers_from_an_untrusted_peer_are_not_believed(server, tmp_path):
+    """The default server trusts no proxy: behind one its page's uploads get 403 (until --forwarded_allow_ips or
+    --allow_origin), and a client that writes X-Forwarded-* itself gains nothing."""
+    image = sorted((server["run"]["data"] / "test").rglob("*.png"))[0]
+    host = server["url"].removeprefix("http://")
+    forged = {"Host": host, "Origin": "https://detector.example", "X-Forwarded-Proto": "https",
+              "X-Forwarded-Host": "detector.example"}
+    status, body = _upload(server["url"], forged, image)
+    assert status == 403 and b"--forwarded_allow_ips" in body
+    with _nginx(tmp_path, server["url"]) as proxy:
+        status, body = _upload(proxy, {"Host": host, "Origin": "https://detector.example"}, image)
+        assert status == 403 and b"cross-origin" in body
+
+
+def test_allow_origin_and_forwarded_allow_ips_are_checked_when_the_config_is_made():
+    from deepfake.config import ServeConfig
+
+    assert ServeConfig(allow_origin=("https://Detector.example/",)).allow_origin == ("https://detector.example",)
+    for bad in ("detector.example", "https://detector.example/path"):
+        with pytest.raises(ValueError, match="--allow_origin"):
+            ServeConfig(allow_origin=(bad,))
+    with pytest.raises(ValueError, match="--forwarded_allow_ips"):
+        ServeConfig(forwarded_allow_ips=("proxy.example",))

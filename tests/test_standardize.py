@@ -396,3 +396,43 @@ def test_a_run_recorded_as_spectrum_before_it_took_colour_still_loads_gray_and_s
     assert old.tower.identity == golden  # the identity, and so the cache key, such a run was recorded with
     images = sorted(str(p) for p in Path(spectral_data, "test").rglob("*.png"))[:4]
     assert np.array_equal(old.predict_proba(images), gray.predict_proba(images))
+
+
+# The colour definitions recorded (as spectrum version 1) before the present one, and the commits that computed each.
+EARLIER_COLOUR = {
+    "radial log power spectra of the gray, R-G and B-G residuals; R/G and B/G coherence": "b9eb40e..8d3d4b3",
+    "log radial power of the gray, R-G and B-G residuals; R/G and B/G coherence": "8d3d4b3..69c92b5",
+    "log radial power (DC dropped) of the gray, R-G and B-G residuals; R/G and B/G coherence": "69c92b5..e6a64aa",
+}
+COLOUR_FEATURE = "log radial power of the gray, R-G and B-G residuals; R/G and B/G coherence; DC dropped"
+
+
+@pytest.mark.parametrize("feature, made_by", sorted(EARLIER_COLOUR.items()))
+def test_a_colour_head_from_an_earlier_feature_definition_is_refused_naming_the_commits_that_made_it(
+        spectral_data, tmp_path, caplog, feature, made_by):
+    """The colour features changed three times while their version stayed 1: a head recorded with an earlier
+    definition would read other numbers, so loading it is refused (predict: exit 2) naming the commits."""
+    run = tmp_path / "colour"
+    assert train_ClassifierHead.main(spectrum_args(spectral_data, run, tmp_path / "cache", "--num_epochs", "1")) == 0
+    current = json.loads((run / "best.json").read_text())["tower"]
+    assert current["feature"] == COLOUR_FEATURE and current["revision"] != "1"  # the version moved on
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    config = json.loads((old / "best.json").read_text())
+    config["tower"].update(revision="1", feature=feature)
+    (old / "best.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointRefused, match=f"no longer computes: .*made by commits {made_by}"):
+        DeepfakeClassifier.from_pretrained(old)
+    image = next(str(p) for p in (spectral_data / "test").rglob("*.png"))
+    caplog.clear()
+    assert predict_main([image, "--checkpoint", str(old), "--num_workers", "0"]) == 2
+    assert made_by in caplog.text and "train the head again" in caplog.text
+    # Recorded as version 1 with the present definition (made since the last change): the same features, loads.
+    config["tower"]["feature"] = COLOUR_FEATURE
+    (old / "best.json").write_text(json.dumps(config))
+    assert np.array_equal(DeepfakeClassifier.from_pretrained(old).predict_proba([image]),
+                          DeepfakeClassifier.from_pretrained(run).predict_proba([image]))
+    config["tower"]["revision"] = "3"  # a version this code does not know
+    (old / "best.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointRefused, match="spectrum version 3"):
+        DeepfakeClassifier.from_pretrained(old)

@@ -75,10 +75,15 @@ def test_spectrum_tower_through_train_test_and_predict(tmp_path, capsys):
     assert probs.shape == (4,) and np.all((probs >= 0) & (probs <= 1))
 
 
-def test_demo_learns_the_trained_family(tmp_path, capsys):
+def test_demo_learns_the_trained_family_keeps_best_and_last_checkpoints_and_names_its_head(tmp_path, capsys):
     assert demo_main(["--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
     assert "tconv" in printed and "mean" in printed
+    run = tmp_path / "demo" / "run"
+    assert printed.rstrip().splitlines()[-1].startswith(f"head in {run}: ")
+    assert f"deepfake predict PATH --checkpoint {run}" in printed
+    assert sorted(p.name for p in run.glob("epoch_*.safetensors")) == ["epoch_040.safetensors"]
+    assert (run / "best.safetensors").is_file()
     results = json.loads((tmp_path / "demo" / "eval" / "results.json").read_text())
     rows = {r["domain"]: r for r in results["levels"][0]["rows"]}
     assert rows["tconv"]["ap"] >= 0.9

@@ -143,7 +143,7 @@ def test_unknown_model_type_is_refused_listing_the_supported_ones(tmp_path):
 
 def test_every_family_registers_from_its_own_module():
     registered = families()
-    assert set(registered) == {"languagebind", "clip", "siglip", "dinov2", "dinov3", "spectrum"}
+    assert set(registered) == {"languagebind", "clip", "siglip", "dinov2", "dinov3", "spectrum", "tiny-ladeda", "npr"}
     assert [name for name, f in registered.items() if f.fused] in (["languagebind", "clip"], ["clip", "languagebind"])
 
 

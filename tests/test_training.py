@@ -29,6 +29,9 @@ def test_training_end_to_end_reaches_high_val_ap(trained_run):
         assert (run / f"epoch_{epoch:03d}.json").is_file()
     config = json.loads((run / "best.json").read_text())
     assert config["metrics"]["val_ap"] >= 0.95
+    ood = config["head"].pop("ood")
+    n_val = json.loads((run / "run.json").read_text())["n_val"]
+    assert ood["dim"] == 32 and ood["n_calibration"] == n_val and ood["threshold"] > 0
     assert config["head"] == {"kind": "mlp", "in_dim": 32, "hidden": 256, "dropout": 0.1, "num_classes": 2}
     assert config["categories"] == list(CATEGORIES)
     assert config["seed"] == 512 and config["preprocess"]["mode"] == "resize"

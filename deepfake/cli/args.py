@@ -19,6 +19,7 @@ from deepfake.config import (
     STANDARDIZE_CHOICES,
     AugmentConfig,
     DataConfig,
+    DetectorsConfig,
     EvalConfig,
     HeadConfig,
     RuntimeConfig,
@@ -104,14 +105,33 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=RUNTIME.batch_size, help="images per batch")
     parser.add_argument("--num_workers", type=int, default=RUNTIME.num_workers,
                         help="image decoding worker processes (default: %(default)s on this machine)")
+    add_threads_arg(parser)
     parser.add_argument("--max_pixels", type=int, default=RUNTIME.max_pixels,
                         help="refuse images with more pixels than this (decompression bombs)")
     parser.add_argument("--decode", default=None, choices=("exact", "fast"),
                         help="exact: full-resolution decode, then the resize; fast: JPEG draft / integer reduce "
                              "in uint8 to >= 2x the input size first (quicker on large photos, features move "
                              "slightly; see README). Default: exact for training, the checkpoint's for test/predict")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars; log warnings and errors only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines; log warnings and errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def add_threads_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--threads N``: the main process's compute threads (every command that runs a tower or trains)."""
+    parser.add_argument("--threads", type=_positive_int, default=RUNTIME.threads,
+                        help="compute threads of the main process (default: the CPUs this process may use, by "
+                             "affinity and cgroup quota, less the decoding workers and what other processes "
+                             "were measured to use of them; see docs/performance.md)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
 
 
 def add_tower_args(parser: argparse.ArgumentParser) -> None:
@@ -274,39 +294,22 @@ def _ints(text: str) -> list[int]:
 def test_parser(description: str | None = None) -> argparse.ArgumentParser:
     """Flags of test_ClassifierHead.py."""
     p = CliParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run directory (uses best) or checkpoint file")
-    p.add_argument("--dataset_dir", "--data_root", dest="dataset_dir", required=True,
-                   help="test root (see README for the layouts), a manifest, or the data root of --benchmark")
-    p.add_argument("--benchmark", default=None,
-                   help="benchmark file (JSON) or preset: " + ", ".join(available_presets()))
-    p.add_argument("--real_root", default=None, help="reals published apart from the benchmark (Synthbuster: RAISE-1k)")
-    p.add_argument("--allow_one_class", action="store_true",
-                   help="evaluate domains with one class only, with the metrics one class defines")
-    add_data_args(p)
-    p.add_argument("--categories", default=None, help="comma-separated categories to evaluate")
-    p.add_argument("--generators", default=None, help="comma-separated generators to evaluate")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory (uses best), checkpoint file or a released detector's name (`deepfake detectors`)")
+    add_test_set_args(p)
     p.add_argument("--output", default=None, help="also write results.json to this path")
     p.add_argument("--output_dir", default=None, help="results folder (default: CHECKPOINT_RUN/eval_DATASET)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --output_dir")
     p.add_argument("--threshold", type=parse_threshold, default=None,
                    help="threshold of the acc columns: val (the checkpoint's validation threshold), calibrated "
                         "(when the checkpoint has one) or a number (default: the checkpoint's, 0.5)")
-    p.add_argument("--protocol", default=EVAL.protocol, choices=PROTOCOL_NAMES,
-                   help="evaluate as a published benchmark repository does: its preprocessing (ufd, cnndetection: "
-                        "center crop 224 without resizing; aigcdetect: short side 256, then crop 224), sampling "
-                        "(ufd: 1000 images per class, 100 when a class has fewer, equal counts), its uint8 blur, and "
-                        "its headline numbers (accuracy at 0.5 and AP) printed first (default: none)")
-    p.add_argument("--max_sample", type=int, default=EVAL.max_sample,
-                   help="at most N images per generator and class (with --protocol ufd: its max_sample, default 1000)")
-    p.add_argument("--seed", type=int, default=EVAL.seed, help="seed for --max_sample")
+    add_protocol_args(p)
     op = p.add_argument_group("operating point")
     op.add_argument("--calibrate_real", default=None, metavar="DIR",
                     help="known-real images of the target domain: sets the threshold giving --target_fpr on them")
     op.add_argument("--target_fpr", type=float, default=EVAL.target_fpr, help="false-positive rate for --calibrate_real")
     pert = p.add_argument_group("robustness (applied in this order: blur, JPEG, resize, as CNNDetection and UFD do)")
-    pert.add_argument("--jpeg_quality", type=int, default=None, help="re-encode as JPEG at this quality")
-    pert.add_argument("--gaussian_sigma", type=float, default=None, help="Gaussian blur of this sigma")
-    pert.add_argument("--resize_scale", type=float, default=None, help="resize by this factor")
+    add_perturbation_args(pert)
     pert.add_argument("--robustness", action="store_true", help="sweep JPEG quality and blur; one table per level")
     pert.add_argument("--sweep_jpeg", type=_ints, default=None, help="sweep JPEG qualities (default 95,75,50,30)")
     pert.add_argument("--sweep_sigma", type=_floats, default=None, help="sweep blur sigmas (default 1,2,3)")
@@ -320,6 +323,40 @@ def test_parser(description: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def add_test_set_args(p: argparse.ArgumentParser) -> None:
+    """The test set of ``test`` and ``compare``: a folder, manifest or benchmark, and which of its domains."""
+    p.add_argument("--dataset_dir", "--data_root", dest="dataset_dir", required=True,
+                   help="test root (see README for the layouts), a manifest, or the data root of --benchmark")
+    p.add_argument("--benchmark", default=None,
+                   help="benchmark file (JSON) or preset: " + ", ".join(available_presets()))
+    p.add_argument("--real_root", default=None, help="reals published apart from the benchmark (Synthbuster: RAISE-1k)")
+    p.add_argument("--allow_one_class", action="store_true",
+                   help="evaluate domains with one class only, with the metrics one class defines")
+    add_data_args(p)
+    p.add_argument("--categories", default=None, help="comma-separated categories to evaluate")
+    p.add_argument("--generators", default=None, help="comma-separated generators to evaluate")
+
+
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """A published test protocol and the sampling of ``test`` and ``compare``."""
+    p.add_argument("--protocol", default=EVAL.protocol, choices=PROTOCOL_NAMES,
+                   help="evaluate as a published benchmark repository does: its preprocessing (ufd, cnndetection, "
+                        "rine: center crop 224 without resizing; aigcdetect: short side 256, then crop 224), sampling "
+                        "(ufd: 1000 images per class, 100 when a class has fewer, equal counts; the others: every "
+                        "image), its uint8 blur, and its headline numbers (accuracy at 0.5 and AP) printed first; "
+                        "RINE's figures: --benchmark rine --protocol rine (default: none)")
+    p.add_argument("--max_sample", type=int, default=EVAL.max_sample,
+                   help="at most N images per generator and class (with --protocol ufd: its max_sample, default 1000)")
+    p.add_argument("--seed", type=int, default=EVAL.seed, help="seed for --max_sample")
+
+
+def add_perturbation_args(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """One degradation level of ``test`` and ``compare`` (blur, then JPEG, then resize)."""
+    group.add_argument("--jpeg_quality", type=int, default=None, help="re-encode as JPEG at this quality")
+    group.add_argument("--gaussian_sigma", type=float, default=None, help="Gaussian blur of this sigma")
+    group.add_argument("--resize_scale", type=float, default=None, help="resize by this factor")
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The typed config of a parsed ``train`` command line."""
     return from_flags(TrainConfig, vars(args))
@@ -328,3 +365,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     """The typed config of a parsed ``test`` command line."""
     return from_flags(EvalConfig, vars(args))
+
+
+def detectors_config(args: argparse.Namespace) -> DetectorsConfig:
+    """The typed config of a parsed ``compare`` command line."""
+    return DetectorsConfig(tuple(args.detectors), eval_config(args))

@@ -19,6 +19,8 @@ COMMANDS = {
     "audit": "deepfake.cli.audit",
     "split": "deepfake.cli.split",
     "import": "deepfake.cli.import_head",
+    "detectors": "deepfake.cli.detectors",
+    "compare": "deepfake.cli.compare",
 }
 
 

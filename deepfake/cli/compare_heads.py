@@ -21,6 +21,7 @@ import logging
 from deepfake.cli.args import CliParser, add_cache_args, add_runtime_args, add_tower_args, setup_logging
 from deepfake.config import LR_SCHEDULES, CompareConfig, from_flags
 from deepfake.training.compare_heads import compare_heads
+from deepfake.utils.threads import budget_threads
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    budget_threads(args.threads, args.num_workers)
     try:
         compare_heads(from_flags(CompareConfig, vars(args)))
     except (FileExistsError, FileNotFoundError, ValueError) as exc:

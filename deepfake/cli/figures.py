@@ -1,10 +1,12 @@
-"""Draw the README figures.
+"""Draw the README figures from an evaluation's results.
 
     python -m deepfake.cli.figures --results runs/demo/eval/results.json
 
-``images/architecture.png``: the pipeline, with layer sizes read from a tower config
-(default: the LanguageBind_Image config in the hub cache, else the copy in ``images/``).
-``images/Fig1.png``: per-generator AP of an evaluation, read from its ``results.json``.
+``images/architecture.png``: the pipeline of the evaluated run, as its ``results.json`` records it
+(the tower, its preprocessing and the head); a ViT tower's layer sizes are read from its config
+(``--config``, else the hub cache, else the LanguageBind_Image config shipped in the package).
+``images/Fig1.png``: per-generator AP of the evaluation. Both land in ``--out`` (default ``images``,
+relative to the folder the command runs in: the checkout's own ``images/`` when run there).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import sys
 from pathlib import Path
 
 from deepfake.cli.args import CliParser
+from deepfake.data.preprocess import IMAGENET_MEAN, OPENAI_CLIP_MEAN, Preprocess
 from deepfake.utils.fileio import atomic_write
 
-IMAGES = Path(__file__).resolve().parent.parent / "images"
-SHIPPED_CONFIG = IMAGES / "languagebind_image_config.json"
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "towers" / "configs" / "languagebind_image.json"
+LANGUAGEBIND_IMAGE = "LanguageBind/LanguageBind_Image"
+VIT_FAMILIES = ("languagebind", "clip")  # towers whose config vision_config_from reads
 
 
 def tower_sizes(config_path: Path) -> dict:
@@ -31,29 +35,84 @@ def tower_sizes(config_path: Path) -> dict:
             "act": vision.hidden_act, "proj": vision.projection_dim}
 
 
+def preprocess_text(p: Preprocess) -> str:
+    """The preprocessing in a few words, as the figure's box says it."""
+    norm = {OPENAI_CLIP_MEAN: "CLIP mean/std", IMAGENET_MEAN: "ImageNet mean/std"}.get(tuple(p.mean), "own mean/std")
+    if p.mode == "resize":
+        return f"short side {p.resize_size or p.size}\n{p.interpolation} + center crop {p.size}\n{norm}"
+    if p.mode == "squash":
+        return f"resize to {p.size} x {p.size}\n({p.interpolation})\n{norm}"
+    if p.mode == "crop":
+        return f"center crop {p.size}\nno resize\n{norm}"
+    if p.mode == "window":
+        return f"native pixels, no resize\ncentred square\nup to {p.size} px"
+    return (f"native pixels, no resize\n{p.grid} x {p.grid} tiles of {p.size} px\n"
+            f"{'R, G, B planes' if p.colour else 'gray'}")
+
+
+def _vit_text(s: dict) -> str:
+    tokens = (s["image"] // s["patch"]) ** 2 + 1
+    return (f"ViT {s['patch']}x{s['patch']} patches, {tokens} tokens\n{s['layers']} blocks x {s['heads']} heads\n"
+            f"hidden {s['hidden']}, MLP {s['mlp']} ({s['act']})\nprojection {s['hidden']}->{s['proj']}")
+
+
+def tower_text(tower: dict, config_path: Path | None) -> str:
+    """A ViT tower's layer sizes from its config; any other tower (the spectral one) as its record names it."""
+    if config_path is not None:
+        return _vit_text(tower_sizes(config_path))
+    family, model = tower.get("family", "?"), tower.get("model", "?")
+    body = [family if model == family else f"{family} ({model})", str(tower.get("feature", ""))]
+    if tower.get("analysis"):
+        body.append(str(tower["analysis"]))
+    return "\n".join(_wrap(line, 30) for line in body if line)
+
+
+def head_text(head: dict) -> tuple[str, str]:
+    """(the head's layers, how its output becomes P(fake))."""
+    kind, in_dim, classes = head.get("kind"), head.get("in_dim"), int(head.get("num_classes", 2))
+    if kind == "mlp":
+        body = f"Linear({in_dim},{head['hidden']})\nReLU, Dropout({head['dropout']})\nLinear({head['hidden']},{classes})"
+    elif kind == "linear":
+        body = f"Linear({in_dim},{classes})"
+    else:
+        body = f"{kind} head\non {in_dim}-d features"
+    return body, ("softmax[:, 1]" if classes == 2 else "sigmoid(logit)") + "\nvs threshold"
+
+
+def pipeline_boxes(results: dict, config_path: Path | None) -> list[tuple[str, str, str]]:
+    """The figure's boxes (title, text, colour) for the run ``results`` describes."""
+    tower = results.get("tower") or {}
+    feature_dim = tower.get("feature_dim") or (tower_sizes(config_path)["proj"] if config_path else "?")
+    head_body, output = head_text(results.get("head") or {"kind": "mlp", "in_dim": feature_dim, "hidden": 256,
+                                                          "dropout": 0.1, "num_classes": 2})
+    return [
+        ("image", "any size, RGB\n(EXIF-rotated)", "#eeeeee"),
+        ("preprocess", preprocess_text(Preprocess.from_dict(results["preprocess"])), "#dde8f5"),
+        ("frozen tower", tower_text(tower, config_path), "#c9daf0"),
+        ("feature cache", f"{feature_dim}-d fp16 per image\nsafetensors shards\n(extracted once)", "#fbe6c9"),
+        (f"{(results.get('head') or {}).get('kind', 'mlp').upper()} head", head_body, "#d5efd5"),
+        ("P(fake)", output, "#f6d5d5"),
+    ]
+
+
+def _wrap(line: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(line, width)) or line
+
+
 def _save(fig, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
 
 
-def draw_architecture(config_path: Path, path: Path) -> Path:
+def draw_architecture(boxes: list[tuple[str, str, str]], path: Path) -> Path:
+    """The pipeline as a row of boxes joined by arrows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 
-    s = tower_sizes(config_path)
-    tokens = (s["image"] // s["patch"]) ** 2 + 1
-    boxes = [
-        ("image", "any size, RGB\n(EXIF-rotated)", "#eeeeee"),
-        ("preprocess", f"short side {s['image']}\nbicubic + center crop\nCLIP mean/std", "#dde8f5"),
-        ("frozen tower", f"ViT {s['patch']}x{s['patch']} patches, {tokens} tokens\n{s['layers']} blocks x "
-                         f"{s['heads']} heads\nhidden {s['hidden']}, MLP {s['mlp']} ({s['act']})\n"
-                         f"projection {s['hidden']}->{s['proj']}", "#c9daf0"),
-        ("feature cache", f"{s['proj']}-d fp16 per image\nsafetensors shards\n(extracted once)", "#fbe6c9"),
-        ("MLP head", f"Linear({s['proj']},256)\nReLU, Dropout(0.1)\nLinear(256,2)", "#d5efd5"),
-        ("P(fake)", "softmax[:, 1]\nvs threshold", "#f6d5d5"),
-    ]
     fig, ax = plt.subplots(figsize=(13, 3.2))
     ax.set_xlim(0, len(boxes) * 2.2)
     ax.set_ylim(0, 3)
@@ -104,38 +163,51 @@ def draw_results(results_path: Path, path: Path, trained_on: str = "one generato
 
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="python -m deepfake.cli.figures", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=None, help="tower config.json (default: LanguageBind_Image's)")
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=None,
+                   help="a ViT tower's config.json (default: the evaluated tower's, from the hub cache, or "
+                        "LanguageBind_Image's shipped copy for that tower)")
     p.add_argument("--results", type=Path, default=Path("runs/demo/eval/results.json"))
     p.add_argument("--trained_on", default="tconv", help="the generator the evaluated head was trained on")
-    p.add_argument("--out", type=Path, default=IMAGES)
+    p.add_argument("--out", type=Path, default=Path("images"), help="folder for architecture.png and Fig1.png")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    config = args.config or _languagebind_config()
-    print(draw_architecture(config, args.out / "architecture.png"))
-    if args.results.is_file():
-        print(draw_results(args.results, args.out / "Fig1.png", args.trained_on))
-    else:
-        print(f"{args.results}: no results; run `python -m deepfake demo` first for Fig1.png", file=sys.stderr)
+    args = build_parser().parse_args(argv)
+    if not args.results.is_file():
+        print(f"{args.results}: no results; run `deepfake demo --out runs/demo` first", file=sys.stderr)
         return 1
+    try:
+        results = json.loads(args.results.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        print(f"{args.results}: unreadable results file: {exc}", file=sys.stderr)
+        return 2
+    print(draw_architecture(pipeline_boxes(results, args.config or vit_config(results.get("tower") or {})),
+                            args.out / "architecture.png"))
+    print(draw_results(args.results, args.out / "Fig1.png", args.trained_on))
     return 0
 
 
-def _languagebind_config() -> Path:
-    """The released config from the hub cache when present, else the copy shipped in images/."""
+def vit_config(tower: dict) -> Path | None:
+    """The config of the evaluated ViT tower: a local folder's, the hub cache's, or the shipped LanguageBind_Image one.
+
+    ``None`` for towers that are not ViTs (the spectral one) or whose config is nowhere on this machine.
+    """
+    if tower.get("family") not in VIT_FAMILIES:
+        return None
+    model = str(tower.get("model", ""))
+    if (Path(model) / "config.json").is_file():
+        return Path(model) / "config.json"
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache("LanguageBind/LanguageBind_Image", "config.json")
+        cached = try_to_load_from_cache(model, "config.json") if model else None
         if isinstance(cached, str):
             return Path(cached)
-    except ImportError:
+    except (ImportError, ValueError):
         pass
-    return SHIPPED_CONFIG
+    return SHIPPED_CONFIG if model == LANGUAGEBIND_IMAGE else None
 
 
 if __name__ == "__main__":

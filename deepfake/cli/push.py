@@ -18,6 +18,7 @@ from pathlib import Path
 
 from deepfake.cli.args import CliParser, setup_logging
 from deepfake.model.checkpoint import CheckpointRefused, load_checkpoint
+from deepfake.model.detectors import checkpoint_source
 from deepfake.model.hub import HubUnavailable, push_head, save_head_folder
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def run_summary_beside(weights: Path) -> dict | None:
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="deepfake push", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="run directory (uses best), checkpoint file or saved head folder")
+    p.add_argument("checkpoint", help="run directory (uses best), checkpoint file, saved head folder or a released "
+                                      "detector's name (`deepfake detectors`)")
     p.add_argument("repo_id", nargs="?", default=None, help="hub model repo, ORG/NAME (created when missing)")
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--token", default=None, help="hub token (default: HF_TOKEN or the stored login)")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.repo_id and not args.save_dir:
         parser.error("give a REPO_ID to upload to, or --save_dir")
     try:
-        state, config, weights = load_checkpoint(args.checkpoint)
+        state, config, weights = load_checkpoint(checkpoint_source(args.checkpoint))
     except CheckpointRefused as exc:
         log.error("%s", exc)
         return 2

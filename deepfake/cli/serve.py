@@ -21,11 +21,12 @@ import logging
 import socket
 import sys
 
-from deepfake.cli.args import CliParser, parse_threshold, setup_logging
+from deepfake.cli.args import CliParser, add_threads_arg, parse_threshold, setup_logging
 from deepfake.config import ServeConfig, from_flags
 from deepfake.model.checkpoint import CheckpointRefused
 from deepfake.model.scoring import DEFAULT_MAX_TILES
 from deepfake.towers.weights import WeightsError
+from deepfake.utils.threads import budget_threads
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="deepfake serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="run directory (uses best), checkpoint file, saved head folder or hub repo id")
+                   help="run directory (uses best), checkpoint file, saved head folder, hub repo id or a released "
+                        "detector's name (`deepfake detectors` lists them; fetched into the cache on first use)")
     p.add_argument("--host", default=SERVE.host,
                    help="address to bind (default: %(default)s, this machine only; there is no authentication)")
     p.add_argument("--port", type=int, default=SERVE.port)
     p.add_argument("--allow_host", action="append", default=list(SERVE.allow_host), metavar="NAME",
                    help="also answer requests whose Host is NAME (repeatable; a reverse proxy's or a LAN name). "
                         "Other Host names get 400 (default: loopback names and the --host address)")
+    p.add_argument("--forwarded_allow_ips", action="append", default=list(SERVE.forwarded_allow_ips),
+                   metavar="ADDR", help="a reverse proxy's address or network (repeatable): its X-Forwarded-Proto "
+                                        "and X-Forwarded-Host give the origin its page's uploads come from (default: "
+                                        "none; those headers are ignored)")
+    p.add_argument("--allow_origin", action="append", default=list(SERVE.allow_origin), metavar="URL",
+                   help="also accept POSTs from this origin, e.g. https://detector.example.org (repeatable)")
     p.add_argument("--max_upload_mb", type=float, default=SERVE.max_upload_mb,
                    help="largest request body in MB; larger uploads get 413 (default: %(default)s)")
     p.add_argument("--max_files", type=int, default=SERVE.max_files, help="most images per request (default: %(default)s)")
@@ -66,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_batch", type=int, default=SERVE.max_batch, help="most images scored in one pass (default: %(default)s)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--precision", default=None, help="tower precision (default: the checkpoint's)")
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -129,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointRefused, WeightsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    budget_threads(args.threads, workers=0)  # the scoring worker decodes in this process
     log.info("serving %s on http://%s:%d (Ctrl-C stops)", args.checkpoint, config.host, config.port)
     server.run()
     return 0

@@ -15,6 +15,7 @@ import sys
 
 from deepfake.cli.args import eval_config, run_job, setup_logging, test_parser
 from deepfake.evaluation.run import evaluate
+from deepfake.utils.threads import budget_threads
 
 
 def build_parser(prog: str = "deepfake test") -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None, prog: str = "deepfake test") -> int:
     args = build_parser(prog).parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     config = eval_config(args)
+    budget_threads(args.threads, args.num_workers)
     code, _ = run_job("test", lambda: evaluate(config), "run the same command again to continue (cached features are kept)")
     return code
 

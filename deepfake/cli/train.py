@@ -14,6 +14,7 @@ import sys
 
 from deepfake.cli.args import run_job, setup_logging, train_config, train_parser
 from deepfake.training.run import train
+from deepfake.utils.threads import budget_threads
 
 
 def build_parser(prog: str = "deepfake train") -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None, prog: str = "deepfake train") -> int:
     args = build_parser(prog).parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     config = train_config(args)
+    budget_threads(args.threads, args.num_workers)
     code, summary = run_job("train", lambda: train(config), "to continue, run the same command with --resume "
                             "(finished epochs and cached features are kept)")
     if summary:

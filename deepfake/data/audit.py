@@ -3,12 +3,14 @@
 Per domain and class: file formats and files whose extension is not their format, JPEG quality
 and whether the quantisation tables are the IJG standard ones (:mod:`deepfake.data.jpeg_tables`),
 the distribution of image sizes (short-side percentiles, distinct sizes, the most common ones) and
-how many are smaller than the tower's input, colour modes, and EXIF / camera metadata. Each
-difference between reals and fakes that a detector could learn instead of artefacts is flagged
-with a one-line explanation that follows the tower's :class:`Preprocess` record (a resizing tower
-and a native-pixel one are fooled by different things). Only file headers are read (Pillow opens
-lazily, the pixels are never decoded); a class with more than ``--max_per_group`` images is
-sampled, and the report says so. ``python -m deepfake audit`` prints it; it also runs, summarised,
+how many are smaller than the tower's input, colour modes, EXIF / camera metadata, and the origin
+the files declare (:mod:`deepfake.data.provenance`: a generator or a capture, by C2PA or IPTC
+metadata, and the files whose declaration contradicts their label). Each difference between reals
+and fakes that a detector could learn instead of artefacts is flagged with a one-line explanation
+that follows the tower's :class:`Preprocess` record (a resizing tower and a native-pixel one are
+fooled by different things). Only file headers are decoded (Pillow opens lazily, the pixels never
+are; the provenance reader reads a file's bytes once); a class with more than ``--max_per_group``
+images is sampled, and the report says so. ``python -m deepfake audit`` prints it; it also runs, summarised,
 at the top of every training and evaluation run and is saved with its results. Given the feature
 cache root, the probes are remembered there (:mod:`deepfake.utils.stamp_memo`), so a rerun on
 unchanged files opens none of them; the report is the same either way.
@@ -31,6 +33,7 @@ from deepfake.config import DataConfig
 from deepfake.data.image_io import IMAGE_FORMATS
 from deepfake.data.jpeg_tables import match_ijg
 from deepfake.data.preprocess import Preprocess
+from deepfake.data.provenance import SUMMARIES, read_provenance
 from deepfake.utils.stamp_memo import memo_path, memoized
 from deepfake.utils.text import pct
 
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PER_GROUP = DataConfig.audit_max  # one default: the config's
 CLASS_NAMES = ("real", "fake")
-PROBE_VERSION = 2  # what a probe records; part of the memo's identity, so older memos are not reused
+PROBE_VERSION = 3  # what a probe records; part of the memo's identity, so older memos are not reused
 EXIF_MAKE, EXIF_MODEL = 271, 272
 HEADER_EXIF_FORMATS = {"TIFF", "MPO"}  # EXIF lives in their main header
 JPEG_FORMATS = {"JPEG", "MPO"}  # MPO: a JPEG with more pictures after the first
@@ -77,7 +80,8 @@ def probe(path: str) -> dict:
             warnings.simplefilter("ignore")
             # The loader's formats only: what training would not open is not described either.
             with Image.open(path, formats=IMAGE_FORMATS) as image:
-                return {**probe_image(image), "ext": os.path.splitext(path)[1].lower()}
+                info = {**probe_image(image), "ext": os.path.splitext(path)[1].lower()}
+        return {**info, "provenance": read_provenance(path).summary}
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         return {"error": str(exc) or type(exc).__name__}
 
@@ -92,7 +96,8 @@ def probe_from_json(stored: dict) -> dict:
         and isinstance(stored["jpeg_distance"], (int, float))))
     if not (isinstance(stored["format"], str) and isinstance(stored["mode"], str) and len(size) == 2
             and all(isinstance(v, int) for v in size) and isinstance(stored["exif"], bool)
-            and isinstance(stored["camera"], bool) and isinstance(stored.get("ext", ""), str) and jpeg_ok):
+            and isinstance(stored["camera"], bool) and isinstance(stored.get("ext", ""), str) and jpeg_ok
+            and stored.get("provenance") in SUMMARIES):
         raise ValueError("malformed probe record")
     return {**stored, "size": tuple(size)}
 
@@ -148,6 +153,8 @@ def summarize_probes(probes: list[dict], crop: int, total: int | None = None) ->
         "smaller_than_crop": int(np.sum(short < crop)) if n else 0,
         "misnamed": dict(Counter(m for p in good if (m := misnamed(p))).most_common()),
         "exif": sum(p["exif"] for p in good), "camera": sum(p["camera"] for p in good),
+        "declares_generated": sum(p.get("provenance") == "declared-generated" for p in good),
+        "declares_captured": sum(p.get("provenance") == "declared-captured" for p in good),
         "n_read": n,
     }
 
@@ -220,24 +227,27 @@ def _gap(a: dict, b: dict) -> float:
     return max((abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b)), default=0.0)
 
 
+def _flag(prop: str, finding: str, hint: str) -> dict:
+    """A difference between the classes: what differs (``finding``) and why a detector could learn it (``hint``)."""
+    return {"property": prop, "message": f"{finding}; {hint}", "hint": hint}
+
+
 def _format_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
     """File formats and misnamed files."""
     flags = []
     if _gap(real["format_shares"], fake["format_shares"]) >= SHARE_GAP:
         jpeg = JPEG_FORMATS & (set(real["formats"]) | set(fake["formats"]))
-        flags.append({"property": "format", "message":
-                      f"format: reals {_top(real['format_shares'])}, fakes {_top(fake['format_shares'])}; a detector "
-                      f"can learn the file format instead of generation artefacts ("
-                      + (f"{_jpeg_hint(pre)}; " if jpeg else "") + "--align jpeg:Q re-encodes both)"})
+        flags.append(_flag("format", f"format: reals {_top(real['format_shares'])}, fakes {_top(fake['format_shares'])}",
+                           "a detector can learn the file format instead of generation artefacts ("
+                           + (f"{_jpeg_hint(pre)}; " if jpeg else "") + "--align jpeg:Q re-encodes both)"))
     shares = [sum(s["misnamed"].values()) / s["n_read"] for s in (real, fake)]
     if abs(shares[0] - shares[1]) >= MINOR_GAP:
         def which(s: dict) -> str:
             return f" ({', '.join(f'{v} {k}' for k, v in s['misnamed'].items())})" if s["misnamed"] else ""
-        flags.append({"property": "extension", "message":
-                      f"file extension: {_pct(shares[0])} of reals{which(real)} and {_pct(shares[1])} of fakes"
-                      f"{which(fake)} are not the format their extension names; one class went through another "
-                      f"pipeline, and a step that trusts the extension (a format filter, a lossless re-save) treats "
-                      f"it differently"})
+        flags.append(_flag("extension", f"file extension: {_pct(shares[0])} of reals{which(real)} and "
+                           f"{_pct(shares[1])} of fakes{which(fake)} are not the format their extension names",
+                           "one class went through another pipeline, and a step that trusts the extension (a format "
+                           "filter, a lossless re-save) treats it differently"))
     return flags
 
 
@@ -265,14 +275,13 @@ def _jpeg_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
     rj, fj = real["jpeg"] / real["n_read"], fake["jpeg"] / fake["n_read"]
     rq, fq = real["jpeg_quality"], fake["jpeg_quality"]
     if abs(rj - fj) >= SHARE_GAP or (rq and fq and abs(rq["median"] - fq["median"]) >= QUALITY_GAP):
-        flags.append({"property": "jpeg_quality", "message":
-                      f"JPEG quality: reals {_quality(rj, rq)}, fakes {_quality(fj, fq)}; compression strength "
-                      f"separates the classes ({_jpeg_hint(pre)}; --align jpeg:Q re-encodes both at one quality)"})
+        flags.append(_flag("jpeg_quality", f"JPEG quality: reals {_quality(rj, rq)}, fakes {_quality(fj, fq)}",
+                           f"compression strength separates the classes ({_jpeg_hint(pre)}; --align jpeg:Q re-encodes "
+                           f"both at one quality)"))
     if rq and fq and abs(rq["exact_share"] - fq["exact_share"]) >= SHARE_GAP:
-        flags.append({"property": "jpeg_tables", "message":
-                      f"quantisation tables: reals' JPEGs {_tables(rq)}; fakes' {_tables(fq)}; a detector can learn "
-                      f"the encoder instead of generation artefacts ({_jpeg_hint(pre)}; --align jpeg:Q re-encodes "
-                      f"both with standard tables)"})
+        flags.append(_flag("jpeg_tables", f"quantisation tables: reals' JPEGs {_tables(rq)}; fakes' {_tables(fq)}",
+                           f"a detector can learn the encoder instead of generation artefacts ({_jpeg_hint(pre)}; "
+                           f"--align jpeg:Q re-encodes both with standard tables)"))
     return flags
 
 
@@ -293,10 +302,9 @@ def _size_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
     flags = []
     rs, fs = real["short_side"], fake["short_side"]
     if any(max(rs[k], fs[k]) / max(min(rs[k], fs[k]), 1) >= SIZE_RATIO for k in ("p10", "median", "p90")):
-        flags.append({"property": "size", "message":
-                      f"size: median short side reals {rs['median']:.0f} px, fakes {fs['median']:.0f} px (10th-90th "
-                      f"percentile {rs['p10']:.0f}-{rs['p90']:.0f} and {fs['p10']:.0f}-{fs['p90']:.0f} px); "
-                      f"{_size_hint(pre)}"})
+        flags.append(_flag("size", f"size: median short side reals {rs['median']:.0f} px, fakes {fs['median']:.0f} px "
+                           f"(10th-90th percentile {rs['p10']:.0f}-{rs['p90']:.0f} and {fs['p10']:.0f}-{fs['p90']:.0f} px)",
+                           _size_hint(pre)))
     candidates = []
     for (name, own), (other_name, other) in ((("real", real), ("fake", fake)), (("fake", fake), ("real", real))):
         top, share, elsewhere = _top_size_share(own, other)
@@ -304,15 +312,15 @@ def _size_flags(real: dict, fake: dict, pre: Preprocess) -> list[dict]:
         if share - bound >= ONE_SIZE_GAP:
             at = f"{_pct(elsewhere)} at {top}" if elsewhere is not None else \
                 f"{top} not among their {len(other['sizes'])} most common"
-            candidates.append((share - bound, {"property": "one_size", "message":
-                               f"one size: {_pct(share)} of {name}s are {top}, {other_name}s come in "
-                               f"{_count(other['distinct_sizes'], 'size')}, {at}; {_one_size_hint(pre, name)}"}))
+            candidates.append((share - bound, _flag("one_size", f"one size: {_pct(share)} of {name}s are {top}, "
+                               f"{other_name}s come in {_count(other['distinct_sizes'], 'size')}, {at}",
+                               _one_size_hint(pre, name))))
     if candidates:
         flags.append(max(candidates, key=lambda c: c[0])[1])
     rc, fc = real["smaller_than_crop"] / real["n_read"], fake["smaller_than_crop"] / fake["n_read"]
     if abs(rc - fc) >= MINOR_GAP:
-        flags.append({"property": "smaller_than_crop", "message":
-                      f"smaller than {pre.size} px: {_pct(rc)} of reals, {_pct(fc)} of fakes; {_smaller_hint(pre)}"})
+        flags.append(_flag("smaller_than_crop", f"smaller than {pre.size} px: {_pct(rc)} of reals, {_pct(fc)} of fakes",
+                           _smaller_hint(pre)))
     return flags
 
 
@@ -320,15 +328,43 @@ def _image_flags(real: dict, fake: dict) -> list[dict]:
     """Colour modes and metadata."""
     flags = []
     if _gap(real["mode_shares"], fake["mode_shares"]) >= SHARE_GAP:
-        flags.append({"property": "mode", "message":
-                      f"colour mode: reals {_top(real['mode_shares'])}, fakes {_top(fake['mode_shares'])}; "
-                      f"grayscale, palette or alpha images convert to RGB with their own statistics"})
+        flags.append(_flag("mode", f"colour mode: reals {_top(real['mode_shares'])}, fakes {_top(fake['mode_shares'])}",
+                           "grayscale, palette or alpha images convert to RGB with their own statistics"))
     re_, fe = real["exif"] / real["n_read"], fake["exif"] / fake["n_read"]
     if abs(re_ - fe) >= SHARE_GAP:
-        flags.append({"property": "exif", "message":
-                      f"metadata: EXIF in {_pct(re_)} of reals ({_pct(real['camera'] / real['n_read'])} with camera "
-                      f"make/model), {_pct(fe)} of fakes; EXIF orientation rotates one class only, and any "
-                      f"metadata-aware step separates the classes"})
+        flags.append(_flag("exif", f"metadata: EXIF in {_pct(re_)} of reals ({_pct(real['camera'] / real['n_read'])} "
+                           f"with camera make/model), {_pct(fe)} of fakes",
+                           "EXIF orientation rotates one class only, and any metadata-aware step separates the classes"))
+    return flags
+
+
+# The declaration that contradicts each class's label.
+CONTRADICTING = {"real": "declared-generated", "fake": "declared-captured"}
+MAX_EXAMPLES = 5  # contradicting files named per class
+
+
+def contradicting(name: str, paths: list[str], probes: dict[str, dict]) -> list[str]:
+    """The ``paths`` of class ``name`` whose files declare the other class's origin (reals a generator, fakes a camera)."""
+    return [p for p in paths if probes[p].get("provenance") == CONTRADICTING[name]]
+
+
+def _provenance_flags(real: dict, fake: dict) -> list[dict]:
+    """Declared origins (C2PA, IPTC XMP): apart between the classes, or against a file's label."""
+    flags = []
+    shares = {k: (real.get(k, 0) / real["n_read"], fake.get(k, 0) / fake["n_read"])
+              for k in ("declares_generated", "declares_captured")}
+    if any(abs(r - f) >= SHARE_GAP for r, f in shares.values()):
+        (rg, fg), (rc, fc) = shares.values()
+        flags.append({"property": "provenance", "message":
+                      f"declared origin: a generator in {_pct(rg)} of reals and {_pct(fg)} of fakes, a capture in "
+                      f"{_pct(rc)} of reals and {_pct(fc)} of fakes (C2PA or IPTC metadata); anything that reads "
+                      f"the file's metadata gets the label free, though the pixels this tower reads do not carry it"})
+    classes = (("real", real), ("fake", fake))
+    wrong = [(name, s.get("contradicting", 0), s.get("contradicting_examples", [])) for name, s in classes]
+    if any(n for _, n, _ in wrong):
+        flags.append({"property": "provenance-label", "message": "declared origin against the label: " + "; ".join(
+            f"{_count(n, name)} declaring {'a generator' if name == 'real' else 'a capture'} "
+            f"(e.g. {', '.join(examples)})" for name, n, examples in wrong if n)})
     return flags
 
 
@@ -346,7 +382,7 @@ def compare_classes(real: dict, fake: dict, preprocess: Preprocess) -> list[dict
             flags += [flag for flag in compare_classes(real, fake, part) if flag not in flags]
         return flags
     return (_format_flags(real, fake, preprocess) + _jpeg_flags(real, fake, preprocess)
-            + _size_flags(real, fake, preprocess) + _image_flags(real, fake))
+            + _size_flags(real, fake, preprocess) + _image_flags(real, fake) + _provenance_flags(real, fake))
 
 
 def _memo_identity(groups: dict[tuple[str, int], list[str]], seed: int, max_per_group: int) -> dict:
@@ -403,6 +439,8 @@ def audit_samples(items: list[tuple[str, str, int]], preprocess: Preprocess | No
     pooled: dict[str, dict] = {}
     for is_pooled, domain, name, total, chosen in plan:
         stats = summarize_probes([probes[p] for p in chosen], crop, total)
+        against = contradicting(name, chosen, probes)
+        stats.update(contradicting=len(against), contradicting_examples=against[:MAX_EXAMPLES])
         if is_pooled:
             pooled[name] = stats
         else:
@@ -451,7 +489,22 @@ def format_class(domain: str, name: str, s: dict, crop: int) -> str:
                if misnamed_files else "")
             + _jpeg_line(s["jpeg_quality"]) + _size_line(s, crop)
             + f"; modes {_top(s['mode_shares'])}; EXIF {s['exif']}, camera {s['camera']}"
+            + (f"; declares generated {s['declares_generated']}, captured {s['declares_captured']}"
+               if s.get("declares_generated") or s.get("declares_captured") else "")
             + (f"; {s['unreadable']} unreadable" if s["unreadable"] else ""))
+
+
+def _flag_lines(flags: list[dict]) -> list[str]:
+    """A line per flag; an explanation already given (the same property in another domain) is not repeated."""
+    said, lines = set(), []
+    for f in flags:
+        hint = f.get("hint")
+        if hint and hint in said and f["message"].endswith(f"; {hint}"):
+            lines.append(f"  [{f['domain']}] {f['message'][: -len(hint) - 2]} (as above)")
+        else:
+            lines.append(f"  [{f['domain']}] {f['message']}")
+        said.add(hint)
+    return lines
 
 
 def format_audit(report: dict, brief: bool = False) -> str:
@@ -464,9 +517,10 @@ def format_audit(report: dict, brief: bool = False) -> str:
     if flags:
         lines.append(f"bias audit: {len(flags)} difference(s) between reals and fakes a detector could learn "
                      f"instead of generation artefacts:")
-        lines.extend(f"  [{f['domain']}] {f['message']}" for f in flags)
+        lines.extend(_flag_lines(flags))
     else:
-        lines.append("bias audit: no format, quality, size, mode or metadata difference flagged between reals and fakes")
+        lines.append("bias audit: no format, quality, size, mode, metadata or declared-origin difference flagged "
+                     "between reals and fakes")
     if report.get("sampled"):
         lines.append(f"  (audited a sample of up to {report['max_per_group']} headers per class in: "
                      f"{', '.join(report['sampled'][:8])}{' ...' if len(report['sampled']) > 8 else ''})")

@@ -21,6 +21,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PIL_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 # Preprocessing modes.
 # - "resize": short side to `resize_size` (default `size`; bicubic, antialiased), center crop
@@ -33,10 +34,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # - "tiles": native pixels, `grid` x `grid` tiles of `size` spread evenly over the whole image
 #   (overlapping on small images), as gray planes [grid * grid, size, size] (with `colour`, each
 #   tile's R, G and B planes: [grid * grid * 3, size, size]): the spectral baseline at photo sizes.
-PREPROCESS_MODES = ("resize", "squash", "crop", "window", "tiles")
-NATIVE_MODES = ("window", "tiles")
-# What --preprocess may ask for: the tower's own resize transform, or the unresized crop.
-CLI_PREPROCESS_MODES = ("resize", "crop")
+# - "native": the whole image, unresized, [3, H, W] (each image its own size, so one a batch): the
+#   fully convolutional released networks (Tiny-LaDeDa, NPR) pool over every position.
+PREPROCESS_MODES = ("resize", "squash", "crop", "window", "tiles", "native")
+NATIVE_MODES = ("window", "tiles", "native")
+# What --preprocess may ask for: the tower's own resize transform, the unresized crop, or (for the
+# fully convolutional networks) the whole unresized image.
+CLI_PREPROCESS_MODES = ("resize", "crop", "native")
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -50,6 +54,9 @@ class Preprocess:
     resize_size: int | None = None  # "resize": short side before the crop (None: `size`)
     grid: int | None = None  # "tiles": tiles per side
     colour: bool = False  # "tiles": each tile's R, G and B planes instead of one gray plane
+    # "squash": resize the uint8 PIL image with Pillow's filter, as torchvision's Resize((s, s)) does on
+    # a PIL image (the released networks' test transform), instead of the float tensor with torch's.
+    pil: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in PREPROCESS_MODES:
@@ -58,10 +65,12 @@ class Preprocess:
             raise ValueError("tiles preprocessing needs grid >= 1 (tiles per side)")
         if self.colour and self.mode != "tiles":
             raise ValueError("colour planes are a tiles preprocessing option")
+        if self.pil and self.mode != "squash":
+            raise ValueError("the PIL resize is a squash preprocessing option")
 
     def to_dict(self) -> dict:
         data = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
-        for key, absent in (("resize_size", None), ("grid", None), ("colour", False)):
+        for key, absent in (("resize_size", None), ("grid", None), ("colour", False), ("pil", False)):
             if data[key] is absent:
                 # Absent rather than null: records written before the field existed keep their cache keys.
                 del data[key]
@@ -80,6 +89,7 @@ class Preprocess:
             resize_size=int(data["resize_size"]) if data.get("resize_size") is not None else None,
             grid=int(data["grid"]) if data.get("grid") is not None else None,
             colour=bool(data.get("colour", False)),
+            pil=bool(data.get("pil", False)),
         )
 
 
@@ -272,7 +282,8 @@ def tile_grid(image: Image.Image, size: int, grid: int, mean: tuple[float, ...],
 
 
 def preprocessed_shape(spec: Preprocess | FusedPreprocess) -> tuple[int, ...]:
-    """The shape of the tensor :func:`preprocess_image` gives for every image under ``spec``."""
+    """The shape of the tensor :func:`preprocess_image` gives for every image under ``spec``
+    (``native``: each image keeps its own; ``size`` is nominal there)."""
     if isinstance(spec, FusedPreprocess):
         return (sum(math.prod(shape) for shape in part_shapes(spec)),)
     planes = {"window": 2, "tiles": (spec.grid or 1) ** 2 * (3 if spec.colour else 1)}.get(spec.mode, 3)
@@ -301,6 +312,13 @@ def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
         return tile_grid(image, spec.size, spec.grid, spec.mean, spec.std, spec.colour)
     if spec.mode == "crop":
         return normalize(crop_to_tensor(image, spec.size), spec.mean, spec.std)
+    if spec.mode == "native":
+        return normalize(pil_to_tensor(image), spec.mean, spec.std)
+    if spec.mode == "squash" and spec.pil:
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if rgb.size != (spec.size, spec.size):
+            rgb = rgb.resize((spec.size, spec.size), PIL_RESAMPLE[spec.interpolation])
+        return normalize(pil_to_tensor(rgb), spec.mean, spec.std)
     x = pil_to_tensor(image)
     if spec.mode == "resize":
         x = resize_short_side(x, spec.resize_size or spec.size, spec.interpolation)

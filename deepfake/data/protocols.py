@@ -9,6 +9,8 @@ ufd            CenterCrop(224), no resize         1000 per class, 100 when a  bl
 cnndetection   CenterCrop(224), no resize         all                         blur (uint8), then JPEG
 aigcdetect     short side to 256 (PIL bilinear),  all                         blur (uint8), then JPEG
                then CenterCrop(224)
+rine           CenterCrop(224), no resize         all                         none (as requested: blur
+                                                                              (uint8), then JPEG)
 =============  =================================  ==========================  ==========================
 
 Where each rule is written upstream (the files read; commits in docs/evaluation.md):
@@ -24,6 +26,11 @@ Where each rule is written upstream (the files read; commits in docs/evaluation.
   BILINEAR)`` on the PIL image: short side 256, long side ``int(256 * long / short)``) and
   ``CenterCrop(224)``; ``data/datasets.py`` ``custom_augment`` degrades first (one of resize, blur,
   JPEG per run, its ``--noise_type``).
+- RINE ``scripts/validation.py``: ``get_transforms()``'s second transform (``CenterCrop(224),
+  ToTensor(), Normalize``) on every image of each of ``src/utils.py`` ``get_generators()``'s 20 sets
+  (UFD's 19 and ``stylegan2``: the ``rine`` benchmark preset), listed by ``src/data.py``
+  ``EvaluationDataset`` (``Image.open(...).convert("RGB")``, no sampling, no perturbation);
+  ``evaluation`` prints the accuracy at 0.5 and AP per set and their means.
 
 The crop is :func:`deepfake.data.preprocess.center_crop` (torchvision's ``CenterCrop``, bit for
 bit: zero padding ``(size - W) // 2`` left and ``(size - W + 1) // 2`` right, offsets rounded half
@@ -75,6 +82,11 @@ PROTOCOLS = {
         headline="eval_all.py writes accuracy at 0.5, AP, real and fake accuracy at 0.5",
         sources=("Ekko-zn/AIGCDetectBenchmark data/process.py: processing, custom_resize (loadSize 256, "
                  "rz_interp bilinear), CenterCrop(CropSize 224); data/datasets.py: custom_augment, gaussian_blur",)),
+    "rine": Protocol(
+        "rine", "RINE (Koutlis & Papadopoulos, ECCV 2024), scripts/validation.py",
+        headline="validation.py prints accuracy at 0.5 and AP per set and their means (on --benchmark rine)",
+        sources=("mever-team/rine scripts/validation.py; src/utils.py: get_transforms (transforms_test_1: "
+                 "CenterCrop(224)), get_generators, evaluation; src/data.py: EvaluationDataset",)),
 }
 PROTOCOL_NAMES = tuple(PROTOCOLS)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import struct
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deepfake.utils.fileio import atomic_write
+from deepfake.utils.threads import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def generate(out: str | Path, n_train: int = 60, n_val: int = 15, n_test: int = 
     the fakes' up-sampling trace (see :func:`fake_image`); ``test_families`` picks the test generators.
     """
     jobs = generation_jobs(out, n_train, n_val, n_test, seed, train_family, sizes, jpeg_share, trace, test_families)
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ProcessPoolExecutor(max_workers=usable_cpus()) as pool:
         list(pool.map(write_folder, [job for _, job in jobs]))
     log.info("synthetic benchmark written to %s", out)
     return Path(out)

@@ -13,6 +13,8 @@ from deepfake.data.preprocess import Preprocess, crop_to_tensor, normalize
 
 def tile_boxes(height: int, width: int, size: int, max_tiles: int) -> list[tuple[int, int, int, int]]:
     """(top, left, height, width) of up to ``max_tiles`` crops of ``size`` on an even grid over the image."""
+    if max_tiles < 1:
+        raise ValueError(f"a tile budget must be at least 1, got {max_tiles}")
     if height <= size and width <= size:
         return [(0, 0, height, width)]
     rows, cols = max(1, math.ceil(height / size)), max(1, math.ceil(width / size))

@@ -33,14 +33,14 @@ def write_plots(levels: list[dict], samples: list, out: Path, importance: dict |
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
     level = levels[0]
-    fig_hist, fig_roc, fig_pr, ax_roc, ax_pr, curves = _domain_figures(plt, level, samples, threshold)
+    fig_hist = histogram_figure(plt, level, samples, threshold)
+    fig_roc, fig_pr, ax_roc, ax_pr, curves = _curve_figures(plt, level, samples)
     ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({level['label']})")
     ax_pr.set(xlabel="recall", ylabel="precision", title=f"Precision-recall ({level['label']})")
     if curves:
         for ax in (ax_roc, ax_pr):
             ax.legend(fontsize=7)
-    fig_hist.suptitle(f"P(fake) per domain ({level['label']})")
     figures = {"histograms.png": fig_hist}
     if curves:
         figures.update({"roc.png": fig_roc, "pr.png": fig_pr})
@@ -52,23 +52,22 @@ def write_plots(levels: list[dict], samples: list, out: Path, importance: dict |
     if len(levels) > 1:
         figures["robustness.png"] = _robustness_figure(plt, levels)
     for name, fig in figures.items():
-        fig.tight_layout(rect=(0, 0, 1, 0.9) if name == "histograms.png" else (0, 0, 1, 1))
+        if name != "histograms.png":  # laid out as it is drawn
+            fig.tight_layout()
         atomic_write(out / name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)
 
 
-def _domain_figures(plt, level: dict, samples: list, threshold: float | None) -> tuple:
-    """Per domain: a score histogram panel, and ROC and PR curves where both classes are present."""
+def histogram_figure(plt, level: dict, samples: list, threshold: float | None):
+    """A panel per domain: the histogram of P(fake) for its reals and fakes, with the decision ``threshold``."""
     labels = np.array([s.label for s in samples])
     generators = np.array([s.generator for s in samples])
     probs = level["probabilities"]
     names = list(dict.fromkeys(generators.tolist()))
-    fig_roc, ax_roc = plt.subplots(figsize=(6, 5))
-    fig_pr, ax_pr = plt.subplots(figsize=(6, 5))
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig_hist, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    curves = 0
+    # Constrained layout places the title and the legend above the panels with no band reserved by guess.
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.4), squeeze=False, layout="constrained")
     for i, name in enumerate(names):
         sel = (generators == name) & ~np.isnan(probs)
         y, s = labels[sel], probs[sel]
@@ -81,13 +80,8 @@ def _domain_figures(plt, level: dict, samples: list, threshold: float | None) ->
             ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3g}")
         ax.set_title(name if len(present) == 2 else f"{name} ({present[0][1] if present else 'no'} images only)",
                      fontsize=9)
-        # ROC and PR are undefined without both classes: such domains get no curve at all.
-        if len(present) == 2:
-            fpr, tpr = roc_curve(y, s)
-            ax_roc.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(y, s):.3f})")
-            precision, recall = pr_curve(y, s)
-            ax_pr.plot(recall, precision, label=f"{name} (AP {average_precision(y, s):.3f})")
-            curves += 1
+        ax.set_xlabel("P(fake)", fontsize=8)
+        ax.set_ylabel("images", fontsize=8)
     for j in range(len(names), rows * cols):
         axes[j // cols][j % cols].axis("off")
     # One legend for all panels, above them: inside a panel it covered the bars near 0 or 1.
@@ -96,9 +90,30 @@ def _domain_figures(plt, level: dict, samples: list, threshold: float | None) ->
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     if legend:
-        fig_hist.legend(list(legend.values()), list(legend), loc="upper right", ncol=len(legend), fontsize=7,
-                        frameon=False)
-    return fig_hist, fig_roc, fig_pr, ax_roc, ax_pr, curves
+        fig.legend(list(legend.values()), list(legend), loc="outside upper right", ncol=len(legend), fontsize=7,
+                   frameon=False)
+    fig.suptitle(f"P(fake) per domain ({level['label']})")
+    return fig
+
+
+def _curve_figures(plt, level: dict, samples: list) -> tuple:
+    """ROC and PR curves of every domain where both classes are present (undefined otherwise)."""
+    labels = np.array([s.label for s in samples])
+    generators = np.array([s.generator for s in samples])
+    probs = level["probabilities"]
+    fig_roc, ax_roc = plt.subplots(figsize=(6, 5))
+    fig_pr, ax_pr = plt.subplots(figsize=(6, 5))
+    curves = 0
+    for name in dict.fromkeys(generators.tolist()):
+        sel = (generators == name) & ~np.isnan(probs)
+        y, s = labels[sel], probs[sel]
+        if np.any(y == 0) and np.any(y == 1):
+            fpr, tpr = roc_curve(y, s)
+            ax_roc.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(y, s):.3f})")
+            precision, recall = pr_curve(y, s)
+            ax_pr.plot(recall, precision, label=f"{name} (AP {average_precision(y, s):.3f})")
+            curves += 1
+    return fig_roc, fig_pr, ax_roc, ax_pr, curves
 
 
 def _robustness_figure(plt, levels: list[dict]):

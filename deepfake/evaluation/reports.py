@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfake.evaluation.domains import SMALL_DOMAIN
 from deepfake.evaluation.plots import write_plots
+from deepfake.model.releases import is_detector_name
 from deepfake.utils.fileio import atomic_write_json, atomic_write_text, display_path, refuse_overwrite
 from deepfake.utils.text import pct
 
@@ -27,7 +29,9 @@ COLUMNS = [  # key, header, kind
     ("real_acc", "real_acc", "pct"),
     ("fake_acc", "fake_acc", "pct"),
     ("acc", "acc", "pct"),
+    ("acc_ci", "acc 95% CI", "ci"),
     ("ap", "AP", "pct"),
+    ("ap_ci", "AP 95% CI", "ci"),
     ("auc", "AUC", "pct"),
     ("tpr_at_fpr1", "TPR@1%", "pct"),
     ("tpr_at_fpr5", "TPR@5%", "pct"),
@@ -36,8 +40,12 @@ COLUMNS = [  # key, header, kind
     ("ufd_acc", "ufd_acc", "pct"),
     ("val_threshold_acc", "val_thr_acc", "pct"),
     ("ece", "ECE", "thr"),
+    ("ood", "OOD", "pct"),
 ]
-CSV_FIELDS = ["level", "domain", "generator", "category", "family", "kind", "threshold"] + [c[0] for c in COLUMNS]
+CSV_FIELDS = (["level", "domain", "generator", "category", "family", "kind", "threshold"]
+              + [k for key, _, kind in COLUMNS for k in ((f"{key}_low", f"{key}_high") if kind == "ci" else (key,))]
+              + ["small"])
+SMALL_MARK = " *"
 HEADLINE_COLUMNS = [("n_real", "n_real", "int"), ("n_fake", "n_fake", "int"), ("real_acc", "real_acc", "pct"),
                     ("fake_acc", "fake_acc", "pct"), ("acc", "acc", "pct"), ("ap", "AP", "pct")]
 LEGEND = ("max_acc: accuracy at the threshold that maximises it on these very labels (the exact maximiser, an upper "
@@ -48,8 +56,11 @@ LEGEND = ("max_acc: accuracy at the threshold that maximises it on these very la
 
 
 def default_output_dir(checkpoint: str, dataset_dir: str) -> Path:
-    """``RUN/eval_DATASET``: the results folder beside the checkpoint's run."""
+    """``RUN/eval_DATASET``: the results folder beside the checkpoint's run; ``eval_NAME_DATASET`` here for a
+    released detector's name (its run lies in the cache, where nobody would look for results)."""
     path = Path(checkpoint)
+    if is_detector_name(checkpoint) and not path.exists():
+        return Path(f"eval_{checkpoint}_{Path(dataset_dir).resolve().name}")
     run_dir = path if path.is_dir() else path.parent
     return run_dir / f"eval_{Path(dataset_dir).resolve().name}"
 
@@ -64,8 +75,15 @@ def prepare_output_dir(checkpoint: str, dataset_dir: str, output_dir: str | None
     return out
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value, kind: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if kind == "ci":
+        low, high = value
+        return "n/a" if _missing(low) or _missing(high) else f"{pct(low)}-{pct(high)}"
+    if _missing(value):
         return "n/a"
     if kind == "int":
         return str(int(value))
@@ -77,14 +95,15 @@ def _fmt(value, kind: str) -> str:
 def ordered_rows(level: dict) -> list[dict]:
     """Rows in reading order: each family's domains (categories after their domain) and its mean, then the mean."""
     family_means = level.get("family_means") or []
+    pooled = [level["pooled"]] if level.get("pooled") else []
     if not family_means:
-        return level["rows"] + [level["mean"]]
+        return level["rows"] + [level["mean"]] + pooled
     out = []
     for fm in family_means:
         out.extend(r for r in level["rows"] if r.get("family") == fm["family"])
         out.append(fm)
     out.extend(r for r in level["rows"] if r.get("family") not in {fm["family"] for fm in family_means})
-    return out + [level["mean"]]
+    return out + [level["mean"]] + pooled
 
 
 def coverage_notes(level: dict) -> list[str]:
@@ -97,6 +116,10 @@ def coverage_notes(level: dict) -> list[str]:
     return notes
 
 
+def _cell(row: dict, key: str, kind: str):
+    return (row.get(f"{key}_low"), row.get(f"{key}_high")) if kind == "ci" else row.get(key)
+
+
 def format_table(level: dict, markdown: bool = False, columns: list[tuple[str, str, str]] = COLUMNS) -> str:
     """One aligned table: a row per domain (categories indented), family means, the mean row last."""
     header = ["domain"] + [c[1] for c in columns]
@@ -105,7 +128,8 @@ def format_table(level: dict, markdown: bool = False, columns: list[tuple[str, s
         name = row["domain"]
         if row.get("category") and not markdown:
             name = "  " + row["category"]
-        body.append([name] + [_fmt(row.get(key), kind) for key, _, kind in columns])
+        name += SMALL_MARK if row.get("small") else ""
+        body.append([name] + [_fmt(_cell(row, key, kind), kind) for key, _, kind in columns])
         means.append(row.get("kind") == "mean")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
@@ -154,7 +178,38 @@ def headline_title(protocol: dict) -> str:
     return f"published headline, --protocol {protocol['name']} ({protocol['headline']}; threshold 0.5):"
 
 
-def _print_level(level: dict, protocol: dict | None) -> str:
+def certainty_notes(level: dict, results: dict) -> list[str]:
+    """The lines under the table: the mean of domains beside the pooled images, small domains, the thresholds."""
+    notes = []
+    mean, pooled = level["mean"], level.get("pooled")
+    if pooled and pooled.get("ap") is not None:
+        ci = _fmt(_cell(pooled, "ap_ci", "ci"), "ci")
+        notes.append(f"AP: {_fmt(mean.get('ap'), 'pct')} as the mean of {len(mean.get('covers') or [])} domain(s); "
+                     f"{_fmt(pooled['ap'], 'pct')} (95% CI {ci}) over the {pooled['n_real'] + pooled['n_fake']} "
+                     "images pooled")
+    small = [r["domain"] for r in level["rows"] if r.get("small")]
+    if small:
+        notes.append(f"*{', '.join(small[:6])}{', ...' if len(small) > 6 else ''}: fewer than {SMALL_DOMAIN} images "
+                     "of a class, too few for its AP and accuracy to mean much (see their 95% intervals)")
+    notes.append(threshold_note(results))
+    ood = results.get("ood") or {}
+    notes.append(f"OOD: share of images whose features lie outside the head's training distribution ({ood['note']})"
+                 if ood.get("note") else "OOD: n/a, the head stores no statistics of its training features")
+    return notes
+
+
+def threshold_note(results: dict) -> str:
+    """Which threshold labels each column, and the one predict, serve and the API label at."""
+    val = results.get("val_threshold")
+    val_text = (f"val_thr_acc at the validation threshold {val:.4g}, the one predict, serve and the API label at "
+                "by default" if val is not None else "the checkpoint stores no validation threshold")
+    source = results.get("threshold_source") or "checkpoint"
+    source = "the checkpoint's reporting threshold" if source == "checkpoint" else f"from {source}"
+    return (f"real_acc, fake_acc, acc and the histograms: fake when P(fake) > {results['threshold']:.4g} "
+            f"({source}); {val_text}")
+
+
+def _print_level(level: dict, protocol: dict | None, results: dict | None = None) -> str:
     """Print one level's tables (the published headline first under --protocol); its results.md part."""
     print(f"\n== {level['label']} ==")
     md = f"### {level['label']}\n\n"
@@ -165,7 +220,7 @@ def _print_level(level: dict, protocol: dict | None) -> str:
         print("\nevery column (acc columns at the evaluation's threshold):")
         md += f"{headline_title(protocol)}\n\n{format_table(headline, True, HEADLINE_COLUMNS)}\n\nEvery column:\n\n"
     print(format_table(level))
-    notes = coverage_notes(level)
+    notes = coverage_notes(level) + (certainty_notes(level, results) if results is not None else [])
     for note in notes:
         print(note)
     md_notes = "".join(f"\n- {n}" for n in notes)
@@ -179,7 +234,7 @@ def write_outputs(results: dict, samples: list, out: Path, output: str | None = 
                 f"preprocessing `{results['preprocess']['mode']}`, threshold {results['threshold']}\n"]
     csv_rows, score_rows = [], []
     for level in levels:
-        md_parts.append(_print_level(level, results.get("protocol")))
+        md_parts.append(_print_level(level, results.get("protocol"), results))
         for row in ordered_rows(level):
             csv_rows.append({"level": level["label"], "threshold": results["threshold"],
                              **{k: ("" if v is None else v) for k, v in row.items() if not isinstance(v, list)}})

@@ -37,8 +37,8 @@ from deepfake.data.protocols import (
 from deepfake.data.test_sets import TestSample, check_pairing, discover_test_set, filter_samples, subsample, summarize
 from deepfake.deepfake_classifier import DeepfakeClassifier
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
-from deepfake.evaluation.domains import domain_rows, headline_rows
-from deepfake.evaluation.metrics import threshold_for_fpr
+from deepfake.evaluation.domains import domain_rows, headline_rows, pooled_row
+from deepfake.evaluation.metrics import BOOTSTRAP_RESAMPLES, CI_LEVEL, threshold_for_fpr
 from deepfake.evaluation.reports import default_output_dir, prepare_output_dir, write_outputs
 from deepfake.features.extraction import (
     ExtractionSettings,
@@ -48,7 +48,8 @@ from deepfake.features.extraction import (
     report_skipped,
 )
 from deepfake.model.calibration import calibration_record, write_calibration
-from deepfake.model.scoring import fake_probabilities, table_probabilities
+from deepfake.model.ood import OOD_IN, OOD_OUT, ood_config, ood_note
+from deepfake.model.scoring import fake_probabilities, table_ood, table_probabilities
 from deepfake.utils.fileio import removed_if_left_empty
 from deepfake.utils.runtime import choose_device, init_distributed, is_main_process, versions
 from deepfake.utils.text import split_list
@@ -143,16 +144,19 @@ def calibrate(classifier: DeepfakeClassifier, real_dir: str, target_fpr: float, 
 
 
 def resolve_threshold_source(requested: str | float | None, classifier: DeepfakeClassifier,
-                             calibration: dict | None) -> tuple[float, str, dict | None]:
+                             calibration: dict | None, preprocess: Preprocess | None = None,
+                             align: Alignment | None = None) -> tuple[float, str, dict | None]:
     """The threshold of the acc columns, where it came from, and the calibration record behind it (if any).
 
     ``calibration`` is the one just fitted on ``--calibrate_real``; ``--threshold calibrated``
-    without it takes the checkpoint's stored operating point (and raises when there is none).
+    without it takes the checkpoint's stored operating point (and raises when there is none, or when
+    it was fitted on images prepared otherwise than ``preprocess`` and ``align``, the test images').
     """
     if requested == "calibrated":
         if calibration is not None:
             return calibration["threshold"], "calibration", calibration
-        threshold = classifier.decision_threshold("calibrated")
+        threshold = classifier.decision_threshold("calibrated", preprocess=preprocess,
+                                                  align=align.to_dict() if align else None)
         stored = {k: v for k, v in classifier.config["calibration"].items()
                   if k not in ("format", "tower", "preprocess", "align")}
         return threshold, "checkpoint calibration", stored
@@ -234,6 +238,9 @@ def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict
         **({"protocol": protocol.to_dict()} if protocol else {}),
         **sampling,
         "seed": config.seed,
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "level": CI_LEVEL, "seed": config.seed,
+                      "stratified": "by class"},
+        "ood": {**(ood_config(classifier.head) or {}), "note": ood_note(ood_config(classifier.head))},
         "sample_counts": counts,
         "audit": audit,
         "versions": versions(),
@@ -246,10 +253,17 @@ def _evaluate(config: EvalConfig, classifier: DeepfakeClassifier | None) -> dict
 
 
 def _protocol_preprocess(classifier: DeepfakeClassifier, protocol: Protocol | None, warn: bool = True) -> Preprocess:
-    """The preprocessing of the test images: the protocol's crop under ``--protocol``, else the tower's."""
+    """The preprocessing of the test images: the protocol's crop under ``--protocol``, else the tower's.
+
+    A whole released network (Tiny-LaDeDa, NPR) brings its paper's test transform: under any
+    ``--protocol`` that is what it is evaluated with, as its paper's tables were.
+    """
     tower_preprocess = classifier.tower.preprocess
     if protocol is None:
         return tower_preprocess
+    paper = getattr(classifier.tower, "paper_preprocess", None)
+    if paper is not None:
+        return paper
     preprocess = protocol_preprocess(tower_preprocess, protocol)
     if not warn:
         return preprocess
@@ -291,7 +305,8 @@ def _prepare(config: EvalConfig, classifier: DeepfakeClassifier, samples: list[T
     # Off rank 0 a --calibrate_real fit is None (rank 0 fits it) and the threshold is never used;
     # without one every rank resolves it, so a missing stored calibration stops them all alike.
     if is_main_process() or not config.calibrate_real:
-        threshold, *source = resolve_threshold_source(config.threshold, classifier, calibration)
+        threshold, *source = resolve_threshold_source(config.threshold, classifier, calibration,
+                                                      _protocol_preprocess(classifier, protocol, warn=False), align)
     setting = _Setting(config, classifier, samples, align, settings, decode, threshold,
                        classifier.config.get("val_threshold"), _protocol_preprocess(classifier, protocol), protocol)
     return setting, calibration, tuple(source)
@@ -319,15 +334,28 @@ def _score_level(setting: _Setting, perturb: Perturbation) -> dict | None:
     if table is None:
         return None
     probs, ok = table_probabilities(setting.classifier.head, table)[take], table.ok.numpy()[take]
-    rows, mean, family_means = domain_rows(samples, probs, ok, setting.threshold, setting.val_threshold)
+    ood = _ood_per_sample(setting.classifier.head, table, take)
+    seed = setting.config.seed
+    rows, mean, family_means = domain_rows(samples, probs, ok, setting.threshold, setting.val_threshold, seed, ood)
+    pooled = pooled_row(samples, probs, ok, setting.threshold, setting.val_threshold, seed, ood)
     skipped = report_skipped(f"test set ({perturb.label()})", as_samples, table.skipped)
     headline = {"headline": headline_rows(samples, probs, ok)} if setting.protocol else {}
     perturb = protocol_perturbation(perturb) if setting.protocol else perturb
     return {
         "perturbation": perturb.to_dict(), "label": perturb.label(), **headline, "rows": rows, "mean": mean,
-        "family_means": family_means, "skipped": skipped,
+        "pooled": pooled, "family_means": family_means, "skipped": skipped,
         "seconds": time.perf_counter() - start, "probabilities": probs,
     }
+
+
+def _ood_per_sample(head, table, take: np.ndarray) -> np.ndarray | None:
+    """1.0 (out of the training distribution), 0.0 (in) or NaN (skipped) per sample; ``None`` for a head
+    without the statistics to tell."""
+    if ood_config(head) is None:
+        return None
+    _, flags = table_ood(head, table)
+    per_row = np.array([{OOD_OUT: 1.0, OOD_IN: 0.0}.get(f, np.nan) for f in flags])
+    return per_row[take]
 
 
 def _image_step(protocol: Protocol | None, preprocess: Preprocess, align: Alignment,
@@ -345,7 +373,8 @@ def _image_step(protocol: Protocol | None, preprocess: Preprocess, align: Alignm
         extra["align"] = align.to_dict()
     if protocol is None:
         return (None if perturb.is_identity else perturb), extra
-    step = ProtocolImage(perturb, protocol_resize(protocol, preprocess.size))
+    # The protocol's resize comes before its crop; a tower with its own resizing test transform has no crop.
+    step = ProtocolImage(perturb, protocol_resize(protocol, preprocess.size) if preprocess.mode == "crop" else None)
     extra["protocol"] = {"name": protocol.name, "preprocess": preprocess.to_dict(), "resize_short": step.resize_short,
                          "exif_transpose": False}
     return (None if step.is_identity else step), extra

@@ -76,11 +76,12 @@ def tower_batch(out, blocks: tuple[int, ...] | list[int] = (), tap: str = BLOCK_
 
     The rounding makes a head score tower outputs exactly as it scores cached ones.
     """
-    embeds = out.embeds.float().cpu().to(STORE_DTYPE).float()
+    dtype = getattr(out, "store_dtype", None) or STORE_DTYPE
+    embeds = out.embeds.float().cpu().to(dtype).float()
     if not blocks:
         return FeatureBatch(embeds)
     if out.layers is None:
         raise ValueError("the head reads per-block CLS tokens; run the tower with layers=True")
     check_tap(getattr(out, "tap", BLOCK_TAP), tap)
-    layers = out.layers[:, tap_rows(tap, blocks)].float().cpu().to(STORE_DTYPE).float()
+    layers = out.layers[:, tap_rows(tap, blocks)].float().cpu().to(dtype).float()
     return FeatureBatch(embeds, layers)

@@ -235,8 +235,9 @@ def _entries(paths: list[str], skipped: list[tuple[str, str]],
 class FeatureCache:
     """The shards of one cache key under ``root/<key>/``."""
 
-    def __init__(self, root: str | os.PathLike, info: dict):
+    def __init__(self, root: str | os.PathLike, info: dict, store_dtype: torch.dtype = STORE_DTYPE):
         self.info = {"format": FORMAT_VERSION, **info}
+        self.store_dtype = store_dtype
         self.key = cache_key(self.info)
         self.root = Path(root)
         self.dir = self.root / self.key
@@ -401,7 +402,7 @@ class FeatureCache:
         """
         tensors: dict[str, torch.Tensor] = {}
         if embeds is not None and len(paths):
-            tensors[EMBEDS] = embeds.to(STORE_DTYPE).contiguous()
+            tensors[EMBEDS] = embeds.to(self.store_dtype).contiguous()
             for block, value in (layers or {}).items():
                 tensors[layer_tensor(block, tap)] = value.to(STORE_DTYPE).contiguous()
         entries = _entries(paths, skipped, stamps)

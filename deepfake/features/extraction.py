@@ -21,14 +21,13 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from deepfake.config import DEFAULT_BATCH_PIXELS, RuntimeConfig
 from deepfake.data.preprocess import preprocessed_shape
@@ -47,8 +46,10 @@ from deepfake.towers.base import BLOCK_TAP, TAP_FIRST_BLOCK, ImageTower, layers_
 from deepfake.towers.deferred import DeferredTower
 from deepfake.towers.fused import SUPPORTED as FUSED_SUPPORT
 from deepfake.towers.fused import is_fused
+from deepfake.utils import threads
 from deepfake.utils.fileio import display_path
 from deepfake.utils.hashing import file_stamp
+from deepfake.utils.progress import Progress
 from deepfake.utils.runtime import DTYPES, barrier, rank_and_world, release_free_heap, terminate_as_interrupt
 from deepfake.utils.text import parse_list
 
@@ -245,6 +246,8 @@ def _image_loader(dataset: DeepfakeDataset, indices: list[int], settings: Extrac
     # The budget bounds the batches the loader holds: each worker prefetches two.
     spec = getattr(dataset, "preprocess", None)
     batch_size = images_per_batch(settings.batch_size, preprocessed_shape(spec) if spec else (1,), settings.batch_pixels)
+    if spec is not None and spec.mode == "native":
+        batch_size = 1  # whole unresized images differ in size: they cannot share a batch tensor
     return DataLoader(
         subset,
         batch_size=batch_size,
@@ -272,8 +275,8 @@ def iterate_tower(
     """
     device = tower.device
     loader = _image_loader(dataset, indices, settings, stamped=stamps is not None, pin=device.type == "cuda")
-    # Progress goes to stderr, and only to a terminal (disable=None): piped output stays clean.
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=None if settings.progress else True, leave=False)
+    # Progress goes to stderr: a bar on a terminal, a line every 30 s elsewhere (deepfake.utils.progress).
+    bar = Progress(len(indices), desc, "img", enabled=settings.progress, leave=False)
     start = time.perf_counter()
     blocks = list(settings.layers)
     n_scored = n_skipped = 0
@@ -295,6 +298,7 @@ def iterate_tower(
                     picked = out.layers[:, tap_rows(settings.tap, blocks)].float().cpu()
                     layers = {b: picked[:, j] for j, b in enumerate(blocks)}
         bar.update(len(positions) + len(skipped))
+        threads.refresh()  # others' load may have changed since the budget was decided
         n_scored += len(positions)
         n_skipped += len(skipped)
         yield positions, embeds, layers, skipped
@@ -411,7 +415,7 @@ def _compute(tower, dataset, settings: ExtractionSettings, indices: Sequence[int
     """Features without a cache, for ``indices`` (other rows stay empty)."""
     n = len(dataset)
     blocks = list(settings.layers)
-    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
+    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=store_dtype(tower)), torch.zeros(n, dtype=torch.bool),
                          layer_ids=blocks, tap=settings.tap)
     if blocks:
         table.layer_source = MemoryLayers(n, blocks, tower.hidden_size)
@@ -419,7 +423,7 @@ def _compute(tower, dataset, settings: ExtractionSettings, indices: Sequence[int
         if idx:
             rows = torch.tensor(idx)
             # Round exactly as the cache stores them, so cached and uncached runs see equal features.
-            table.embeds[rows] = embeds.to(STORE_DTYPE)
+            table.embeds[rows] = embeds.to(table.embeds.dtype)
             for block, value in (layers or {}).items():
                 table.layer_source.tensors[block][rows] = value.to(STORE_DTYPE)
             table.ok[rows] = True
@@ -449,9 +453,10 @@ def _gather(table: FeatureTable, world: int) -> FeatureTable | None:
 class _ShardWriter:
     """Extracted features gathered until a shard is full, then written (and recorded) as one shard."""
 
-    def __init__(self, cache: FeatureCache, samples: list, rank: int, limits, known: CacheRows, tap: str = BLOCK_TAP):
+    def __init__(self, cache: FeatureCache, samples: list, rank: int, limits, known: CacheRows, tap: str = BLOCK_TAP,
+                 shard_size: int = 1024):
         self.cache, self.samples, self.rank, self.limits, self.known = cache, samples, rank, limits, known
-        self.tap = tap
+        self.tap, self.shard_size = tap, shard_size
         self.idx: list[int] = []
         self.embeds: list[torch.Tensor] = []
         self.layers: list[dict] = []
@@ -553,7 +558,7 @@ def _read_table(tower, dataset, settings: ExtractionSettings, cache: FeatureCach
             raise CacheError(f"feature cache {cache.dir}: {len(still)} images keep changing while they are "
                              f"extracted (first: {samples[still[0]].path}); run again once they are stable")
     n = len(samples)
-    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=STORE_DTYPE), torch.zeros(n, dtype=torch.bool),
+    table = FeatureTable(torch.zeros(n, tower.feature_dim, dtype=store_dtype(tower)), torch.zeros(n, dtype=torch.bool),
                          layer_ids=list(settings.layers), tap=settings.tap)
     table.skipped.update(rows.skipped)
     table.ok = cache.fill_embeds(table.embeds, rows)
@@ -569,8 +574,16 @@ def feature_cache(root: Path | None, tower: ImageTower, settings: ExtractionSett
         return None
     if is_fused(tower):
         return PartCaches([feature_cache(root, part, settings, extra) for part in tower.parts])
-    info = {"tower": tower.cache_identity(), "features": settings.cache_info(), **(extra or {})}
-    return FeatureCache(root, info)
+    features = settings.cache_info()
+    if store_dtype(tower) != STORE_DTYPE:
+        features["store_dtype"] = str(store_dtype(tower)).replace("torch.", "")
+    info = {"tower": tower.cache_identity(), "features": features, **(extra or {})}
+    return FeatureCache(root, info, store_dtype(tower))
+
+
+def store_dtype(tower: ImageTower) -> torch.dtype:
+    """The dtype the tower's features are stored in: the cache's float16 unless the tower says otherwise."""
+    return getattr(tower, "feature_dtype", None) or STORE_DTYPE
 
 
 # --- a fused tower: each part's features under its own key -------------------------------
@@ -682,3 +695,118 @@ def report_skipped(what: str, samples: list, skipped: dict[int, str]) -> list[di
         for r in records[:20]:
             log.warning("  %s: %s", display_path(r["path"]), r["reason"])
     return records
+
+
+@dataclass(frozen=True)
+class SharedTarget:
+    """One reader of a shared pass: the blocks (of the pass's tap) it keeps, and the cache it keeps them in."""
+
+    settings: ExtractionSettings
+    cache: FeatureCache | None
+
+
+def union_settings(targets: Sequence[SharedTarget]) -> ExtractionSettings:
+    """Settings of one pass that gives every target what it reads: the union of their blocks, of one tap.
+
+    The targets must agree on precision and decode path (they name the features); readers of the
+    final embedding alone (no blocks) fit any tap.
+    """
+    first = targets[0].settings
+    taps = {t.settings.tap for t in targets if t.settings.layers}
+    if len(taps) > 1:
+        raise ValueError(f"one pass gives one per-block tap; these readers ask for {sorted(taps)}")
+    if {(t.settings.precision, t.settings.decode) for t in targets} != {(first.precision, first.decode)}:
+        raise ValueError("one pass runs in one precision and one decode path; these readers differ")
+    blocks = sorted({b for t in targets for b in t.settings.layers})
+    return replace(first, layers=tuple(blocks), tap=taps.pop() if taps else first.tap)
+
+
+def extract_shared(tower: ImageTower, dataset: DeepfakeDataset, targets: Sequence[SharedTarget],
+                   desc: str = "features", collective: bool = True) -> list[FeatureTable] | None:
+    """One pass of the tower for every target: one table per target (rank 0; ``None`` on the others).
+
+    Each image any target lacks goes through the tower once; each target's cache then holds its
+    features under its own key, as if it had been extracted alone, so a later run of that target
+    alone extracts nothing. Without caches the one table serves every target.
+    """
+    union = union_settings(targets)
+    if any(t.cache is None for t in targets):
+        if not all(t.cache is None for t in targets):
+            raise ValueError("a shared pass writes into every reader's cache, or into none")
+        table = extract_features(tower, dataset, union, None, desc, collective)
+        return None if table is None else [table] * len(targets)
+    _prepare(tower, dataset, union)
+    merged = _merge_by_cache(targets)
+    rank, world = rank_and_world() if collective else (0, 1)
+    known = _extract_missing_shared(tower, dataset, union, list(merged.values()), range(rank, len(dataset), world),
+                                    rank, desc)
+    release_free_heap()
+    if world > 1:
+        barrier()
+        if rank != 0:
+            return None
+    rows_of = dict(zip(merged, known))
+    return [read_features(tower, dataset, t.settings, t.cache, rows_of[t.cache.dir], desc) for t in targets]
+
+
+def _merge_by_cache(targets: Sequence[SharedTarget]) -> dict[Path, SharedTarget]:
+    """One target per cache folder, keeping the union of the blocks its readers want (a key names no blocks)."""
+    merged: dict[Path, SharedTarget] = {}
+    for target in targets:
+        seen = merged.get(target.cache.dir)
+        if seen is not None:
+            blocks = tuple(sorted(set(seen.settings.layers) | set(target.settings.layers)))
+            tap = seen.settings.tap if seen.settings.layers else target.settings.tap
+            target = replace(seen, settings=replace(seen.settings, layers=blocks, tap=tap))
+        merged[target.cache.dir] = target
+    return merged
+
+
+def _extract_missing_shared(tower, dataset, union: ExtractionSettings, targets: Sequence[SharedTarget],
+                            indices: Sequence[int], rank: int, desc: str) -> list[CacheRows | None]:
+    """:func:`_extract_missing` for several caches at once: each batch goes to every cache that lacks its images."""
+    limits = loader_limits(dataset)
+    paths = [s.path for s in dataset.samples]
+    known = [t.cache.resolve(paths, indices, t.settings.layers, limits, tap=t.settings.tap) if t.cache else None
+             for t in targets]
+    del paths
+    wants = [set(rows.unknown(indices)) if rows is not None else set() for rows in known]
+    missing = sorted(set().union(*wants))
+    if not missing:
+        return known
+    log.info("%s: %d of %d images not cached for %d reader(s) (rank %d extracts them)", desc, len(missing),
+             len(indices), sum(1 for w in wants if w), rank)
+    writers = [_ShardWriter(t.cache, dataset.samples, rank, limits, rows, t.settings.tap, union.shard_size)
+               if want else None
+               for t, rows, want in zip(targets, known, wants)]
+    stamps: dict[int, tuple[int, int] | None] = {}
+    try:
+        with terminate_as_interrupt():
+            for batch in iterate_tower(tower, dataset, missing, union, desc, stamps):
+                for target, writer, want in zip(targets, writers, wants):
+                    if writer is not None:
+                        _add_share(writer, want, target.settings.layers, batch, stamps)
+            for writer in writers:
+                if writer is not None:
+                    writer.flush()
+    except KeyboardInterrupt:
+        for writer in writers:
+            if writer is not None:
+                writer.flush()
+        raise ExtractionInterrupted(f"interrupted: the images of {desc} done so far are saved in the feature cache") from None
+    return known
+
+
+def _add_share(writer: _ShardWriter, want: set[int], blocks: tuple[int, ...], batch: tuple, stamps: dict) -> None:
+    """The part of one batch a writer lacks: its images' embeddings and its own blocks; flushed when a shard is full."""
+    positions, embeds, layers, skipped = batch
+    keep = [j for j, i in enumerate(positions) if i in want]
+    mine = [positions[j] for j in keep]
+    part = None
+    if mine:
+        take = torch.tensor(keep)
+        part = (embeds[take], {b: layers[b][take] for b in blocks} if blocks else None)
+    writer.add(mine, part[0] if part else None, part[1] if part else None, [s for s in skipped if s[0] in want])
+    writer.stamps.update({i: stamps.get(i) for i in mine + [s[0] for s in skipped if s[0] in want]})
+    if len(writer) >= writer.shard_size:
+        writer.flush()

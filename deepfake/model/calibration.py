@@ -5,7 +5,10 @@ sets the threshold that calls that share of them fake. It is written into the ev
 ``results.json`` and ``calibration.json``, and beside the checkpoint as
 ``<checkpoint>.calibration.json``, where :func:`read_calibration` (and ``predict``) find it.
 The record holds the sha256 of the weights it was fitted on: a head retrained into the same
-run directory does not inherit the old head's operating point.
+run directory does not inherit the old head's operating point. It also holds the preprocessing and
+alignment of the images it was fitted on (``--protocol ufd`` crops, the tower's transform resizes):
+:func:`calibration_mismatch` names the difference when the threshold is used on images prepared
+otherwise, where it would not give its false-positive rate.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfake.data.preprocess import Preprocess
 from deepfake.model.checkpoint import CheckpointRefused, read_json_object, resolve_checkpoint_path, threshold_check
 from deepfake.utils.fields import FieldRule, check_fields, integer, mapping, nullable, number, sha256_hex, text
 from deepfake.utils.fileio import atomic_write_json
@@ -113,3 +117,31 @@ def read_calibration(path: str | os.PathLike) -> dict | None:
             log.warning("%s: calibration ignored: it %s; run --calibrate_real again for this head", path, why)
             return None
     return doc
+
+
+def _preparation(preprocess: Preprocess, align: dict | None) -> str:
+    """One line naming how images were prepared: the preprocessing record and the --align steps."""
+    fields = ", ".join(f"{k}={v}" for k, v in preprocess.to_dict().items() if k not in ("mode", "mean", "std"))
+    aligned = [f"{k}:{align[k]}" for k in ("size", "jpeg_quality") if (align or {}).get(k) is not None]
+    return f"{preprocess.mode} ({fields}), --align {','.join(aligned) or 'none'}"
+
+
+def calibration_mismatch(calibration: dict, preprocess: Preprocess, align: dict | None = None) -> str | None:
+    """Why a calibrated threshold does not hold for images prepared with ``preprocess`` and ``align``; None if it does.
+
+    A threshold fitted on centre crops (``--protocol``) calls a different share of reals fake on images the tower
+    resizes, and one fitted on aligned images on unaligned ones. A record without the preprocessing it was
+    fitted under (written before it was recorded) is taken as the tower's own.
+    """
+    fitted = calibration.get("preprocess")
+    fitted_pre = Preprocess.from_dict(fitted) if isinstance(fitted, dict) else preprocess
+    fitted_align = calibration.get("align") or {}
+    key = ("size", "jpeg_quality")
+    if fitted_pre == preprocess and all(fitted_align.get(k) == (align or {}).get(k) for k in key):
+        return None
+    return (f"the calibrated threshold was fitted on images prepared as {_preparation(fitted_pre, fitted_align)}, "
+            f"but these are prepared as {_preparation(preprocess, align)}: it would not give its "
+            f"{100 * float(calibration.get('target_fpr', 0)):g}% false-positive rate here. Fit one for this "
+            "preparation: `deepfake test --checkpoint RUN --dataset_dir TEST --calibrate_real REAL_DIR "
+            "--target_fpr 0.05` with the same --protocol and --align as the images it will score (none for "
+            "predict, serve and DeepfakeClassifier.predict)")

@@ -52,6 +52,13 @@ PRETRAINED_WEIGHTS = "model.safetensors"
 PRETRAINED_CONFIG = "config.json"
 # The config field holding the sha256 of the weights file beside it.
 WEIGHTS_HASH = "head_weights_sha256"
+# What a training run or an import writes into its folder: all of it belongs to that run, and --overwrite removes it
+# all (the resume state first, so that nothing of the old run can be continued), leaving other files alone.
+RESUME_STATE = "resume_state"
+RUN_FILES = (f"{RESUME_STATE}.safetensors", f"{BEST}.safetensors", f"{BEST}.json", f"{BEST}.calibration.json",
+             "epoch_*.safetensors", "epoch_*.json", "run.json")
+# An imported release also leaves its licence text: a new head must not stand beside another release's LICENSE.
+IMPORTED_FILES = (*RUN_FILES, "LICENSE")
 # Files a run folder holds that are not checkpoints, and what to pass instead.
 _NOT_CHECKPOINTS = {"run.json": "the run's summary", "results.json": "an evaluation's results",
                     "calibration.json": "an evaluation's calibration"}
@@ -79,6 +86,20 @@ def save_checkpoint(directory: str | os.PathLike, name: str, head_state: dict[st
     """Write ``name.safetensors`` and ``name.json`` as one unit (:func:`write_checkpoint_pair`); returns the weights' path."""
     directory = Path(directory)
     return write_checkpoint_pair(directory / f"{name}.safetensors", directory / f"{name}.json", head_state, config)
+
+
+def clear_run(out: Path, patterns: tuple[str, ...] = RUN_FILES) -> list[str]:
+    """Remove an earlier run's files (``patterns``) from ``out``; returns their names."""
+    removed = []
+    for pattern in patterns:
+        for path in sorted(out.glob(pattern)):
+            if path.is_file() or path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+    if removed:
+        log.info("--overwrite: removed the earlier run's %d file(s) in %s (%s)", len(removed), out,
+                 ", ".join(removed[:4]) + (", ..." if len(removed) > 4 else ""))
+    return removed
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
@@ -275,6 +296,15 @@ CHECKPOINT_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("head.importance", text("block", "feature")),
     FieldRule("head.tap", text(*TAP_FIRST_BLOCK)),
     FieldRule("head.standardize", boolean()),
+    FieldRule("head.ood", mapping()),
+    FieldRule("head.ood.dim", _WIDTH, required=True),
+    FieldRule("head.ood.distance", text()),
+    FieldRule("head.ood.threshold", nullable(number(0.0))),
+    FieldRule("head.ood.target_rate", number(0.0, 1.0)),
+    FieldRule("head.ood.n_train", integer(0, 1 << 40)),
+    FieldRule("head.ood.n_calibration", integer(0, 1 << 40)),
+    FieldRule("head.ood.shrinkage", number(0.0, 1.0)),
+    FieldRule("head.ood.achieved_rate", nullable(number(0.0, 1.0))),
     FieldRule("standardize", boolean()),
     FieldRule("threshold", threshold_check),
     FieldRule("val_threshold", nullable(threshold_check)),

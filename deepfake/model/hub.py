@@ -211,7 +211,10 @@ def _num(value, pct: bool = False) -> str:
 def model_card(config: dict, run_summary: dict | None = None) -> str:
     """A model card (hub README.md) written from the checkpoint config: every number is the run's own."""
     model = config.get("tower", {}).get("model", "unknown")
-    licence = ((config.get("published") or {}).get("licence") or {}).get("name")
+    terms = (config.get("published") or {}).get("licence") or {}
+    # The hub's metadata takes licence identifiers; research-only terms, or none stated, are "other".
+    spdx = terms.get("name") and not terms.get("research_only") and " " not in terms["name"]
+    licence = terms["name"] if spdx else ("other" if terms else None)
     lines = [*_card_front(model, licence), *_card_source(config), *_card_tower(config), *_card_training(config, run_summary),
              *_card_metrics(config), *_card_limits(config)]
     return "\n".join(lines)
@@ -229,7 +232,9 @@ def _card_source(config: dict) -> list[str]:
         f"- the released head of {source.get('title')} ({source.get('paper')}), not trained by this project: "
         f"`{source.get('file')}` of {source.get('repository')}, sha256 `{source.get('sha256')}`",
         f"- reads {source.get('reads')}",
-        f"- licence: {licence.get('name')}; its text: {licence.get('text')}",
+        f"- licence: {licence.get('name')}" + (" (research use only: no commercial use)" if licence.get("research_only")
+                                               else "") + f"; its text: {licence.get('text') or 'none in the repository'}",
+        *([f"- {licence['note']}"] if licence.get("note") else []),
         "",
     ]
 

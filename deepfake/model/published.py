@@ -31,7 +31,7 @@ import torch
 from deepfake.config import RINE_DROPOUT
 from deepfake.data.preprocess import Preprocess
 from deepfake.features.extraction import ExtractionSettings
-from deepfake.model.checkpoint import BEST, save_checkpoint
+from deepfake.model.checkpoint import BEST, IMPORTED_FILES, clear_run, save_checkpoint
 from deepfake.model.heads import head_from_config, head_tap
 from deepfake.towers.base import LN2_TAP, TowerShape, tower_identity
 from deepfake.utils.fileio import atomic_write, refuse_overwrite
@@ -120,8 +120,7 @@ class Release:
     head: Callable[[dict, TowerShape], dict]
     keys: dict[str, str] = field(default_factory=dict)  # release key -> head key (absent: the same)
     variants: dict[str, dict] = field(default_factory=lambda: {"": {}})  # variant -> head sizes
-    known_sha256: dict[str, str] = field(default_factory=dict)  # variant -> sha256 of the file checked here
-    commit: str = "main"  # the repository commit the files were checked at
+    commit: str = "main"  # the repository commit the files were checked at (their hashes: deepfake.model.releases)
 
     @property
     def licence_url(self) -> str:
@@ -139,7 +138,6 @@ RELEASES: dict[str, Release] = {
                 "pretrained_weights/fc_weights.pth", "MIT",
                 "the projected image embedding, CLIP ViT-L/14 encode_image (768-d, not normalised)", "projected", "fp32",
                 _ufd_shapes, _ufd_head, keys={"weight": "fc.weight", "bias": "fc.bias"},
-                known_sha256={"": "477100745713bcc957beb2b40859536859b6483fd6301b3b9293151b194c7847"},
                 commit="76a0e3e60a8a06458707a625d269ba815a2e5919"),
         Release("rine", "RINE", "Koutlis, Papadopoulos: Leveraging Representations from Intermediate Encoder-blocks "
                 "for Synthetic Image Detection, ECCV 2024", "https://github.com/mever-team/rine",
@@ -148,7 +146,6 @@ RELEASES: dict[str, Release] = {
                 _rine_shapes, _rine_head,
                 variants={"1class": {"nproj": 4, "proj_dim": 1024}, "2class": {"nproj": 4, "proj_dim": 128},
                           "4class": {"nproj": 2, "proj_dim": 1024}, "ldm": {"nproj": 4, "proj_dim": 1024}},
-                known_sha256={"2class": "680d301b6d191da85b9dabcebf42cd3df20c5c669fa8320c498f835d02bf5ccb"},
                 commit="9b7fd5857cc205d0412be6aeee0d7611b95bd620"),
     )
 }
@@ -220,6 +217,12 @@ def check_release_tensors(state: dict[str, torch.Tensor], release: Release, vari
     not_float = [k for k, v in state.items() if k in expected and not v.is_floating_point()]
     if not_float:
         problems.append(f"not floating-point tensors: {', '.join(not_float)}")
+    if problems and shape != VIT_L14 and _matches(state, release.shapes(release.variants[variant], VIT_L14)):
+        # The file is as released; the tower chosen for it is not the one it was trained on.
+        raise ReleaseRefused(f"{where}: the file is {release.title}'s {variant + ' ' if variant else ''}head as "
+                             f"released, for CLIP ViT-L/14 ({release.reads}); the tower chosen gives "
+                             f"{shape.feature_dim}-d features and {shape.num_layers} blocks of width {shape.hidden_size}, "
+                             f"which it does not fit: pass --tower a local copy of {PUBLISHED_TOWER}, or leave --tower out")
     if problems:
         others = identify(state, shape)
         hint = f"; its keys and shapes are those of `deepfake import {others[0]}`" if others else ""
@@ -246,23 +249,25 @@ def imported_config(release: Release, variant: str, target: TargetTower, head, p
 
 
 def _provenance(release: Release, variant: str, path: Path, sha256: str, licence_copy: str | None) -> dict:
-    known = release.known_sha256.get(variant)
     return {
         "release": release.name, "variant": variant or None, "title": release.title, "paper": release.paper,
         "repository": release.repository, "file": release.weights.format(variant=variant),
         "url": release.weights_url(variant), "path": str(path.resolve()), "sha256": sha256,
-        "sha256_checked_here": known, "sha256_matches": (sha256 == known) if known else None,
         "reads": release.reads, "backbone_precision": release.precision,
         "licence": {"name": release.licence, "text": release.licence_url, "copy": licence_copy},
     }
 
 
 def import_release(path: str | os.PathLike, release: str, out_dir: str | os.PathLike, variant: str | None = None,
-                   target: TargetTower | None = None, overwrite: bool = False) -> Path:
+                   target: TargetTower | None = None, overwrite: bool = False, source: dict | None = None) -> Path:
     """Read a published head file into a run folder ``out_dir`` (``best.safetensors`` + ``best.json``).
 
     ``target``: the tower the head will run on (default: CLIP ViT-L/14, as published); the file's
-    shapes must fit it. A ``LICENSE`` beside the file is copied into the run. Returns the weights' path.
+    shapes must fit it. A ``LICENSE`` beside the file is copied into the run. ``source``: what the
+    released detector's record adds to the provenance (its name, the release's hash and whether this
+    file is it, the licence's terms). ``overwrite`` replaces the run in ``out_dir``: once the file
+    has passed every check, every file an earlier run or import left there is removed (checkpoints,
+    resume state, run.json, LICENSE), so nothing of it loads or describes the new head. Returns the weights' path.
     """
     path, out = Path(path), Path(out_dir)
     if release not in RELEASES:
@@ -276,17 +281,18 @@ def import_release(path: str | os.PathLike, release: str, out_dir: str | os.Path
     check_release_tensors(state, record, variant, target.shape, path)
     head.load_state_dict({record.keys.get(k, k): v.float().contiguous() for k, v in state.items()}, strict=True)
     sha256 = file_sha256(path)
-    known = record.known_sha256.get(variant)
-    if known and sha256 != known:
-        log.warning("%s: sha256 %s differs from the %s file checked here (%s); its keys and shapes are right",
-                    path, sha256[:12], record.name, known[:12])
+    if overwrite and out.is_dir():
+        clear_run(out, IMPORTED_FILES)
     out.mkdir(parents=True, exist_ok=True)
     licence = path.with_name("LICENSE")
     licence_copy = None
     if licence.is_file():
         atomic_write(out / "LICENSE", lambda tmp: shutil.copyfile(licence, tmp))
         licence_copy = "LICENSE"
-    config = imported_config(record, variant, target, head, _provenance(record, variant, path, sha256, licence_copy))
+    provenance = _provenance(record, variant, path, sha256, licence_copy)
+    if source:
+        provenance = {**provenance, **source, "licence": {**provenance["licence"], **source.get("licence", {})}}
+    config = imported_config(record, variant, target, head, provenance)
     return save_checkpoint(out, BEST, head.state_dict(), config)
 
 

@@ -17,14 +17,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from deepfake.config import DEFAULT_MAX_PIXELS
+from deepfake.config import DEFAULT_MAX_PIXELS, check_tiles
 from deepfake.data.image_io import ImageSkipped
 from deepfake.data.preprocess import Preprocess
+from deepfake.data.provenance import FLAT_COLUMNS, Provenance, read_many
 from deepfake.data.tiling import tile_boxes, tile_views
 from deepfake.deepfake_dataset import DeepfakeDataset, Sample
 from deepfake.features.batch import FeatureBatch, table_batch, tower_batch
 from deepfake.features.extraction import ExtractionSettings, FeatureTable, extract_features, images_per_batch
 from deepfake.model.heads import head_tap
+from deepfake.model.ood import ood_flags
 from deepfake.towers.base import layers_request
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,12 @@ class Prediction:
     """One input's result: P(fake) and label, or the reason it was skipped.
 
     ``tiles`` (with tiles on) lists each scored crop as ``{left, top, width, height, probability}``
-    in the pixels of the EXIF-rotated image, for a heat map.
+    in the pixels of the EXIF-rotated image, for a heat map. ``provenance``: what the file declares
+    about its origin (:mod:`deepfake.data.provenance`), beside P(fake) and never part of it; ``None``
+    when it was not read (an in-memory image, or provenance off). ``threshold``: the one ``label`` is
+    taken at (fake when P(fake) is above it). ``ood``: ``in`` or ``out`` of the head's training
+    distribution, or ``unknown`` for a head without its statistics (:mod:`deepfake.model.ood`);
+    ``ood_distance`` is the distance behind it.
     """
 
     path: str
@@ -61,10 +68,15 @@ class Prediction:
     tile_probability: float | None = None
     skipped: str = ""
     tiles: list[dict] | None = None
+    provenance: Provenance | None = None
+    threshold: float | None = None
+    ood: str | None = None
+    ood_distance: float | None = None
 
 
 # Columns of the flat (CSV, table) form of a prediction; ``tiles`` only goes into JSON.
-FLAT_FIELDS = ("path", "probability", "label", "tile_probability", "skipped")
+FLAT_FIELDS = ("path", "probability", "label", "tile_probability", "skipped", "threshold", "ood", "ood_distance",
+               *FLAT_COLUMNS)
 
 
 def logits_to_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -130,6 +142,18 @@ def table_probabilities(head: nn.Module, table: FeatureTable) -> np.ndarray:
     return probs
 
 
+def table_ood(head: nn.Module, table: FeatureTable) -> tuple[np.ndarray, list[str | None]]:
+    """(distance, ``in``/``out``/``unknown``) per row of a feature table; NaN and ``None`` where the image was skipped."""
+    distances, flags = np.full(len(table.ok), np.nan), [None] * len(table.ok)
+    rows = table.ok.nonzero().flatten()
+    if len(rows):
+        found, labels = ood_flags(head, table.embeds[rows].float())
+        distances[rows.numpy()] = found
+        for i, flag in zip(rows.tolist(), labels):
+            flags[i] = flag
+    return distances, flags
+
+
 def score(
     classifier: Scorer,
     inputs: list,
@@ -142,6 +166,7 @@ def score(
     names: list[str] | None = None,
     collective: bool = False,
     decode: str | None = None,
+    provenance: bool = True,
 ) -> list[Prediction] | None:
     """Score paths and/or PIL images with ``classifier``; order follows ``inputs``.
 
@@ -149,14 +174,19 @@ def score(
     images in the results (default ``<image i>``). ``collective``: under torch.distributed
     every rank scores a share; rank 0 gets every prediction, the other ranks ``None``.
     ``decode`` defaults to the decode path the checkpoint's features were made with.
+    ``provenance``: also read what each scored file declares about its origin.
     """
-    check_tiles(classifier, tiles)
+    refuse_fused_tiles(classifier, tiles)
+    check_tiles(tiles)
+    if max_pixels is not None and not (isinstance(max_pixels, int) and max_pixels >= 1):
+        raise ValueError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     threshold = classifier.decision_threshold() if threshold is None else threshold
     images = [x if isinstance(x, Image.Image) else None for x in inputs]
     samples = [Sample((names[i] if names else f"<image {i}>") if images[i] is not None else os.fspath(x), -1, "")
                for i, x in enumerate(inputs)]
     decode = decode or classifier.config.get("features", {}).get("decode", "exact")
-    dataset = DeepfakeDataset(samples, classifier.preprocess, images=images, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+    dataset = DeepfakeDataset(samples, classifier.preprocess, images=images, max_pixels=max_pixels,
                               decode=decode)
     settings = ExtractionSettings(batch_size=batch_size, num_workers=num_workers,
                                   precision=classifier.config.get("precision", "fp32"), progress=progress,
@@ -165,7 +195,10 @@ def score(
     if table is None:
         return None
     probs = table_probabilities(classifier.head, table)
+    distances, flags = table_ood(classifier.head, table)
     grids = tile_scores(classifier, dataset, table.ok.nonzero().flatten().tolist(), tiles, batch_size) if tiles else {}
+    declared = read_many([s.path if provenance and images[i] is None and table.ok[i] else None
+                          for i, s in enumerate(samples)])
     results = []
     for i, sample in enumerate(samples):
         if table.ok[i]:
@@ -173,13 +206,14 @@ def score(
             grid = grids.get(i)
             results.append(Prediction(sample.path, p, "fake" if p > threshold else "real",
                                       float(np.mean([t["probability"] for t in grid])) if grid else None,
-                                      tiles=grid))
+                                      tiles=grid, provenance=declared[i], threshold=threshold, ood=flags[i],
+                                      ood_distance=None if np.isnan(distances[i]) else float(distances[i])))
         else:
             results.append(Prediction(sample.path, None, None, None, table.skipped.get(i, "unreadable")))
     return results
 
 
-def check_tiles(classifier: Scorer, tiles: int) -> None:
+def refuse_fused_tiles(classifier: Scorer, tiles: int) -> None:
     """Refuse tiles for a fused tower: its parts take inputs of different sizes, so there is no one tile."""
     if tiles and getattr(classifier.preprocess, "parts", None):
         raise ValueError("--tiles: a head on a fused tower scores whole images (its parts take inputs of "

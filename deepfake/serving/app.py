@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from deepfake.config import ServeConfig
 from deepfake.model.hub import is_repo_id
+from deepfake.model.ood import ood_config
 from deepfake.model.scoring import Prediction, Scorer
 from deepfake.serving.guards import RequestGuard, allowed_hosts
 from deepfake.serving.scheduler import BatchScorer, Job, QueueFull
@@ -125,12 +126,13 @@ def create_app(classifier: Scorer, threshold: float, config: ServeConfig | None 
 
     app = FastAPI(title="deepfake", summary="P(fake) for images", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.add_middleware(RequestGuard, hosts=allowed_hosts(config), max_bytes=config.max_upload_bytes,
-                       timeout=config.timeout)
+                       timeout=config.timeout, origins=config.allow_origin, proxies=config.forwarded_allow_ips)
     app.state.scorer = scorer
     app.state.requests = 0
     page = PAGE.read_text(encoding="utf-8")
     checkpoint = checkpoint_name or public_name(classifier.config.get("checkpoint"))
     tower = public_name(classifier.config.get("tower", {}).get("model"))
+    ood = ood_config(classifier.head)  # distance and threshold of the per-image flag; None: every image "unknown"
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -139,7 +141,7 @@ def create_app(classifier: Scorer, threshold: float, config: ServeConfig | None 
     @app.get("/health")
     async def health() -> dict:
         started = scorer.pass_started
-        return {"status": "ok", "checkpoint": checkpoint, "tower": tower, "threshold": threshold,
+        return {"status": "ok", "checkpoint": checkpoint, "tower": tower, "threshold": threshold, "ood": ood,
                 "tiles": config.tiles, "max_upload_bytes": config.max_upload_bytes, "max_files": config.max_files,
                 "max_queue": config.max_queue, "waiting": scorer.waiting(),
                 "pass_seconds": round(time.monotonic() - started, 3) if started else 0.0,

@@ -5,7 +5,10 @@
   name was re-pointed at this machine (DNS rebinding) is refused so.
 - ``Origin``: a POST from another origin (any web page the user visits) gets 403. Browsers
   send a form to any address without asking first; clients that send no ``Origin`` (curl,
-  scripts) and the server's own page are not affected.
+  scripts) and the server's own page are not affected. Behind a reverse proxy the page's origin
+  is the proxy's (``https://public.name``): it is read from ``X-Forwarded-Proto`` and
+  ``X-Forwarded-Host`` when the request comes from an address of ``--forwarded_allow_ips`` (from
+  any other peer those headers are ignored), or named with ``--allow_origin``.
 - The body: over ``max_bytes`` it gets 413 before it is read into memory (a declared
   ``Content-Length``, or while a chunked body streams in); not received in full within
   ``timeout`` seconds it gets 408 and the connection is closed, so stalled uploads do not
@@ -88,11 +91,29 @@ class _Refused(Exception):
 class RequestGuard:
     """ASGI middleware: the ``Host`` and ``Origin`` checks, then the body's size and deadline."""
 
-    def __init__(self, app, hosts: frozenset[str], max_bytes: int, timeout: float):
+    def __init__(self, app, hosts: frozenset[str], max_bytes: int, timeout: float, origins: tuple[str, ...] = (),
+                 proxies: tuple[str, ...] = ()):
         self.app = app
         self.hosts = hosts
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.origins = frozenset(origins)
+        self.proxies = tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+
+    def _own_origin(self, scope, headers: dict) -> str:
+        """This server's origin as the browser sees it: a trusted proxy's forwarded scheme and host, else its own."""
+        scheme, host = scope.get("scheme", "http"), (headers.get(b"host") or b"").decode("latin-1")
+        peer = (scope.get("client") or ("",))[0]
+        try:
+            trusted = any(ipaddress.ip_address(peer) in net for net in self.proxies)
+        except ValueError:
+            trusted = False
+        if trusted:
+            # A chain of proxies appends: the first value is what the browser used.
+            first = lambda name: headers.get(name, b"").decode("latin-1").split(",")[0].strip()  # noqa: E731
+            scheme = first(b"x-forwarded-proto") or scheme
+            host = first(b"x-forwarded-host") or host
+        return f"{scheme}://{host}".lower()
 
     def _who(self, scope, headers: dict) -> _Refused | None:
         host = headers.get(b"host")
@@ -101,10 +122,12 @@ class RequestGuard:
                                  f"it answers to {', '.join(sorted(self.hosts))} (--host, --allow_host)")
         origin = headers.get(b"origin")
         if scope["method"] not in SAFE_METHODS and origin is not None:
-            own = f"{scope.get('scheme', 'http')}://{(host or b'').decode('latin-1')}".lower()
-            if origin.decode("latin-1").lower().rstrip("/") != own:
+            own = self._own_origin(scope, headers)
+            given = origin.decode("latin-1").lower().rstrip("/")
+            if given != own and given not in self.origins:
                 return _Refused(403, f"cross-origin request refused: Origin {origin.decode('latin-1')!r} is "
-                                     f"not this server's ({own})")
+                                     f"not this server's ({own}); behind a reverse proxy pass --forwarded_allow_ips "
+                                     "PROXY_ADDRESS or --allow_origin URL")
         return None
 
     def _too_large(self) -> _Refused:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deepfake.config import ServeConfig
-from deepfake.model.scoring import check_tiles
+from deepfake.model.scoring import refuse_fused_tiles
 from deepfake.serving.app import create_app, public_name
 
 
@@ -46,8 +46,9 @@ def build_server(checkpoint: str, config: ServeConfig | None = None, threshold: 
 
     config = config or ServeConfig()
     classifier = DeepfakeClassifier.from_pretrained(checkpoint, device=device, precision=precision)
-    check_tiles(classifier, config.tiles)  # refused at start, not on every request
+    refuse_fused_tiles(classifier, config.tiles)  # refused at start, not on every request
     app = create_app(classifier, classifier.decision_threshold(threshold), config, public_name(checkpoint))
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                        http=header_deadline_protocol(config.timeout), limit_concurrency=config.max_connections)
+                        http=header_deadline_protocol(config.timeout), limit_concurrency=config.max_connections,
+                        proxy_headers=False)  # forwarded headers are judged by the app's guard (--forwarded_allow_ips)
     return uvicorn.Server(uv)

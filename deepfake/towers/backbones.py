@@ -106,6 +106,9 @@ class Backbone:
             return self
         if mode == self.preprocess.mode:
             return self
+        if mode == "native":
+            raise ValueError(f"{self.name}: --preprocess native (the whole unresized image) is for the fully "
+                             "convolutional released networks (a Tiny-LaDeDa or NPR .pth file as --model)")
         if self.preprocess.mode in NATIVE_MODES and mode not in PREPROCESS_MODES[2:]:
             raise ValueError(f"{self.name}: this tower analyses native pixels; --preprocess {mode} does not apply")
         tiles = mode == "tiles"

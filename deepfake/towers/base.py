@@ -101,6 +101,7 @@ class TowerOutput:
     embeds: torch.Tensor  # [B, D]
     layers: torch.Tensor | None = None  # [B, num_layers + 1, hidden] (block tap) or [B, num_layers, hidden] (ln2)
     tap: str = BLOCK_TAP  # which per-block tokens ``layers`` holds
+    store_dtype: torch.dtype | None = None  # the tower's ``feature_dtype``
 
 
 class ImageTower(nn.Module):
@@ -112,6 +113,9 @@ class ImageTower(nn.Module):
     hidden_size: int = 0
     taps: tuple[str, ...] = (BLOCK_TAP,)
     identity: dict
+    # How its features are stored and rounded (None: the cache's float16). float32 where a head
+    # reads large cancelling terms that float16 would move (the released networks' logits).
+    feature_dtype: torch.dtype | None = None
 
     @property
     def preprocess(self) -> Preprocess:
@@ -136,6 +140,22 @@ class ImageTower(nn.Module):
     def device(self) -> torch.device:
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
+
+    def recorded_problem(self, recorded: dict) -> str | None:
+        """Why a head recorded on the tower ``recorded`` (a checkpoint's ``tower``) would not read this tower's
+        features; None when it would. The weights' hash decides, else the revision, else the name and family."""
+        loaded = self.identity
+        for key in ("weights_sha256", "revision"):
+            if recorded.get(key) and loaded.get(key):
+                if recorded[key] == loaded[key]:
+                    return None
+                break
+        else:
+            if recorded.get("model") == loaded.get("model") and recorded.get("family") == loaded.get("family"):
+                return None
+        return (f"head was trained on tower {recorded.get('model')!r} "
+                f"({recorded.get('revision') or str(recorded.get('weights_sha256', ''))[:12]}), "
+                f"but {loaded.get('model')!r} was loaded; features would not match")
 
     def cache_identity(self) -> dict:
         """What must match for cached features of this tower to be reused."""

@@ -27,6 +27,7 @@ from deepfake.towers.base import ImageTower, TowerOutput, TransformersTower, tow
 from deepfake.towers.deferred import DeferredTower
 from deepfake.towers.fused import SEPARATOR, FusedTower, fused_parts
 from deepfake.towers.registry import TowerFamily, family, family_for_config
+from deepfake.towers.released import is_network_file, load_network_file
 from deepfake.towers.weights import WeightFiles, WeightsError, file_sha256, read_state_dict, resolve_weights
 
 __all__ = [
@@ -46,7 +47,7 @@ def check_model(model: str) -> str:
     Checked before any data is read, so a typo costs nothing; the error lists the known names
     and the closest one. Whether a hub id exists is found when it is loaded.
     """
-    if model in KNOWN_BACKBONES or Path(model).expanduser().is_dir():
+    if model in KNOWN_BACKBONES or Path(model).expanduser().is_dir() or is_network_file(model):
         return model
     parts = fused_parts(model)
     if parts is not None:
@@ -56,7 +57,7 @@ def check_model(model: str) -> str:
         return model
     if Path(model).expanduser().exists():
         raise WeightsError(f"{model}: a file, not a checkpoint directory (a tower is a folder holding "
-                           "config.json and its weights)")
+                           "config.json and its weights, or a released network's .pth file: Tiny-LaDeDa, NPR)")
     if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
         return model
     known = list(KNOWN_BACKBONES)
@@ -113,6 +114,8 @@ def load_tower(
     their stamps (:mod:`deepfake.utils.stamp_memo`), so that naming the tower does not read them again.
     """
     check_model(model)
+    if is_network_file(model):
+        return load_network_file(model, preprocess_mode).to(device)
     parts = fused_parts(model)
     if parts is not None:
         if revision is not None:

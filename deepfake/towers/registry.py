@@ -41,6 +41,11 @@ class TowerFamily:
     fused: bool = False  # whether deepfake/towers/fast_clip.py rewrites its blocks
     weightless: bool = False
     shape: Callable[[dict, str], TowerShape] | None = None  # None: built at load time
+    # A whole released network, named by its .pth file: whether a state dict is this family's, and
+    # the tower built from it (deepfake/towers/released.py).
+    fits_state: Callable[[dict], bool] | None = None
+    from_state: Callable[[dict, Backbone, dict], ImageTower] | None = None
+    head_key: str = ""  # a released network: its last linear layer, which becomes the head
 
 
 _FAMILIES: dict[str, TowerFamily] = {}
@@ -93,3 +98,13 @@ def family_for_config(config: dict, where: str) -> TowerFamily:
         f"{where}: model_type {model_type!r} is not an image tower this project loads; "
         f"supported model_types: {', '.join(supported_model_types())}"
     )
+
+
+def family_for_state(state: dict, where: str) -> TowerFamily:
+    """The released-network family whose keys and shapes ``state`` has; anything else is refused."""
+    networks = [f for f in families().values() if f.fits_state is not None]
+    for candidate in networks:
+        if candidate.fits_state(state):
+            return candidate
+    raise WeightsError(f"{where}: not the weights of a released network this project runs (its keys and shapes are "
+                       f"not those of {', '.join(f.name for f in networks)})")

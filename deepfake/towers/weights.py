@@ -47,6 +47,19 @@ class WeightsError(ValueError):
     """A checkpoint that cannot be loaded as an image tower; the message says why."""
 
 
+class TowerOffline(WeightsError):
+    """A hub tower that is not in the local hub cache while the hub cannot be reached.
+
+    ``source`` and ``reason`` let a caller that knows the command say what works for it instead of
+    the general :data:`OFFLINE_ALTERNATIVES`.
+    """
+
+    def __init__(self, source: str, reason: str, advice: str = OFFLINE_ALTERNATIVES):
+        super().__init__(f"{source}: not in the local hub cache, and the Hugging Face hub cannot be reached "
+                         f"({reason}); {advice}")
+        self.source, self.reason = source, reason
+
+
 @dataclass(frozen=True)
 class WeightFiles:
     """The files of one checkpoint, all in one directory (a hub snapshot or the user's folder)."""
@@ -127,14 +140,23 @@ def offline_env() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE
 
 
-def _probe_target() -> tuple[str, int]:
-    """The host and port a hub request connects to first: the HTTPS proxy when one is set, else the endpoint."""
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        if os.environ.get(name):
-            url = urlsplit(os.environ[name] if "://" in os.environ[name] else f"http://{os.environ[name]}")
-            return url.hostname or "", url.port or 80
-    url = urlsplit(os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
+def _probe_target(endpoint: str | None = None) -> tuple[str, int]:
+    """The host and port a request to ``endpoint`` (default: the hub's) connects to first: the proxy when
+    one is set for its scheme, else the endpoint itself."""
+    url = urlsplit(endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
+    names = ("HTTPS_PROXY", "https_proxy") if url.scheme != "http" else ("HTTP_PROXY", "http_proxy")
+    for name in (*names, "ALL_PROXY", "all_proxy"):
+        if os.environ.get(name) and not _bypasses_proxy(url.hostname or ""):
+            proxy = urlsplit(os.environ[name] if "://" in os.environ[name] else f"http://{os.environ[name]}")
+            return proxy.hostname or "", proxy.port or 80
     return url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _bypasses_proxy(host: str) -> bool:
+    """Whether ``NO_PROXY`` sends requests to ``host`` straight to it (as urllib reads it; loopback too)."""
+    import urllib.request
+
+    return host in ("127.0.0.1", "localhost", "::1") or bool(urllib.request.proxy_bypass(host))
 
 
 def _probe(host: str, port: int, timeout: float) -> str | None:
@@ -166,7 +188,20 @@ def hub_offline_reason(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
     """
     if offline_env():
         return "HF_HUB_OFFLINE is set"
-    host, port = _probe_target()
+    return reachability(_probe_target(), timeout)
+
+
+def url_offline_reason(url: str, timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why ``url`` cannot be fetched now (``HF_HUB_OFFLINE`` set, or its host or proxy unanswered within
+    ``timeout`` s), or None: the hub's offline rule, for the other downloads (released detectors)."""
+    if offline_env():
+        return "HF_HUB_OFFLINE is set"
+    return reachability(_probe_target(url), timeout)
+
+
+def reachability(target: tuple[str, int], timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """One probe of ``(host, port)`` per minute: None when a connection opens, else why not."""
+    host, port = target
     if not host:
         return None
     when, reason = _probed.get((host, port), (-HUB_PROBE_TTL, None))
@@ -184,8 +219,26 @@ def hub_download(repo_id: str, filename: str, revision: str | None, offline: boo
 
 
 def _offline_miss(source: str, reason: str) -> WeightsError:
-    return WeightsError(f"{source}: not in the local hub cache, and the Hugging Face hub cannot be reached "
-                        f"({reason}); {OFFLINE_ALTERNATIVES}")
+    return TowerOffline(source, reason)
+
+
+def unavailable_reason(source: str) -> str | None:
+    """Why the tower ``source`` (a hub id or a folder) cannot be had now, or None when it can.
+
+    A local folder is there or not; a hub id is available from the local hub cache, or when the
+    hub answers (then it is downloaded on first use). Nothing is downloaded here.
+    """
+    local = Path(source).expanduser()
+    if local.is_dir() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        return None if local.is_dir() else f"{source}: no such folder"
+    reason = hub_offline_reason()
+    if reason is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return None
+    return f"{source} is not in the local hub cache, and the Hugging Face hub cannot be reached ({reason})"
 
 
 def _hub(source: str, revision: str | None) -> WeightFiles:

@@ -34,6 +34,7 @@ from deepfake.model.scoring import fake_probabilities
 from deepfake.towers.base import ImageTower
 from deepfake.towers.loading import load_tower
 from deepfake.training.loop import epoch_config, fit, run_config, validation_metrics
+from deepfake.training.ood import fit_ood
 from deepfake.training.schedule import FitState, TrainOptions, make_optimizer
 from deepfake.training.sources import CachedFeatures
 from deepfake.training.standardize import fit_standardizer
@@ -171,6 +172,7 @@ def train_and_test(kind: str, shared: _Shared, run_dir: Path) -> dict:
     source = CachedFeatures([tables["train"]], generator, head_blocks)
     if standardize:
         fit_standardizer(head, source, config.runtime.batch_size)
+    fit_ood(head, source, tables["val"], config.runtime.batch_size)  # as a training run's head: every head has them
     head = head.to(shared.device)
     run_opts = shared.opts if kind != "linear" else replace(shared.opts, contrastive_weight=0.0)
     base = run_config(shared.tower, shared.settings, head, run_opts, shared.train_samples, config.seed)

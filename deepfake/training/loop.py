@@ -7,7 +7,6 @@ head comparison and the tests call it directly.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from deepfake.deepfake_dataset import Sample
 from deepfake.evaluation.metrics import accuracy_at, average_precision, best_threshold, expected_calibration_error
@@ -25,6 +23,8 @@ from deepfake.model.losses import classification_loss, supervised_contrastive_lo
 from deepfake.model.scoring import fake_probabilities
 from deepfake.towers.base import ImageTower
 from deepfake.training.schedule import FitState, TrainOptions, epochs_without_improvement, make_optimizer
+from deepfake.utils import threads
+from deepfake.utils.progress import Progress, write_line
 from deepfake.utils.runtime import versions
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,19 @@ def fit(
     if opts.contrastive_weight > 0 and head.kind == "linear":
         raise ValueError("--contrastive_weight needs a head with a learned representation (mlp, layers or rine), "
                          "not the linear probe")
-    # Progress on stderr and only to a terminal (disable=None); the epoch lines go to stdout.
-    bar = tqdm(range(state.epoch + 1, opts.num_epochs + 1), desc="epochs", unit="epoch",
-               disable=None if progress else True)
-    for epoch in bar:
+    # Progress on stderr (a bar, or a line every 30 s where stderr is not a terminal); the epoch lines go to stdout.
+    epochs = range(state.epoch + 1, opts.num_epochs + 1)
+    bar = Progress(len(epochs), "epochs", "epoch", enabled=progress)
+    try:
+        _epochs(head, source, labels, validate, opts, generator, device, optimizer, state, on_epoch, bar)
+    finally:
+        bar.close()
+    return state
+
+
+def _epochs(head, source, labels, validate, opts, generator, device, optimizer, state, on_epoch, bar: Progress) -> None:
+    """The epochs of :func:`fit` (its arguments), each reported on ``bar`` and as a line on stdout."""
+    for epoch in range(state.epoch + 1, opts.num_epochs + 1):
         if opts.patience and epochs_without_improvement(state.history) >= opts.patience:
             state.stopped_early = True
             log.info("early stop before epoch %d: val AP has not improved for %d epochs", epoch, opts.patience)
@@ -124,10 +133,12 @@ def fit(
         result = EpochResult(epoch, float(np.mean(losses)) if losses else float("nan"), **validate(head))
         state.history.append(vars(result))
         state.epoch = epoch
+        bar.update()
         bar.set_postfix(loss=f"{result.train_loss:.4f}", val_ap=f"{result.val_ap or 0:.4f}")
+        threads.refresh()  # others' load may have changed since the budget was decided
         # The per-epoch line is a result the user asked for: shown even with --quiet.
-        tqdm.write(f"epoch {epoch:3d}  train_loss {result.train_loss:.4f}  val_acc {result.val_acc:.4f}  "
-                   f"val_ap {result.val_ap if result.val_ap is not None else float('nan'):.4f}", file=sys.stdout)
+        write_line(f"epoch {epoch:3d}  train_loss {result.train_loss:.4f}  val_acc {result.val_acc:.4f}  "
+                   f"val_ap {result.val_ap if result.val_ap is not None else float('nan'):.4f}")
         # Best by val AP; once AP saturates, the lower val loss breaks the tie.
         score = (result.val_ap if result.val_ap is not None else -1.0, -result.val_loss)
         is_best = score > state.best
@@ -135,7 +146,6 @@ def fit(
             state.best = score
         if on_epoch is not None:
             on_epoch(result, is_best)
-    return state
 
 
 def _train_epoch(head: nn.Module, source, labels: torch.Tensor, opts: TrainOptions, generator: torch.Generator,

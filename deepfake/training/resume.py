@@ -21,10 +21,9 @@ from safetensors.torch import load_file
 from deepfake.data.perturbations import BlurJpegAugment
 from deepfake.deepfake_dataset import Sample
 from deepfake.features.extraction import ExtractionSettings
+from deepfake.model.checkpoint import RESUME_STATE
 from deepfake.towers.base import ImageTower
 from deepfake.utils.fileio import atomic_save_safetensors
-
-RESUME_STATE = "resume_state"
 
 
 def run_identity(tower: ImageTower, settings: ExtractionSettings, augment: BlurJpegAugment, n_views: int,
@@ -160,7 +159,11 @@ def load_resume_state(out: Path, head, optimizer, generator, hyper: dict) -> tup
     with safe_open(str(path), "pt") as handle:
         meta = handle.metadata()
     tensors = load_file(str(path))
-    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    saved = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
+    # A state saved before heads kept out-of-distribution statistics has none: the ones just fitted
+    # from the same rows (deterministic) stand in.
+    saved = {**{k: v for k, v in head.state_dict().items() if k.startswith("ood.")}, **saved}
+    head.load_state_dict(saved)
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

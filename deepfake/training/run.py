@@ -38,7 +38,7 @@ from deepfake.features.extraction import (
     read_features,
     report_skipped,
 )
-from deepfake.model.checkpoint import BEST, save_checkpoint
+from deepfake.model.checkpoint import BEST, RUN_FILES, clear_run, save_checkpoint
 from deepfake.model.heads import head_sizes, kind_tap, new_head
 from deepfake.towers.base import ImageTower
 from deepfake.towers.deferred import DeferredTower
@@ -46,9 +46,9 @@ from deepfake.towers.fused import FusedTower, is_fused
 from deepfake.towers.loading import load_tower
 from deepfake.training.fusion import check_fused_run, format_parts, part_mask, part_report, part_standardize
 from deepfake.training.loop import EpochResult, drop_old_epochs, epoch_config, fit, run_config, validation_metrics
+from deepfake.training.ood import fit_ood
 from deepfake.training.resume import (
     RESUMABLE_CHANGES,
-    RESUME_STATE,
     check_resumable,
     load_resume_state,
     read_resume_meta,
@@ -79,24 +79,9 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
                           "other files are left alone) or --resume to continue that run")
 
 
-# What a training run writes into its folder: all of it belongs to that run, and --overwrite removes it all (the
-# resume state first, so that nothing of the old run can be continued), leaving other files alone.
-RUN_FILES = (f"{RESUME_STATE}.safetensors", f"{BEST}.safetensors", f"{BEST}.json", f"{BEST}.calibration.json",
-             "epoch_*.safetensors", "epoch_*.json", "run.json")
-
-
 def clear_previous_run(out: Path) -> list[str]:
-    """Remove an earlier run's files from ``out`` (:data:`RUN_FILES`); returns their names."""
-    removed = []
-    for pattern in RUN_FILES:
-        for path in sorted(out.glob(pattern)):
-            if path.is_file() or path.is_symlink():
-                path.unlink(missing_ok=True)
-                removed.append(path.name)
-    if removed:
-        log.info("--overwrite: removed the earlier run's %d file(s) in %s (%s)", len(removed), out,
-                 ", ".join(removed[:4]) + (", ..." if len(removed) > 4 else ""))
-    return removed
+    """Remove an earlier run's files from ``out`` (:data:`~deepfake.model.checkpoint.RUN_FILES`); returns their names."""
+    return clear_run(out, RUN_FILES)
 
 
 def summarize_training(train: list[Sample], val: list[Sample]) -> str:
@@ -313,6 +298,8 @@ def _fit(plan: _Plan, tables: tuple | None, extract_seconds: float) -> dict:
         source, val_table = CachedFeatures(tables[0], generator, plan.head_blocks, plan.settings.tap), tables[1]
     seed_everything(config.seed)
     head, statistics = _new_head(plan, source)
+    # Deterministic from the same rows, so a resumed run fits the very statistics it saved.
+    fit_ood(head, source, val_table if tables is not None else _val_features(plan), config.runtime.batch_size)
     head = head.to(plan.device)
     optimizer = make_optimizer(head, opts)
     state = _resumed_state(plan, head, optimizer, generator, source)
@@ -369,6 +356,11 @@ def _parts(plan: _Plan, head: nn.Module, statistics: tuple | None) -> list[dict]
     report = part_report(plan.tower, head, plan.part_standardize, statistics[1])
     print(format_parts(report))
     return report
+
+
+def _val_features(plan: _Plan) -> FeatureTable:
+    """The validation split's features through the tower (``--no_cache``), for the out-of-distribution threshold."""
+    return extract_features(plan.tower, plan.val_set, plan.settings, None, "val features", collective=False)
 
 
 def _resumed_state(plan: _Plan, head: nn.Module, optimizer, generator: torch.Generator, source) -> FitState:

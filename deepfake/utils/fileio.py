@@ -1,15 +1,21 @@
 """Atomic writes: a reader sees the old file or the new one, never half of either.
 
-A write goes to ``.NAME.<host>-<pid>.XXXXXXXX.tmp`` beside its target, then is renamed onto it. A
-process killed mid-write leaves that file behind; the first atomic write of a later process into
-the same folder removes it once it is sure the write is dead: its process is gone from this host,
-or (another host's, or a name without host and pid) it is over a day old. A write in progress,
-such as another rank's shard in a shared cache, is never touched.
+A write goes to ``.NAME.<host>-<pid>.XXXXXXXX.tmp`` beside its target, then is renamed onto it, and
+holds an advisory lock (``flock``) on that file the whole time. A process killed mid-write leaves
+the file behind and its lock released (the kernel drops it with the process); the first atomic
+write of a later process into the same folder removes it once it is sure the write is dead: it can
+take the lock, and its process is gone from this host, or (another host's, or a name without host
+and pid) it is over a day old. The lock is what cannot collide: two containers with one host name
+and separate PID namespaces sharing a cache see each other's PIDs as dead, but not each other's
+locks. A write in progress, such as another rank's shard in a shared cache, is never touched: a
+cleaner removes a file only while it holds its lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -60,8 +66,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_temp_files_once(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    lock, tmp = _locked_temp(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
@@ -76,7 +81,62 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(lock)  # after the rename or the unlink: the lock covered the file's whole life under its name
     return path
+
+
+def _locked_temp(path: Path) -> tuple[int, str]:
+    """A new temp file for ``path`` and an open descriptor holding its exclusive lock (close it to release).
+
+    Between the file's creation and the lock a cleaner may have taken the lock and removed the file: then the
+    name no longer leads to the locked file, and another is made."""
+    for _ in range(100):
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held by a cleaner at most while it removes the file
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise
+            return fd, tmp  # a file system without locks: such files are judged by name and age alone
+        if _same_file(tmp, fd):
+            return fd, tmp
+        os.close(fd)
+    raise OSError(f"{path.parent}: could not create a temp file for {path.name} that stays (removed as made)")
+
+
+def _same_file(path: str | os.PathLike, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+@contextlib.contextmanager
+def _unlocked(path: str | os.PathLike) -> Iterator[bool | None]:
+    """Hold ``path``'s lock for the block if no writer holds it: True (taken), False (a writer holds it), or None
+    (the file is gone, or its file system has no locks)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:
+            yield None
+            return
+        yield _same_file(path, fd)  # the file held, still under this name
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -127,11 +187,18 @@ def _pid_alive(pid: int) -> bool:
 def is_stale_temp(path: str | os.PathLike, now: float | None = None) -> bool:
     """Whether ``path`` is a temp file of an atomic write that will never finish.
 
-    Of this host: its process is gone. Of another host (a shared folder): older than
+    Never while a writer holds its lock (a live write, whichever PID namespace it runs in). Then,
+    of this host: its process is gone. Of another host (a shared folder): older than
     ``STALE_TEMP_SECONDS``. Without host and pid (an earlier version's name, which other programs'
     temp files may share): older than that, and only beside the file it was to become. This
     process's own writes are never stale.
     """
+    with _unlocked(path) as taken:
+        return taken is not False and _stale_by_name(path, now)
+
+
+def _stale_by_name(path: str | os.PathLike, now: float | None = None) -> bool:
+    """:func:`is_stale_temp`'s rules of name, process and age (the lock aside)."""
     found = _TEMP_NAME.match(os.path.basename(path))
     if found is None:
         return False
@@ -156,10 +223,14 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
         return removed
     for name in names:
         path = Path(folder) / name
-        if is_stale_temp(path):
-            with contextlib.suppress(FileNotFoundError):  # another process removed it first
-                path.unlink()
-                removed.append(path)
+        if not _TEMP_NAME.match(name):
+            continue
+        # Removed while its lock is held here: a writer that got the name meanwhile waits, then makes another.
+        with _unlocked(path) as taken:
+            if taken is not False and _stale_by_name(path):
+                with contextlib.suppress(FileNotFoundError):  # another process removed it first
+                    path.unlink()
+                    removed.append(path)
     if removed:
         log.info("%s: removed %d temp file(s) left by interrupted writes (%s)", folder, len(removed),
                  ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else ""))

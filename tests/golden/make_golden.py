@@ -116,10 +116,32 @@ def _env(work: Path, repo: Path) -> dict[str, str]:
     return env
 
 
+# ``--precision auto`` resolves to bf16 on a CPU with native bf16 (AVX512-BF16, AMX) and to fp32 on one without, and
+# the runs record which: every command runs as on a CPU without it (the machine the goldens were captured on), so the
+# capture is the same on both kinds. ``python -c BOOT ARGS`` then runs ``python ARGS`` (``-m MODULE ...`` or
+# ``SCRIPT ...``); a checkout without ``cpu_has_bf16`` (an old commit) runs unchanged.
+BOOT = """
+import runpy, sys
+try:
+    import deepfake.utils.runtime as runtime
+    runtime.cpu_has_bf16 = lambda: False
+except ImportError:
+    pass
+args = sys.argv[1:]
+if args[0] == "-m":
+    sys.argv = [args[1], *args[2:]]
+    runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = args
+    runpy.run_path(args[0], run_name="__main__")
+"""
+
+
 def _run(args: list[str], work: Path, env: dict[str, str], log: list[str]) -> str:
-    """Run ``python ARGS`` in WORK; return its stdout, or raise with its stderr when it fails."""
+    """Run ``python ARGS`` in WORK as on a CPU without native bf16 (``BOOT``); return its stdout, or raise with its
+    stderr when it fails."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", BOOT, *args], cwd=work, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S, check=False)
     log.append(f"{time.perf_counter() - start:6.1f}s  python {' '.join(args)}")
     if proc.returncode != 0:

@@ -40,6 +40,7 @@ from torch import nn
 
 from deepfake.config import STANDARDIZE_CHOICES
 from deepfake.features.batch import FeatureBatch
+from deepfake.model.ood import attach_ood
 from deepfake.towers.base import BLOCK_TAP
 
 DEFAULT_KIND = "mlp"
@@ -118,8 +119,12 @@ def standardized(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def standardize_config(head: nn.Module) -> dict:
-    """``{"standardize": True}`` for a head with a standardizer, else nothing (configs stay as they were)."""
-    return {"standardize": True} if getattr(head, "standardizer", None) is not None else {}
+    """``{"standardize": True}`` for a head with a standardizer and ``{"ood": ...}`` for one with statistics of
+    its training features (:mod:`deepfake.model.ood`), else nothing (configs stay as they were)."""
+    out = {"standardize": True} if getattr(head, "standardizer", None) is not None else {}
+    if getattr(head, "ood", None) is not None:
+        out["ood"] = dict(head.ood_record)
+    return out
 
 
 def head_kinds() -> list[str]:
@@ -149,7 +154,8 @@ def required_head_fields(cfg: dict) -> tuple[str, ...]:
 def head_from_config(cfg: dict) -> nn.Module:
     """The head a checkpoint's ``config["head"]`` describes (no ``kind``: the original MLP).
 
-    ``standardize`` true adds its :class:`FeatureStandardizer` (statistics come with the weights).
+    ``standardize`` true adds its :class:`FeatureStandardizer`, ``ood`` its out-of-distribution statistics
+    (:class:`~deepfake.model.ood.OODStatistics`); their values come with the weights.
     """
     kind = cfg.get("kind", DEFAULT_KIND)
     if kind not in _load_all():
@@ -157,6 +163,8 @@ def head_from_config(cfg: dict) -> nn.Module:
     head = HEADS[kind].from_config(cfg)
     if cfg.get("standardize"):
         head.standardizer = FeatureStandardizer(tuple(head.feature_shape))
+    if cfg.get("ood"):
+        attach_ood(head, cfg["ood"])
     return head
 
 

@@ -33,10 +33,23 @@ from deepfake.towers.backbones import Backbone
 from deepfake.towers.base import ImageTower, TowerOutput
 from deepfake.towers.registry import TowerFamily, register
 
-SPECTRUM_VERSION = "1"  # in the cache key: change it when the features change beyond float rounding
 DEFAULT_BINS = 128
 GRAY_FEATURE = "radial log power spectrum of the residual"
 COLOUR_FEATURE = "log radial power of the gray, R-G and B-G residuals; R/G and B/G coherence; DC dropped"
+# The version of each analysis's features, recorded as the tower's revision (and so in the cache key and beside
+# every head): change it when the features change beyond float rounding. The colour definition changed three
+# times under version 1; version 2 is its present one, which gray's never left.
+SPECTRUM_VERSION = "2"
+FEATURE_VERSIONS = {GRAY_FEATURE: "1", COLOUR_FEATURE: SPECTRUM_VERSION}
+# Recorded as version 1 since e6a64aa with the present colour features: heads made then still load.
+EARLIER_VERSIONS = {COLOUR_FEATURE: ("1",)}
+# Colour definitions this code no longer computes, as heads recorded them (version 1), and the commits that made
+# each (a..b: from a up to, not including, b).
+RETIRED_FEATURES = {
+    "radial log power spectra of the gray, R-G and B-G residuals; R/G and B/G coherence": "b9eb40e..8d3d4b3",
+    "log radial power of the gray, R-G and B-G residuals; R/G and B/G coherence": "8d3d4b3..69c92b5",
+    "log radial power (DC dropped) of the gray, R-G and B-G residuals; R/G and B/G coherence": "69c92b5..e6a64aa",
+}
 RELATIVE_FLOOR = 1e-4  # added to a ring's mean power before its log, times the mean ring power (40 dB down)
 POWER_FLOOR = 1e-12  # the floor's own floor, for planes without power (pixels in [0, 1])
 # Pixels analysed at once: tiles (or windows) go through the FFT in chunks of about this many
@@ -271,9 +284,28 @@ class SpectrumTower(ImageTower):
         analysis = {"window": "largest centred square up to {size} px",
                     "tiles": "mean over {grid}x{grid} tiles of {size} px spread over the image",
                     "crop": "{size} px centre crop"}.get(pre.mode, "{size} px after " + pre.mode)
-        return {"model": self.backbone.name, "family": "spectrum", "revision": SPECTRUM_VERSION,
-                "feature_dim": self.feature_dim, "feature": COLOUR_FEATURE if self.colour else GRAY_FEATURE,
+        feature = COLOUR_FEATURE if self.colour else GRAY_FEATURE
+        return {"model": self.backbone.name, "family": "spectrum", "revision": FEATURE_VERSIONS[feature],
+                "feature_dim": self.feature_dim, "feature": feature,
                 "analysis": analysis.format(size=pre.size, grid=pre.grid) + ", native resolution"}
+
+    def recorded_problem(self, recorded: dict) -> str | None:
+        """A spectral head's recorded feature definition and version must be what this code computes: the
+        colour features changed under one version, and a head on earlier ones would read other numbers."""
+        if recorded.get("family") != "spectrum":
+            return super().recorded_problem(recorded)
+        # A record without the definition is from before colour existed: gray.
+        feature, version = recorded.get("feature") or GRAY_FEATURE, str(recorded.get("revision"))
+        computes, own = self.identity["feature"], self.identity["revision"]
+        if feature in RETIRED_FEATURES:
+            return (f"the head was trained on spectral features this version no longer computes: {feature!r} "
+                    f"(spectrum version {version}, made by commits {RETIRED_FEATURES[feature]}); they are now "
+                    f"{computes!r} (version {own}): train the head again (the features are recomputed)")
+        if feature != computes or version not in (own, *EARLIER_VERSIONS.get(feature, ())):
+            return (f"the head was trained on spectral features {feature!r} (spectrum version {version}), "
+                    f"but this {recorded.get('model')!r} analysis computes {computes!r} (version {own}): "
+                    "train the head again, or load it with the version of deepfake that made it")
+        return None
 
     @property
     def dtype(self) -> torch.dtype:

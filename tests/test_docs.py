@@ -67,10 +67,12 @@ def command_flags(module: str) -> set[str]:
 
 def examples(text: str) -> list[tuple[str, str]]:
     """(runner, the rest of its command line) for every command an example runs: fenced code blocks line by
-    line (backslash continuations joined) and inline code spans; a pipe, ``&&`` or ``;`` ends a command."""
+    line (backslash continuations joined, shell comments dropped) and inline code spans; a pipe, ``&&`` or
+    ``;`` ends a command."""
     spans = []
     for block in re.findall(r"```[^\n]*\n(.*?)```", text, re.S):
-        spans += block.replace("\\\n", " ").splitlines()
+        # A shell comment is prose about the command, not part of it.
+        spans += [re.sub(r"(^|\s)#.*$", "", line) for line in block.replace("\\\n", " ").splitlines()]
     spans += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
     found = []
     for span in spans:

@@ -313,7 +313,9 @@ def test_resume_restores_the_statistics_and_refuses_another_standardize(spectral
 def test_two_ranks_give_the_statistics_and_head_of_one(spectral_run, tmp_path):
     torchrun("train_ClassifierHead.py", *spectrum_args(spectral_run["data"], tmp_path / "run", tmp_path / "c"))
     one, two = head_state(spectral_run["run"]), head_state(tmp_path / "run")
-    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert one.keys() == two.keys() and [k for k in one if k != "ood.whiten" and not torch.equal(one[k], two[k])] == []
+    # The whitening comes from an eigendecomposition whose rounding follows the threads each process runs.
+    assert torch.allclose(one["ood.whiten"], two["ood.whiten"], rtol=1e-4, atol=1e-6)
 
 
 # --- (d), (e) towers that do not need it, and heads from before -------------------------------

@@ -55,10 +55,15 @@ def ledoit_wolf(rows: Callable[[], Iterable[torch.Tensor]], mean: torch.Tensor, 
 
 
 def whitening(cov: torch.Tensor) -> torch.Tensor:
-    """``W`` with ``W W^T`` the inverse of ``cov``: ``||z @ W||`` is the Mahalanobis distance of ``z``."""
+    """``W`` with ``W W^T`` the inverse of ``cov``: ``||z @ W||`` is the Mahalanobis distance of ``z``.
+
+    The symmetric inverse square root, which is unique: the eigenvectors alone are not (their signs, and
+    their order within a repeated eigenvalue, follow the LAPACK build and its threads), and a head
+    trained on one rank or on eight must store the same statistics.
+    """
     values, vectors = torch.linalg.eigh(cov)
     values = values.clamp(min=EIGEN_FLOOR * max(float(values.max()), EIGEN_FLOOR))
-    return vectors / values.sqrt()
+    return (vectors / values.sqrt()) @ vectors.T
 
 
 def _embedding_chunks(source: CachedFeatures | TowerFeatures, batch_size: int) -> Callable[[], Iterable[torch.Tensor]]:

@@ -34,6 +34,8 @@ from deepfake.features.extraction import ExtractionSettings
 from deepfake.model.checkpoint import BEST, IMPORTED_FILES, clear_run, save_checkpoint
 from deepfake.model.heads import head_from_config, head_tap
 from deepfake.towers.base import LN2_TAP, TowerShape, tower_identity
+from deepfake.towers.released import read_network_state
+from deepfake.towers.weights import WeightsError
 from deepfake.utils.fileio import atomic_write, refuse_overwrite
 from deepfake.utils.hashing import file_sha256
 from deepfake.utils.runtime import versions
@@ -174,20 +176,9 @@ def read_release_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        text = str(exc)
-        if "Weights only load failed" in text:
-            reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)", text)
-            raise ReleaseRefused(f"{path}: refused: it holds objects other than tensors "
-                                 f"({reason.group(1) if reason else 'not a plain tensor file'}), and unpickling them "
-                                 f"could run code from the file; nothing from it was run") from None
-        raise ReleaseRefused(f"{path}: not a readable PyTorch checkpoint (truncated, or not a .pth file): "
-                             f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}") from None
-    if not isinstance(payload, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                for k, v in payload.items()):
-        raise ReleaseRefused(f"{path}: expected a dict of named tensors (a state dict), found {type(payload).__name__}")
-    return dict(payload)
+        return read_network_state(path)
+    except WeightsError as exc:
+        raise ReleaseRefused(str(exc)) from None
 
 
 def _matches(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> bool:

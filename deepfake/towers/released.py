@@ -62,13 +62,19 @@ def network_preprocess(mode: str | None) -> Preprocess:
 
 
 def read_network_state(path: Path) -> dict[str, torch.Tensor]:
-    """A release's state dict, read with ``weights_only=True`` (nothing in the file is run)."""
+    """A release's state dict, read with ``weights_only=True``: nothing in the file is run (a file holding other
+    objects is refused, saying so), and anything but a dict of named tensors is refused naming what it is."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        text = str(exc).splitlines()[0] if str(exc) else ""
-        raise WeightsError(f"{path}: not a plain PyTorch state dict (read with weights_only=True, nothing run): "
-                           f"{type(exc).__name__}: {text}") from None
+        text = str(exc)
+        if "Weights only load failed" in text:
+            reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)", text)
+            raise WeightsError(f"{path}: refused: it holds objects other than tensors "
+                               f"({reason.group(1) if reason else 'not a plain tensor file'}), and unpickling them "
+                               f"could run code from the file; nothing from it was run") from None
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint (truncated, or not a .pth file): "
+                           f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}") from None
     if not isinstance(payload, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in payload.items()):
         raise WeightsError(f"{path}: expected a dict of named tensors (a state dict), found {type(payload).__name__}")

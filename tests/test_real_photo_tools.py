@@ -189,3 +189,23 @@ def test_relabel_reads_class_and_domain_from_file_paths_and_leaves_unmatched_fil
         prepare.build_parser().parse_args([str(out), "--source", "x", "--path", "p", "--label", "human"])
     assert prepare.main([str(tmp_path / "o2"), "--source", str(source), "--path", "stimuli",
                          "--relabel", r"(AI|Human)/"]) == 2  # no group named label
+
+
+def test_released_comparison_manifest_lists_each_sets_held_out_split_as_one_domain(tmp_path):
+    compare = _script("compare_real_photos")
+    sets = {}
+    for name, files in (("alpha", {"split/test/city/0_real/1.png": "real", "split/test/city/1_fake/2.png": "fake"}),
+                        ("beta", {"split/test/x/1_fake/3.png": "fake"})):
+        root = tmp_path / name
+        (root / "split" / "train").mkdir(parents=True)  # only test.csv's images belong in the manifest
+        (root / "test.csv").write_text("path,label\n" + "".join(f"{p},{lab}\n" for p, lab in files.items()))
+        sets[name] = root
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(compare.held_out_manifest(sets))
+    rows = list(csv.DictReader(manifest.open()))
+    assert [(r["domain"], r["label"], Path(r["path"]).name) for r in rows] == [
+        ("alpha", "real", "1.png"), ("alpha", "fake", "2.png"), ("beta", "fake", "3.png")]
+    assert all(Path(r["path"]).is_absolute() and r["path"].startswith(str(tmp_path.resolve())) for r in rows)
+    (sets["beta"] / "test.csv").unlink()
+    with pytest.raises(SystemExit, match="beta: no test.csv"):
+        compare.held_out_manifest(sets)

@@ -76,3 +76,14 @@ def test_spectrum_fused_with_a_network_name_trains_tests_and_predicts(data, tmp_
     assert deepfake_main(["predict", *images, "--checkpoint", str(run), "--output", str(out), "--quiet"]) == 0
     predictions = json.loads(out.read_text())["predictions"]
     assert len(predictions) == 2 and all(0.0 <= p["probability"] <= 1.0 for p in predictions)
+
+
+def test_a_network_name_whose_imported_file_is_gone_is_refused_naming_the_import_command(tmp_path):
+    copy = tmp_path / "elsewhere" / RELEASE.name
+    copy.parent.mkdir()
+    copy.write_bytes(RELEASE.read_bytes())
+    assert deepfake_main(["import", NAME, str(copy)]) == 0
+    assert check_model(NAME) == NAME
+    copy.unlink()
+    with pytest.raises(WeightsError, match=rf"was imported from is gone.*`deepfake import {NAME} FILE`"):
+        check_model(NAME)

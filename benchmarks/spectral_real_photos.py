@@ -7,7 +7,7 @@ Each ``--data`` is a set as ``benchmarks/prepare_real_photos.py`` writes it (``s
 ``{train,val,test}/{domain}/{0_real,1_fake}`` and ``test.csv``, the held-out split as one
 domain), named by its folder (``NAME=PATH`` names it otherwise). For every spectral record
 (``--records``, default: every ``spectrum*`` record; ``A+B`` fuses records, one head on both
-parts' features) and every set A, the head is trained on A's
+parts' features; a released network's name, ``tiny-ladeda-wildrf``, once imported) and every set A, the head is trained on A's
 train split with the default recipe of ``train_ClassifierHead.py`` (lr 1e-4, the default seed
 and head; ``--num_epochs`` 50, as the README's commands) and validated on A's val split, then
 evaluated as ``test_ClassifierHead.py`` evaluates on the held-out split of every set: A itself
@@ -39,6 +39,7 @@ from deepfake.config import DataConfig, EvalConfig, RuntimeConfig  # noqa: E402
 from deepfake.evaluation.run import evaluate  # noqa: E402
 from deepfake.towers.backbones import KNOWN_BACKBONES  # noqa: E402
 from deepfake.towers.fused import fused_parts  # noqa: E402
+from deepfake.towers.loading import check_model  # noqa: E402
 from deepfake.training.run import train  # noqa: E402
 from deepfake.utils.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -168,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sets = dict(parse_set(text) for text in args.data)
         sets = {name: set_paths(root) for name, root in sets.items()}
-        # A fused record (A+B) joins known records: one head on their features side by side.
+        # A fused record (A+B) joins known records: one head on their features side by side. A released
+        # network's name (tiny-ladeda-wildrf) is a record once its release is imported, as for --model.
         unknown = [r for r in records if any(part not in KNOWN_BACKBONES for part in fused_parts(r) or [r])]
-        if unknown:
-            raise ValueError(f"unknown records {unknown}; spectral records: {spectral_records()}")
+        for record in unknown:
+            check_model(record)
         # The flags are train_ClassifierHead.py's: its parser gives the default recipe, plus what was passed.
         base = train_config(train_parser().parse_args([
             "--dataset_dir", "unused", "--output_dir", str(out / "runs"), "--cache_dir", str(cache),

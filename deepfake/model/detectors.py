@@ -36,8 +36,9 @@ from deepfake.config import detectors_cache_dir
 from deepfake.model.checkpoint import BEST, CheckpointRefused
 from deepfake.model.published import ReleaseRefused, import_release
 from deepfake.model.released_networks import import_network
-from deepfake.model.releases import GITHUB, Detector, blob_hasher, find, is_detector_name
-from deepfake.towers.weights import url_offline_reason
+from deepfake.model.releases import GITHUB, Detector, blob_hasher, detectors, find, is_detector_name
+from deepfake.towers.released import NETWORK_NAMES
+from deepfake.towers.weights import WeightsError, url_offline_reason
 from deepfake.utils.fileio import atomic_write
 from deepfake.utils.version import __version__
 
@@ -167,6 +168,36 @@ def named_run(name: str) -> Path:
         except ReleaseRefused as exc:
             raise DetectorUnavailable(f"{name}: the downloaded release cannot be imported: {exc}") from exc
     return run
+
+
+def network_names() -> list[str]:
+    """The released whole networks' names: each is also a ``--model`` tower name once in the cache."""
+    return [name for name, record in detectors().items() if record.kind == "network"]
+
+
+def network_release_file(name: str) -> Path:
+    """The release file the cache's run of the whole network ``name`` reads, checked against the record.
+
+    Not in the cache (never imported, nor used by name), or its file gone or changed since: the
+    message names the command that puts it there. Nothing is downloaded for ``--model``.
+    """
+    record, run = find(name), cached_run(name)
+    how = (f"`deepfake import {name} FILE` (FILE: the release's {record.file_name}) puts it there, "
+           f"as does its first use by name, `deepfake predict IMAGE --checkpoint {name}`, which downloads it")
+    if run is None:
+        raise WeightsError(f"{name}: the {record.title} release is not in the cache ({cached_run_dir(name)}); {how}")
+    try:
+        path = Path(json.loads((run / f"{BEST}.json").read_text(encoding="utf-8"))["tower"]["model"])
+        sha256, blob, _ = file_hashes(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise WeightsError(f"{name}: the release file the cached run {run} was imported from is gone; {how}") from None
+    if not record.matches(sha256, blob):
+        raise WeightsError(f"{name}: {path} changed since it was imported (sha256 {sha256}, the release's is "
+                           f"{record.expected_hash()}); {how}")
+    return path
+
+
+NETWORK_NAMES.register(network_names, network_release_file)
 
 
 @contextlib.contextmanager

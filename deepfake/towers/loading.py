@@ -27,7 +27,7 @@ from deepfake.towers.base import ImageTower, TowerOutput, TransformersTower, tow
 from deepfake.towers.deferred import DeferredTower
 from deepfake.towers.fused import SEPARATOR, FusedTower, fused_parts
 from deepfake.towers.registry import TowerFamily, family, family_for_config
-from deepfake.towers.released import is_network_file, load_network_file
+from deepfake.towers.released import NETWORK_NAMES, is_network_file, load_network_file
 from deepfake.towers.weights import WeightFiles, WeightsError, file_sha256, read_state_dict, resolve_weights
 
 __all__ = [
@@ -49,6 +49,9 @@ def check_model(model: str) -> str:
     """
     if model in KNOWN_BACKBONES or Path(model).expanduser().is_dir() or is_network_file(model):
         return model
+    if NETWORK_NAMES.known(model):
+        NETWORK_NAMES.file(model)  # not in the cache yet: the message says how to put it there
+        return model
     parts = fused_parts(model)
     if parts is not None:
         for number, part in enumerate(parts, 1):
@@ -60,7 +63,7 @@ def check_model(model: str) -> str:
                            "config.json and its weights, or a released network's .pth file: Tiny-LaDeDa, NPR)")
     if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
         return model
-    known = list(KNOWN_BACKBONES)
+    known = [*KNOWN_BACKBONES, *NETWORK_NAMES.names()]
     # Match whole names and the part after the org ("dinov2-large" -> facebook/dinov2-large), any case.
     names = {**{n.lower().split("/")[-1]: n for n in known}, **{n.lower(): n for n in known}}
     close = difflib.get_close_matches(model.lower(), list(names), n=1, cutoff=0.6)
@@ -116,6 +119,8 @@ def load_tower(
     check_model(model)
     if is_network_file(model):
         return load_network_file(model, preprocess_mode).to(device)
+    if NETWORK_NAMES.known(model):
+        return load_network_file(str(NETWORK_NAMES.file(model)), preprocess_mode).to(device)
     parts = fused_parts(model)
     if parts is not None:
         if revision is not None:

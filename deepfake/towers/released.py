@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -171,3 +172,40 @@ def load_network_file(model: str, preprocess_mode: str | None = None) -> Network
     log.info("loaded %s network from %s (feature dim %d, %s preprocessing)", tower_family.name, path,
              tower.feature_dim, tower.preprocess.mode)
     return tower
+
+
+# --- whole networks by their released detector's name ------------------------------------
+# `--model tiny-ladeda-wildrf` names a released detector, a record of the model layer
+# (deepfake.model.releases), which sits above this one and keeps the cache of imported releases.
+# Rather than read that layer's records or run folders from here, the model layer hands this one a
+# resolver (deepfake.model.detectors registers it on import): name -> the release's checked file in
+# the cache. The tower is then loaded from that file as from any path, so its identity is the file's
+# sha256, whatever name was used.
+
+
+class NetworkNames:
+    """Names of released whole networks (``names``) and how one becomes its cached release file (``locate``).
+
+    ``locate(name)`` returns the file, or raises :class:`WeightsError` saying how to put it in the cache.
+    """
+
+    def __init__(self) -> None:
+        self.names: Callable[[], list[str]] = list
+        self.locate: Callable[[str], Path] | None = None
+
+    def register(self, names: Callable[[], list[str]], locate: Callable[[str], Path]) -> None:
+        """Install the model layer's resolver."""
+        self.names, self.locate = names, locate
+
+    def known(self, model: str) -> bool:
+        """Whether ``model`` is a released whole network's name (and not a path that exists here)."""
+        return self.locate is not None and model in self.names() and not Path(model).expanduser().exists()
+
+    def file(self, model: str) -> Path:
+        """The cached release file of the network named ``model``."""
+        if self.locate is None:
+            raise WeightsError(f"{model}: released networks by name are not available here")
+        return self.locate(model)
+
+
+NETWORK_NAMES = NetworkNames()

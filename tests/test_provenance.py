@@ -195,3 +195,42 @@ def test_the_manifest_stores_bytes_inside_no_manifest_read_as_none_not_unreadabl
     path.write_bytes(jpeg_bytes(labelled_image(np.random.default_rng(2), False, 64), comment=provenance.C2PA_STORE * 4))
     assert provenance.C2PA_STORE in path.read_bytes()
     assert read_provenance(path) == provenance.Provenance("none")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_photo_without_a_manifest_is_read_for_its_metadata_not_its_pixels(tmp_path, monkeypatch, fmt):
+    from PIL import Image, PngImagePlugin
+
+    path = tmp_path / f"photo.{fmt.lower()}"
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    packet = xmp_packet("trainedAlgorithmicMedia")
+    if fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk XMP readers look for
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", packet.decode("utf-8"))
+        Image.fromarray(noise).save(path, fmt, pnginfo=info)
+    else:
+        Image.fromarray(noise).save(path, fmt, xmp=packet)
+    assert path.stat().st_size > 1_000_000
+    read = []
+
+    class Counted:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def read(self, n=-1):
+            data = self.handle.read(n)
+            read.append(len(data))
+            return data
+
+        def seek(self, *args):
+            return self.handle.seek(*args)
+
+    monkeypatch.setattr(provenance, "open", lambda p, mode: Counted(open(p, mode)), raising=False)
+    assert read_provenance(path).summary == "declared-generated"
+    assert sum(read) < 20_000  # the XMP packet and the headers, not the pixels

@@ -9,7 +9,8 @@ metadata, and the files whose declaration contradicts their label). Each differe
 and fakes that a detector could learn instead of artefacts is flagged with a one-line explanation
 that follows the tower's :class:`Preprocess` record (a resizing tower and a native-pixel one are
 fooled by different things). Only file headers are decoded (Pillow opens lazily, the pixels never
-are; the provenance reader reads a file's bytes once); a class with more than ``--max_per_group``
+are; the provenance reader reads a JPEG's or PNG's metadata segments, and a whole file only to check
+a C2PA signature); a class with more than ``--max_per_group``
 images is sampled, and the report says so. ``python -m deepfake audit`` prints it; it also runs, summarised,
 at the top of every training and evaluation run and is saved with its results. Given the feature
 cache root, the probes are remembered there (:mod:`deepfake.utils.stamp_memo`), so a rerun on

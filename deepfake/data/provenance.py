@@ -226,15 +226,61 @@ def _read_manifest(data: bytes, path: str, iptc: str | None) -> Provenance:
     return Provenance(summary, True, validation, failures, generator, issuer, source, iptc)
 
 
+def _jpeg_metadata(f) -> bytes:
+    """A JPEG's marker segments up to its first scan (where its XMP and C2PA segments are), the pixels unread."""
+    out = [f.read(2)]
+    while True:
+        head = f.read(4)
+        if len(head) < 4 or head[0] != 0xFF or head[1] in (0xDA, 0xD9):  # start of scan, end of image
+            return b"".join(out)
+        body = f.read(max(0, int.from_bytes(head[2:], "big") - 2))
+        out += [head, body]
+
+
+def _png_metadata(f) -> bytes:
+    """A PNG's signature and every chunk but the pixel data (``IDAT``, skipped by seeking), as a chunk stream."""
+    out = [f.read(8)]
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return b"".join(out)
+        length, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if kind == b"IDAT":
+            f.seek(length + 4, os.SEEK_CUR)
+            continue
+        out += [head, f.read(length + 4)]
+        if kind == b"IEND":
+            return b"".join(out)
+
+
+def _metadata(f) -> bytes | None:
+    """The bytes of a JPEG or PNG that can hold a declaration (its pixel data is not read); None for other formats."""
+    magic = f.read(8)
+    f.seek(0)
+    if magic.startswith(b"\xff\xd8"):
+        return _jpeg_metadata(f)
+    if magic.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_metadata(f)
+    return None
+
+
 def read_provenance(path: str | os.PathLike, max_bytes: int = DEFAULT_PROVENANCE_MAX_BYTES) -> Provenance:
-    """What the file at ``path`` declares about its origin; never raises for a bad file."""
+    """What the file at ``path`` declares about its origin; never raises for a bad file.
+
+    Of a JPEG or PNG only the segments that can hold XMP or a C2PA manifest are read, unless it has
+    a manifest: c2pa then checks its signature's hash of the whole file, which is read (at most
+    ``max_bytes``). Other formats are read whole.
+    """
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
         if size > max_bytes:
             return Provenance("unreadable", reason=f"{size} bytes, over the provenance read limit of {max_bytes}")
         with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+            data = _metadata(f)
+            if data is None or C2PA_STORE in data:
+                f.seek(0)
+                data = f.read(max_bytes + 1)
     except OSError as exc:
         return Provenance("unreadable", reason=exc.strerror or type(exc).__name__)
     if len(data) > max_bytes:  # grew since it was sized
